@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The README's two commands: install what is missing, build, and run.
+#   bash cmake/quickstart.sh demo   # build and run the demo
+#   bash cmake/quickstart.sh test   # build and pass the whole test suite (release + ASan/UBSan)
+# Environment: BUILD_DIR (default build), JOBS (default: cores, at most 2 under CI).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=${1:-}
+case "$mode" in
+  demo | test | deps) ;;
+  *) echo "usage: $0 demo|test|deps" >&2; exit 2 ;;
+esac
+
+# --- dependencies (Debian packages), idempotent --------------------------------------
+packages=(build-essential cmake ninja-build pkg-config libeigen3-dev libboost-dev
+          libprotobuf-dev protobuf-compiler doctest-dev libbenchmark-dev libdlib-dev
+          gnuplot-nox python3 python3-protobuf nlohmann-json3-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "== installing: ${missing[*]}"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+[ "$mode" = deps ] && exit 0
+
+jobs=${JOBS:-$(nproc)}
+if [ "${CI:-}" = true ] && [ "$jobs" -gt 2 ]; then jobs=2; fi
+build=${BUILD_DIR:-build}
+
+configure() {  # dir, extra cmake args...
+  local dir=$1; shift
+  cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DNTK_WERROR=ON "$@" >/dev/null
+}
+
+case "$mode" in
+  demo)
+    configure "$build/release"
+    cmake --build "$build/release" -j "$jobs"
+    exec bash examples/demo.sh "$build/release"
+    ;;
+  test)
+    echo "== release build"
+    configure "$build/release"
+    cmake --build "$build/release" -j "$jobs"
+    echo "== tests (release)"
+    ctest --test-dir "$build/release" --output-on-failure -j "$jobs"
+    echo "== AddressSanitizer + UndefinedBehaviorSanitizer build"
+    configure "$build/asan" -DNTK_SANITIZE=ON -DNTK_BUILD_EXAMPLES=ON
+    cmake --build "$build/asan" -j "$jobs"
+    echo "== tests (ASan/UBSan; long-running 'slow' tests run only in the release pass)"
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+      ctest --test-dir "$build/asan" --output-on-failure -j "$jobs" -LE slow
+    ;;
+esac

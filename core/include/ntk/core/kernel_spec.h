@@ -1,0 +1,66 @@
+// KernelSpec: the one description of a kernel shared by CLI flags, config files and
+// the wire (it mirrors the protobuf KernelConfig field by field).
+//
+// Text form (parse/to_string round-trip):
+//   ntk:activation=relu,depth=3,w_std=1.5,b_std=0.1,parameterization=ntk,output=ntk
+//   ntk:activation=erf,depth=2,w_std=1.5,b_std=none,parameterization=standard,width=512,output=nngp
+//   rbf:lengthscale=0.5,variance=1
+//   polynomial:degree=3,gamma=1,coef0=1
+//   linear
+// Keys not given take the defaults below. Unknown keys, bad values and inconsistent
+// combinations throw std::invalid_argument naming the field and the value.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace ntk {
+
+enum class KernelType { kNtk, kRbf, kPolynomial, kLinear };
+enum class Activation { kRelu, kErf, kGelu };
+// ntk: the finite net computes z = (w_std/sqrt(n_in)) h W + b_std b, W, b ~ N(0, 1).
+// standard: z = h W + b, W ~ N(0, w_std^2/n_in), b ~ N(0, b_std^2); its NTK depends on
+// the hidden width.
+enum class Parameterization { kNtk, kStandard };
+// ntk: the neural tangent kernel (gradient-descent-trained net); nngp: the GP prior of
+// the untrained net (a Bayesian "infinitely wide" network).
+enum class KernelOutput { kNtk, kNngp };
+
+struct KernelSpec {
+  KernelType type = KernelType::kNtk;
+
+  // type == kNtk. depth = number of hidden layers (0 allowed: one Dense layer).
+  Activation activation = Activation::kRelu;
+  int depth = 3;
+  double w_std = 1.5;
+  std::optional<double> b_std = 0.1;  // nullopt: the layers have no bias parameter
+  Parameterization parameterization = Parameterization::kNtk;
+  std::optional<int> width;  // hidden width; required by kStandard, unused by kNtk
+  KernelOutput output = KernelOutput::kNtk;
+
+  // type == kRbf: variance * exp(-|x - x'|^2 / (2 lengthscale^2)).
+  double lengthscale = 1.0;
+  double variance = 1.0;
+
+  // type == kPolynomial: (gamma x.x' + coef0)^degree.
+  int degree = 3;
+  double gamma = 1.0;
+  double coef0 = 1.0;
+
+  // Parses the text form. Throws std::invalid_argument on any error.
+  static KernelSpec parse(std::string_view text);
+  // Canonical text form: every field of the type, shortest round-trip numbers.
+  std::string to_string() const;
+  // Throws std::invalid_argument naming the first offending field and value.
+  void validate() const;
+
+  friend bool operator==(const KernelSpec&, const KernelSpec&) = default;
+};
+
+std::string_view to_string(KernelType);
+std::string_view to_string(Activation);
+std::string_view to_string(Parameterization);
+std::string_view to_string(KernelOutput);
+
+}  // namespace ntk

@@ -1,0 +1,174 @@
+// OnlineGP: a fixed-budget online Gaussian-process regressor (KRLS-T family).
+//
+// WHAT THIS OBJECT REPRESENTS
+//   Bayesian online kernel regression with a dictionary D of at most budget() past
+//   inputs: the posterior N(mu, Sigma) over f at the dictionary points, updated by every
+//   sample whether or not it enters D, as in the kernel recursive least-squares tracker
+//   (S. Van Vaerenbergh, M. Lázaro-Gredilla, I. Santamaría, "Kernel recursive
+//   least-squares tracker for time-varying regression", IEEE TNNLS 23(8), 2012).
+//   The prior on the dictionary values is K_D + jitter I; the factor L of that matrix is
+//   kept by IncrementalCholesky (no explicit inverse). Every update costs O(M^2 + M d)
+//   and allocates nothing once constructed.
+//
+//   Per sample (x, y):
+//   1. forget (lambda < 1):  Sigma <- lambda Sigma + (1 - lambda) K_D,  mu <- sqrt(lambda) mu
+//   2. predict: k = k(D, x), q = (K_D + jI)^{-1} k, gamma2 = k(x,x) + j - k.q,
+//      h = Sigma q, var_f = gamma2 + q.h, var_y = noise + var_f, mean = q.mu
+//      (returned scaled by the signal power s2, see below)
+//   3. admit x if gamma2 > admission_threshold * (k(x,x) + j) (ALD test), then absorb y:
+//      mu += p (y - mean)/var_y, Sigma -= p p^T / var_y with p = [h; var_f] (admitted) or
+//      p = h (not admitted)
+//   4. over budget: evict the basis whose removal costs least — min_loss:
+//      argmin_i |(Q mu)_i| / Q_ii with Q = (K_D + jI)^{-1} (the new point included); or
+//      the oldest (a sliding window that forgets the past)
+//   5. every recompute_every updates, or when the drift measure exceeds drift_bound:
+//      K_D recomputed from the stored inputs, L refactorized, Sigma re-symmetrized.
+//
+//   Signal power: with estimate_signal_power, the prior is s2 * k with s2 estimated
+//   online by maximum likelihood from the standardized residuals (y-mean)^2/var_y
+//   (forgotten with lambda), as in KRLS-T; noise_variance is then the noise-to-signal
+//   ratio. Means do not depend on s2; reported variances are s2 * (unit-scale variance).
+//
+// CONVENTION (checked by tests after every operation; see check_invariants())
+//   dictionary_size() <= budget(); L L^T == K_D + jitter I; Sigma symmetric;
+//   mu.size() == dictionary_size(); qdiag == diag((K_D + jI)^{-1}).
+//
+// INITIAL VALUE: empty dictionary; the first sample is always admitted.
+// THREAD SAFETY: const methods (predict, explain, export_state) may run concurrently;
+//   update needs exclusive access.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ntk/core/cholesky.h"
+#include "ntk/core/kernel.h"
+
+namespace ntk {
+
+// What happens when an admitted sample would exceed the budget.
+enum class EvictionPolicy {
+  // KRLS-T's criterion: drop the basis whose removal changes the posterior mean least,
+  // |(Q mu)_i| / Q_ii. Keeps informative old points (e.g. a rare regime).
+  kMinLoss,
+  // Drop the oldest basis: a sliding window over the last budget() admitted inputs; the
+  // model forgets everything older.
+  kOldest,
+};
+std::string_view to_string(EvictionPolicy);
+
+struct ModelConfig {
+  KernelSpec kernel;                // default: the NTK (relu, depth 3)
+  int budget = 64;                  // M, maximum dictionary size (>= 1)
+  double noise_variance = 1e-2;     // noise variance (a ratio to s2 when estimated)
+  double forgetting = 1.0;          // lambda in (0, 1]; 1: stationary, no forgetting
+  double admission_threshold = 1e-4;  // ALD threshold on gamma2 / k(x,x), in [0, 1)
+  EvictionPolicy eviction = EvictionPolicy::kMinLoss;
+  int recompute_every = 1000;       // refactorize from scratch every n updates; 0: never
+  double drift_bound = 1e-9;        // refactorize when the drift measure exceeds this
+  double jitter = 1e-10;            // added to the diagonal of K_D (and to k(x,x))
+  bool estimate_signal_power = true;
+
+  // Throws std::invalid_argument naming the first offending field and value.
+  void validate() const;
+  friend bool operator==(const ModelConfig&, const ModelConfig&) = default;
+};
+
+struct Prediction {
+  double mean = 0.0;
+  double var_f = 0.0;  // variance of the latent function value
+  double var_y = 0.0;  // variance of a new observation (var_f + noise)
+};
+
+struct UpdateResult {
+  Prediction prediction;  // made before y was seen (prequential)
+  bool admitted = false;  // x entered the dictionary (it may have been evicted again)
+  int evicted = -1;       // dictionary index evicted (before removal; == size when x itself), or -1
+  bool recomputed = false;  // the factor was rebuilt from scratch during this update
+};
+
+struct Contribution {
+  int index = 0;            // dictionary index
+  std::uint64_t sample = 0;  // update count at which the point was admitted
+  double weight = 0.0;       // q_i mu_i: its additive share of the predicted mean
+  Eigen::VectorXd input;     // the stored input
+};
+
+// Everything that defines the model, as plain data (its protobuf form lives in proto/).
+struct ModelState {
+  ModelConfig config;
+  int dim = 0;
+  RowMatrixXd inputs;           // m x d
+  std::vector<std::uint64_t> samples;  // m, admission update counts
+  Eigen::MatrixXd gram;         // m x m, K_D (without jitter)
+  Eigen::MatrixXd factor;       // m x m, lower triangular L
+  Eigen::VectorXd mu;           // m
+  Eigen::MatrixXd sigma;        // m x m
+  Eigen::VectorXd qdiag;        // m
+  double s2_num = 0.0, s2_den = 0.0;
+  std::uint64_t updates = 0, admitted = 0, evicted = 0, recomputes = 0, since_recompute = 0;
+};
+
+struct ModelCounters {
+  std::uint64_t updates = 0;
+  std::uint64_t admitted = 0;
+  std::uint64_t evicted = 0;
+  std::uint64_t recomputes = 0;
+  std::uint64_t pivot_failures = 0;  // appends refused by the factor (treated as not admitted)
+};
+
+class OnlineGP {
+ public:
+  // requires: config.validate() passes, dim >= 1 (std::invalid_argument otherwise).
+  OnlineGP(const ModelConfig& config, int dim);
+  ~OnlineGP();
+  OnlineGP(const OnlineGP&);
+  OnlineGP& operator=(const OnlineGP&);
+  OnlineGP(OnlineGP&&) noexcept;
+  OnlineGP& operator=(OnlineGP&&) noexcept;
+
+  // One sample. requires: x.size() == dim(), x and y finite; otherwise throws
+  // std::invalid_argument with the offending value and the state is unchanged.
+  UpdateResult update(Eigen::Ref<const Eigen::VectorXd> x, double y);
+
+  // Pure prediction (no state change). The first form allocates its scratch.
+  Prediction predict(Eigen::Ref<const Eigen::VectorXd> x) const;
+
+  // The k dictionary points contributing most (by |q_i mu_i|) to the mean at x.
+  std::vector<Contribution> explain(Eigen::Ref<const Eigen::VectorXd> x, int k) const;
+
+  ModelState export_state() const;
+  // Validates shapes, finiteness and the factor (std::invalid_argument otherwise).
+  static OnlineGP import_state(const ModelState& state);
+
+  const ModelConfig& config() const;
+  int dim() const;
+  int budget() const;
+  int dictionary_size() const;
+  const ModelCounters& counters() const;
+  double signal_power() const;  // current s2 estimate (1 when not estimated)
+  // Drift measure |L L^T - (K_D + jI)|_F / |K_D|_F against K_D recomputed from the
+  // stored inputs. O(M^3 + M^2 d); for tests and periodic monitoring.
+  double drift() const;
+  // Last drift measured by the model itself at a periodic check (0 before any).
+  double last_drift() const;
+  // Forces the periodic recomputation now.
+  void recompute();
+  // Throws std::logic_error describing the first violated invariant (tol: relative).
+  void check_invariants(double tol = 1e-8) const;
+
+  // Read-only views (m = dictionary_size()).
+  Eigen::Block<const RowMatrixXd> inputs() const;
+  Eigen::VectorBlock<const Eigen::VectorXd> mean_vector() const;
+  Eigen::Block<const Eigen::MatrixXd> covariance() const;
+  const IncrementalCholesky& factor() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ntk
