@@ -9,6 +9,21 @@
 //   linear
 // Keys not given take the defaults below. Unknown keys, bad values and inconsistent
 // combinations throw std::invalid_argument naming the field and the value.
+//
+// GRAMMAR
+//   spec := type [ ':' key '=' value { ',' key '=' value } ]
+//   type is ntk, rbf, polynomial or linear; whitespace around type, keys and values is
+//   ignored; each key at most once and only keys of that type (linear has none).
+//   Numbers: decimal or scientific (std::from_chars), finite, no leading '+'; integers
+//   (depth, width, degree) without fraction or exponent. b_std accepts "none".
+//
+// VALID SPECS (validate(); only the fields of the spec's type are checked)
+//   ntk:        0 <= depth <= kMaxDepth, w_std >= 0, b_std >= 0 or none, width > 0 if
+//               given, width given when parameterization = standard.
+//   rbf:        lengthscale > 0, variance >= 0.
+//   polynomial: degree >= 1, gamma >= 0, coef0 >= 0 (so the kernel is positive
+//               semi-definite).
+//   All real fields finite. Messages read e.g. "kernel spec: depth must be >= 0, got -1".
 #pragma once
 
 #include <optional>
@@ -28,6 +43,9 @@ enum class Parameterization { kNtk, kStandard };
 enum class KernelOutput { kNtk, kNngp };
 
 struct KernelSpec {
+  // Deepest network accepted (bounds the per-point cache, which grows with depth).
+  static constexpr int kMaxDepth = 1000;
+
   KernelType type = KernelType::kNtk;
 
   // type == kNtk. depth = number of hidden layers (0 allowed: one Dense layer).
@@ -50,7 +68,10 @@ struct KernelSpec {
 
   // Parses the text form. Throws std::invalid_argument on any error.
   static KernelSpec parse(std::string_view text);
-  // Canonical text form: every field of the type, shortest round-trip numbers.
+  // Canonical text form: every field of the type, shortest round-trip numbers (width
+  // only when it has a value), keys in the order of the examples above.
+  // ensures: for a valid spec, parse(to_string()) agrees with *this in every field of its
+  //          type (== holds when the other types' fields have their defaults).
   std::string to_string() const;
   // Throws std::invalid_argument naming the first offending field and value.
   void validate() const;
