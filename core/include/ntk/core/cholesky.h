@@ -4,19 +4,31 @@
 //   A lower-triangular L (size() x size()) with L L^T = K + jitter I for a symmetric
 //   positive definite K whose rows/columns are appended and removed one at a time —
 //   the Gram matrix K_D of a kernel dictionary. Storage is one capacity x capacity
-//   buffer allocated at construction; no method allocates afterwards.
+//   column-major buffer allocated at construction; no method allocates afterwards.
 //   append(k, k_self)  O(n^2)        forward solve + new pivot
 //   remove(i)          O((n-i)^2)    delete row/column i, restore the trailing block
-//                                    with a rank-1 update (Givens rotations)
+//                                    with a rank-1 update (Givens rotations, as
+//                                    LINPACK dchud); O(i (n-i)) more to close the gap
 //   rebuild(K)         O(n^3)        full refactorization (periodic recomputation)
+//   Reference: Golub & Van Loan, Matrix Computations (4th ed.), 6.5.4 (updating the
+//   Cholesky factorization); Seeger, "Low rank updates for the Cholesky decomposition"
+//   (2004) for the deletion of a row/column.
 //
 // CONVENTION (checked by tests after every operation)
 //   0 <= size() <= capacity();  L is lower triangular with a strictly positive diagonal;
-//   L L^T == K + jitter() I up to rounding, where K is the matrix of the appended rows.
-//   A non-positive pivot is reported as a status and leaves the object unchanged.
+//   its strictly upper triangle is stored as exact zeros, so matrixL() can be used as a
+//   plain matrix; L L^T == K + jitter() I up to rounding, where K is the matrix of the
+//   appended rows. A non-positive pivot is reported as a status and leaves the object
+//   unchanged.
+//
+// ERRORS
+//   Violated preconditions (wrong sizes, index out of range, bad constructor arguments)
+//   throw std::invalid_argument naming the offending value. Data-dependent numerical
+//   outcomes (a non-positive or non-finite pivot, a full buffer) are CholeskyInfo values.
 //
 // INITIAL VALUE: size() == 0.
-// THREAD SAFETY: const methods may run concurrently; mutation needs exclusive access.
+// THREAD SAFETY: const methods may run concurrently (they use no shared scratch);
+//   mutation needs exclusive access.
 #pragma once
 
 #include <Eigen/Core>
@@ -31,7 +43,8 @@ enum class CholeskyInfo {
 
 class IncrementalCholesky {
  public:
-  // requires: capacity >= 1, jitter >= 0 (std::invalid_argument otherwise).
+  // requires: capacity >= 1, jitter >= 0 and finite (std::invalid_argument otherwise).
+  // ensures: size() == 0; the capacity x capacity buffer is the only allocation.
   explicit IncrementalCholesky(Eigen::Index capacity, double jitter = 0.0);
 
   Eigen::Index size() const { return n_; }
@@ -39,54 +52,86 @@ class IncrementalCholesky {
   double jitter() const { return jitter_; }
 
   // Appends row/column n: k_row = K(n, 0:n) (size() entries), k_self = K(n, n).
-  // ensures: on kSuccess #size() == size()+1 and the factor includes the new row;
-  //          otherwise nothing changes. failed_pivot() holds the offending pivot^2
-  //          (k_self + jitter - |v|^2) after kNotPositiveDefinite.
+  // requires: k_row.size() == size() (std::invalid_argument otherwise).
+  // ensures: v = L^{-1} k_row, pivot^2 = k_self + jitter - |v|^2 and
+  //          - kSuccess: #size() == size()+1, new row of L = [v^T, sqrt(pivot^2)];
+  //          - kFull: size() == capacity(), nothing changed;
+  //          - kNotPositiveDefinite: pivot^2 <= 0 or not finite (also for non-finite
+  //            inputs); nothing changed except failed_pivot() == pivot^2 and
+  //            failed_index() == size().
   CholeskyInfo append(Eigen::Ref<const Eigen::VectorXd> k_row, double k_self);
 
   // Same as append, but also returns v = L^{-1} k_row (size() entries) in v_out, which
   // callers that already need the solve (the GP model) reuse.
+  // requires: v_out.size() == size() (v_out may alias k_row).
+  // ensures: v_out == v after kSuccess and kNotPositiveDefinite; untouched after kFull.
   CholeskyInfo append(Eigen::Ref<const Eigen::VectorXd> k_row, double k_self,
                       Eigen::Ref<Eigen::VectorXd> v_out);
 
-  // Removes row/column i (0 <= i < size()). ensures: #size() == size()-1 and the
-  // factor is that of K with row/column i deleted (later indices shift down by one).
+  // Same as append, with the forward solve already done by the caller:
+  // requires v = L^{-1} k_row (size() entries). Saves the O(n^2) solve when the caller
+  // needs v anyway (the GP model computes it to decide admission). O(n).
+  CholeskyInfo append_solved(Eigen::Ref<const Eigen::VectorXd> v, double k_self);
+
+  // Replaces the factor by L (n x n, n <= capacity; only the lower triangle is read),
+  // e.g. restored from a snapshot.
+  // requires: L square with L.rows() <= capacity() (std::invalid_argument otherwise).
+  // ensures: kSuccess and matrixL() == the lower triangle of L; or kNotPositiveDefinite,
+  //          nothing changed and failed_index() == the first row holding a diagonal entry
+  //          that is not (finite and > 0) or a non-finite entry of the lower triangle.
+  CholeskyInfo assign(const Eigen::Ref<const Eigen::MatrixXd>& L);
+
+  // Removes row/column i.
+  // requires: 0 <= i < size() (std::invalid_argument otherwise).
+  // ensures: #size() == size()-1 and the factor is that of K with row/column i deleted
+  //          (later indices shift down by one). Cannot fail: the trailing block gets a
+  //          positive semi-definite rank-1 update, L33' L33'^T = L33 L33^T + l32 l32^T.
   void remove(Eigen::Index i);
 
-  // Full refactorization of K (n x n, n <= capacity) + jitter I.
-  // ensures: kSuccess, or kNotPositiveDefinite and size() == 0 (failed_index() set).
+  // Full refactorization of K (n x n, n <= capacity) + jitter I; only the lower triangle
+  // of K is read.
+  // requires: K square with K.rows() <= capacity() (std::invalid_argument otherwise).
+  // ensures: kSuccess and #size() == n; or kNotPositiveDefinite, size() == 0,
+  //          failed_index() == the row whose pivot failed, failed_pivot() == its pivot^2.
   CholeskyInfo rebuild(const Eigen::Ref<const Eigen::MatrixXd>& K);
 
   void clear() { n_ = 0; }
 
-  // The factor, a view into the buffer (size() x size()).
+  // The factor, a view into the buffer (size() x size()); its strictly upper triangle
+  // reads as zeros. Invalidated (contents, not the view's validity) by any mutation.
   Eigen::Block<const Eigen::MatrixXd> matrixL() const { return L_.topLeftCorner(n_, n_); }
 
-  // In-place solves: b <- L^{-1} b, b <- L^{-T} b, b <- (L L^T)^{-1} b. b.size() == size().
+  // In-place solves: b <- L^{-1} b, b <- L^{-T} b, b <- (L L^T)^{-1} b.
+  // requires: b.size() == size() (std::invalid_argument otherwise). O(n^2).
   void solve_lower_in_place(Eigen::Ref<Eigen::VectorXd> b) const;
   void solve_upper_in_place(Eigen::Ref<Eigen::VectorXd> b) const;
   void solve_in_place(Eigen::Ref<Eigen::VectorXd> b) const;
 
-  // log det(K + jitter I) = 2 sum log L_ii.
+  // log det(K + jitter I) = 2 sum log L_ii (0 when size() == 0).
   double log_determinant() const;
 
-  // |L L^T - (K + jitter I)|_F / |K|_F for the caller's current K (size() x size());
-  // 0 when K is 0. O(n^3): for periodic checks, not per update.
+  // |L L^T - (K + jitter I)|_F / |K|_F for the caller's current K (size() x size(),
+  // all of it is read); 0 when |K|_F == 0 (no scale to be relative to).
+  // requires: K.rows() == K.cols() == size() (std::invalid_argument otherwise).
+  // O(n^3): for periodic checks, not per update.
   double drift(const Eigen::Ref<const Eigen::MatrixXd>& K) const;
 
   double failed_pivot() const { return failed_pivot_; }
   Eigen::Index failed_index() const { return failed_index_; }
 
  private:
-  Eigen::MatrixXd L_;       // capacity x capacity; only the lower triangle of the
-                            // leading n_ x n_ block is meaningful
+  CholeskyInfo append_pivot(Eigen::Ref<const Eigen::VectorXd> v, double k_self);
+
+  Eigen::MatrixXd L_;  // capacity x capacity; the lower triangle of the leading
+                       // n_ x n_ block is L; the strict upper triangle of the whole
+                       // buffer is kept at exact zeros; the rest is stale
   Eigen::Index n_ = 0;
   double jitter_ = 0.0;
   double failed_pivot_ = 0.0;
   Eigen::Index failed_index_ = -1;
 
   // Scratch, not state: never part of a snapshot.
-  Eigen::VectorXd work_;    // capacity
+  Eigen::VectorXd work_;  // capacity
 };
 
 }  // namespace ntk
