@@ -1,1 +1,641 @@
-// (in progress)
+// OnlineGP: fixed-budget KRLS-T regressor. See model.h for the math and conventions.
+//
+// CONVENTION (the state; m = dictionary size, cap = budget + 1)
+//   X.topRows(m)            dictionary inputs, in admission order
+//   caches.topRows(m)       kernel->prepare() of each input
+//   K.topLeftCorner(m, m)   K_D (without jitter), bitwise symmetric
+//   chol                    L with L L^T = K_D + jitter I
+//   mu.head(m), Sigma       posterior N(mu, Sigma) of f at the dictionary; Sigma is kept
+//                           bitwise symmetric (every update is symmetric elementwise)
+//   qdiag.head(m)           diag((K_D + jitter I)^{-1}), maintained under kMinLoss only
+//   s2_num / s2_den         forgotten sums of squared standardized residuals / counts
+// The +1 in cap holds an admitted sample until the eviction decides which basis goes
+// (KRLS-T ranks the new point together with the old ones).
+#include "ntk/core/model.h"
+
+#include <Eigen/Cholesky>
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+
+namespace ntk {
+
+using Eigen::Index;
+using Eigen::MatrixXd;
+using Eigen::VectorXd;
+
+namespace {
+
+// Updates between the O(M^2) single-column drift checks.
+constexpr std::uint64_t kDriftCheckPeriod = 16;
+// Pseudo-observations behind the initial signal power s2 = 1 (standardized data).
+constexpr double kSignalPowerPrior = 1.0;
+
+std::string num(double v) {
+  std::ostringstream os;
+  os.precision(17);
+  os << v;
+  return os.str();
+}
+
+[[noreturn]] void invalid(const std::string& what) {
+  throw std::invalid_argument("model: " + what);
+}
+
+// Deletes row and column r of the leading m x m block of the column-major A, moving the
+// later rows/columns up/left. O(m^2) moves, no allocation.
+void erase_row_col(MatrixXd& A, Index m, Index r) {
+  const Index ld = A.rows();
+  double* a = A.data();
+  for (Index c = 0; c + 1 < m; ++c) {
+    const double* src = a + (c < r ? c : c + 1) * ld;
+    double* dst = a + c * ld;
+    if (src != dst) std::copy(src, src + r, dst);
+    std::copy(src + r + 1, src + m, dst + r);
+  }
+}
+
+// Deletes entry r of the first m entries of a contiguous array.
+template <typename T>
+void erase_entry(T* v, Index m, Index r) {
+  std::copy(v + r + 1, v + m, v + r);
+}
+
+// Deletes row r of the first m rows of a column-major matrix.
+void erase_row(MatrixXd& A, Index m, Index r) {
+  for (Index c = 0; c < A.cols(); ++c) erase_entry(A.col(c).data(), m, r);
+}
+
+// Deletes row r of the first m rows of a row-major matrix.
+void erase_row(RowMatrixXd& A, Index m, Index r) {
+  const Index ld = A.cols();
+  std::copy(A.data() + (r + 1) * ld, A.data() + m * ld, A.data() + r * ld);
+}
+
+}  // namespace
+
+std::string_view to_string(EvictionPolicy p) {
+  switch (p) {
+    case EvictionPolicy::kMinLoss:
+      return "min_loss";
+    case EvictionPolicy::kOldest:
+      return "oldest";
+  }
+  return "unknown";
+}
+
+void ModelConfig::validate() const {
+  kernel.validate();
+  if (budget < 1) invalid("budget must be >= 1, got " + std::to_string(budget));
+  if (!(noise_variance > 0.0) || !std::isfinite(noise_variance)) {
+    invalid("noise_variance must be finite and > 0, got " + num(noise_variance));
+  }
+  if (!(forgetting > 0.0 && forgetting <= 1.0)) {
+    invalid("forgetting must be in (0, 1], got " + num(forgetting));
+  }
+  if (!(admission_threshold >= 0.0 && admission_threshold < 1.0)) {
+    invalid("admission_threshold must be in [0, 1), got " + num(admission_threshold));
+  }
+  if (recompute_every < 0) {
+    invalid("recompute_every must be >= 0, got " + std::to_string(recompute_every));
+  }
+  if (!(drift_bound > 0.0)) invalid("drift_bound must be > 0, got " + num(drift_bound));
+  if (!(jitter >= 0.0) || !std::isfinite(jitter)) {
+    invalid("jitter must be finite and >= 0, got " + num(jitter));
+  }
+}
+
+// Scratch for one prediction; not state.
+struct Workspace {
+  VectorXd xcache;  // prepare(x)
+  VectorXd kx;      // k(D, x)
+  VectorXd v;       // L^{-1} k, later reused
+  VectorXd q;       // (K_D + jI)^{-1} k
+  VectorXd h;       // Sigma q, extended to p = [h; var_f] on admission
+  MatrixXd kscratch;
+
+  Workspace(Index cap, const Kernel& kernel)
+      : xcache(kernel.cache_size()),
+        kx(cap),
+        v(cap),
+        q(cap),
+        h(cap),
+        kscratch(cap, std::max<Index>(1, kernel.scratch_cols())) {}
+};
+
+// The quantities of DESIGN §4 step 2 for one input (unit signal power).
+struct Step {
+  double kss_raw = 0.0;  // k(x, x)
+  double kss = 0.0;      // k(x, x) + jitter
+  double gamma2 = 0.0;   // kss - k.q, the ALD residual
+  double var_f = 0.0;
+  double var_y = 0.0;
+  double mean = 0.0;
+};
+
+struct OnlineGP::Impl {
+  ModelConfig config;
+  int dim;
+  std::shared_ptr<const Kernel> kernel;
+  Index cap;
+  bool track_qdiag;
+
+  // State.
+  IncrementalCholesky chol;
+  RowMatrixXd X;
+  MatrixXd caches;
+  std::vector<std::uint64_t> samples;
+  MatrixXd K;
+  VectorXd mu;
+  MatrixXd Sigma;
+  VectorXd qdiag;
+  Index m = 0;
+  double s2_num = kSignalPowerPrior;
+  double s2_den = kSignalPowerPrior;
+  ModelCounters counters;
+  std::uint64_t since_recompute = 0;
+  double last_drift = 0.0;
+
+  // Scratch, not state: never exported.
+  Workspace ws;
+  VectorXd vec;
+
+  Impl(const ModelConfig& c, int d)
+      : config(c),
+        dim(d),
+        kernel(make_kernel(c.kernel)),
+        cap(c.budget + 1),
+        track_qdiag(c.eviction == EvictionPolicy::kMinLoss),
+        chol(cap, c.jitter),
+        X(cap, d),
+        caches(cap, kernel->cache_size()),
+        samples(static_cast<std::size_t>(cap), 0),
+        K(cap, cap),
+        mu(cap),
+        Sigma(cap, cap),
+        qdiag(cap),
+        ws(cap, *kernel),
+        vec(cap) {}
+
+  double signal_power() const { return config.estimate_signal_power ? s2_num / s2_den : 1.0; }
+
+  void check_input(Eigen::Ref<const VectorXd> x) const {
+    if (x.size() != dim) {
+      invalid("input has dimension " + std::to_string(x.size()) + ", expected " +
+              std::to_string(dim));
+    }
+    for (Index i = 0; i < x.size(); ++i) {
+      if (!std::isfinite(x(i))) {
+        invalid("input component " + std::to_string(i) + " is not finite: " + num(x(i)));
+      }
+    }
+  }
+
+  // DESIGN §4 step 2, with the forgetting of step 1 applied virtually when lambda < 1:
+  // Sigma_f q = lambda Sigma q + (1 - lambda) (K_D + jI) q = lambda Sigma q + (1 - lambda) k,
+  // mu_f = sqrt(lambda) mu. update() forgets for real first and passes lambda = 1.
+  // Leaves kx, v = L^{-1} k, q and h in ws.
+  Step predict_into(Eigen::Ref<const VectorXd> x, Workspace& w, double lambda) const {
+    kernel->prepare(x, w.xcache);
+    Step s;
+    s.kss_raw = kernel->self(x, w.xcache);
+    s.kss = s.kss_raw + config.jitter;
+    if (m == 0) {
+      s.gamma2 = s.kss;
+      s.var_f = s.kss;
+    } else {
+      Eigen::Ref<VectorXd> kx = w.kx.head(m);
+      kernel->row(X.topRows(m), caches.topRows(m), x, w.xcache, kx, w.kscratch);
+      Eigen::Ref<VectorXd> v = w.v.head(m);
+      v = kx;
+      chol.solve_lower_in_place(v);
+      s.gamma2 = std::max(0.0, s.kss - v.squaredNorm());
+      Eigen::Ref<VectorXd> q = w.q.head(m);
+      q = v;
+      chol.solve_upper_in_place(q);
+      Eigen::Ref<VectorXd> h = w.h.head(m);
+      h.noalias() = Sigma.topLeftCorner(m, m) * q;
+      if (lambda < 1.0) h = lambda * h + (1.0 - lambda) * kx;
+      s.var_f = std::max(0.0, s.gamma2 + q.dot(h));
+      s.mean = std::sqrt(lambda) * q.dot(mu.head(m));
+    }
+    s.var_y = config.noise_variance + s.var_f;
+    return s;
+  }
+
+  // Step 1: Sigma <- lambda Sigma + (1 - lambda)(K_D + jI), mu <- sqrt(lambda) mu.
+  void forget() {
+    const double lambda = config.forgetting;
+    if (lambda >= 1.0 || m == 0) return;
+    Sigma.topLeftCorner(m, m) =
+        lambda * Sigma.topLeftCorner(m, m) + (1.0 - lambda) * K.topLeftCorner(m, m);
+    Sigma.diagonal().head(m).array() += (1.0 - lambda) * config.jitter;
+    mu.head(m) *= std::sqrt(lambda);
+  }
+
+  // Step 3, admission half: extend the dictionary by x (whose quantities are in ws).
+  // Returns false, changing nothing, when the factor refuses the pivot.
+  bool admit(Eigen::Ref<const VectorXd> x, const Step& s) {
+    if (chol.append_solved(ws.v.head(m), s.kss_raw) != CholeskyInfo::kSuccess) {
+      ++counters.pivot_failures;
+      return false;
+    }
+    X.row(m) = x.transpose();
+    caches.row(m) = ws.xcache.transpose();
+    samples[static_cast<std::size_t>(m)] = counters.updates;
+    K.col(m).head(m) = ws.kx.head(m);
+    K.row(m).head(m) = ws.kx.head(m).transpose();
+    K(m, m) = s.kss_raw;
+    Sigma.col(m).head(m) = ws.h.head(m);
+    Sigma.row(m).head(m) = ws.h.head(m).transpose();
+    Sigma(m, m) = s.var_f;
+    mu(m) = s.mean;
+    if (track_qdiag) {
+      // Block inverse of [[K, k], [k^T, kss]]: Q += q q^T / g2 and a new diagonal 1 / g2,
+      // with g2 the pivot^2 the factor accepted.
+      const double l = chol.matrixL()(m, m);
+      const double g2 = l * l;
+      qdiag.head(m).array() += ws.q.head(m).array().square() / g2;
+      qdiag(m) = 1.0 / g2;
+    }
+    ws.h(m) = s.var_f;  // p = [h; var_f]
+    ++m;
+    return true;
+  }
+
+  // Step 4: KRLS-T's criterion |(Q mu)_i| / Q_ii, or the oldest basis.
+  Index choose_eviction() {
+    if (config.eviction == EvictionPolicy::kOldest) return 0;
+    Eigen::Ref<VectorXd> alpha = ws.v.head(m);
+    alpha = mu.head(m);
+    chol.solve_in_place(alpha);
+    Index best = 0;
+    double best_loss = std::numeric_limits<double>::infinity();
+    for (Index i = 0; i < m; ++i) {
+      const double loss = std::abs(alpha(i)) / qdiag(i);
+      if (loss < best_loss) {
+        best_loss = loss;
+        best = i;
+      }
+    }
+    return best;
+  }
+
+  // Removes basis r: the posterior is marginalized (rows/columns dropped) and
+  // Q_{-r} = Q_{-r,-r} - Q_{-r,r} Q_{r,-r} / Q_rr updates diag(Q).
+  void remove_basis(Index r) {
+    if (track_qdiag) {
+      Eigen::Ref<VectorXd> w = ws.v.head(m);
+      w.setZero();
+      w(r) = 1.0;
+      chol.solve_in_place(w);
+      qdiag.head(m).array() -= w.array().square() / w(r);
+      erase_entry(qdiag.data(), m, r);
+    }
+    chol.remove(r);
+    erase_row(X, m, r);
+    erase_row(caches, m, r);
+    erase_entry(samples.data(), m, r);
+    erase_row_col(K, m, r);
+    erase_row_col(Sigma, m, r);
+    erase_entry(mu.data(), m, r);
+    --m;
+  }
+
+  // Relative drift of column j: |(L L^T - K_D - jI) e_j| / |K_D e_j|. O(m j).
+  double column_drift(Index j) {
+    const auto L = chol.matrixL();
+    Eigen::Ref<VectorXd> c = vec.head(m);
+    c.noalias() = L.leftCols(j + 1) * L.row(j).head(j + 1).transpose();
+    c -= K.col(j).head(m);
+    c(j) -= config.jitter;
+    const double scale = K.col(j).head(m).norm();
+    return scale > 0.0 ? c.norm() / scale : c.norm();
+  }
+
+  // |L L^T - (K + jI)|_F / |K|_F for the leading m x m block of Kref. O(m^3), no allocation.
+  double full_drift(const MatrixXd& Kref) {
+    const auto L = chol.matrixL();
+    double err2 = 0.0;
+    for (Index j = 0; j < m; ++j) {
+      Eigen::Ref<VectorXd> c = vec.head(m);
+      c.noalias() = L.leftCols(j + 1) * L.row(j).head(j + 1).transpose();
+      c -= Kref.col(j).head(m);
+      c(j) -= config.jitter;
+      err2 += c.squaredNorm();
+    }
+    const double scale = Kref.topLeftCorner(m, m).norm();
+    return scale > 0.0 ? std::sqrt(err2) / scale : std::sqrt(err2);
+  }
+
+  // Step 5: K_D from the stored inputs, drift measured, L refactorized, Sigma
+  // re-symmetrized, diag(Q) recomputed. A basis the refactorization refuses (possible
+  // only after a pathological import) is dropped and counted.
+  void recompute() {
+    for (Index i = 0; i < m; ++i) {
+      ws.xcache = caches.row(i).transpose();
+      Eigen::Ref<VectorXd> row = vec.head(i + 1);
+      kernel->row(X.topRows(i + 1), caches.topRows(i + 1), X.row(i).transpose(), ws.xcache, row,
+                  ws.kscratch);
+      K.col(i).head(i + 1) = row;
+      K.row(i).head(i + 1) = row.transpose();
+    }
+    last_drift = full_drift(K);
+    while (m > 0 && chol.rebuild(K.topLeftCorner(m, m)) != CholeskyInfo::kSuccess) {
+      const Index bad = chol.failed_index();
+      ++counters.pivot_failures;
+      erase_row(X, m, bad);
+      erase_row(caches, m, bad);
+      erase_entry(samples.data(), m, bad);
+      erase_row_col(K, m, bad);
+      erase_row_col(Sigma, m, bad);
+      erase_entry(mu.data(), m, bad);
+      --m;
+    }
+    for (Index j = 0; j < m; ++j) {
+      for (Index i = j + 1; i < m; ++i) {
+        const double a = 0.5 * (Sigma(i, j) + Sigma(j, i));
+        Sigma(i, j) = a;
+        Sigma(j, i) = a;
+      }
+    }
+    if (track_qdiag) recompute_qdiag();
+    since_recompute = 0;
+    ++counters.recomputes;
+  }
+
+  // diag(Q)_i = |L^{-1} e_i|^2; L^{-1} e_i is zero above i. O(m^3 / 3), no allocation.
+  void recompute_qdiag() {
+    const auto L = chol.matrixL();
+    for (Index i = 0; i < m; ++i) {
+      const Index n = m - i;
+      Eigen::Ref<VectorXd> e = vec.head(n);
+      e.setZero();
+      e(0) = 1.0;
+      L.bottomRightCorner(n, n).triangularView<Eigen::Lower>().solveInPlace(e);
+      qdiag(i) = e.squaredNorm();
+    }
+  }
+};
+
+OnlineGP::OnlineGP(const ModelConfig& config, int dim) {
+  config.validate();
+  if (dim < 1) invalid("dimension must be >= 1, got " + std::to_string(dim));
+  impl_ = std::make_unique<Impl>(config, dim);
+}
+
+OnlineGP::~OnlineGP() = default;
+OnlineGP::OnlineGP(const OnlineGP& other) : impl_(std::make_unique<Impl>(*other.impl_)) {}
+OnlineGP& OnlineGP::operator=(const OnlineGP& other) {
+  if (this != &other) impl_ = std::make_unique<Impl>(*other.impl_);
+  return *this;
+}
+OnlineGP::OnlineGP(OnlineGP&&) noexcept = default;
+OnlineGP& OnlineGP::operator=(OnlineGP&&) noexcept = default;
+
+UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
+  Impl& s = *impl_;
+  // Validate before touching anything: the strong guarantee.
+  s.check_input(x);
+  if (!std::isfinite(y)) invalid("target is not finite: " + num(y));
+
+  UpdateResult result;
+  const double lambda = s.config.forgetting;
+  // 1. forget.
+  s.forget();
+  // 2. predict (the prequential prediction, before y is seen).
+  const Step step = s.predict_into(x, s.ws, 1.0);
+  const double s2 = s.signal_power();
+  result.prediction = {step.mean, s2 * step.var_f, s2 * step.var_y};
+  const double residual = y - step.mean;
+  // Signal power by maximum likelihood on standardized residuals (KRLS-T).
+  s.s2_num = lambda * s.s2_num + residual * residual / step.var_y;
+  s.s2_den = lambda * s.s2_den + 1.0;
+
+  // 3. admit (ALD test), then absorb y with p = [h; var_f] or p = h.
+  if (s.m == 0 || step.gamma2 > s.config.admission_threshold * step.kss) {
+    result.admitted = s.admit(x, step);
+  }
+  if (result.admitted) ++s.counters.admitted;
+  const Index m = s.m;
+  Eigen::Ref<VectorXd> p = s.ws.h.head(m);
+  s.mu.head(m) += (residual / step.var_y) * p;
+  // Sigma -= p p^T / var_y as (p / sqrt(var_y)) (p / sqrt(var_y))^T: one product per entry,
+  // so the update is bitwise symmetric.
+  Eigen::Ref<VectorXd> ps = s.ws.v.head(m);
+  ps = p / std::sqrt(step.var_y);
+  s.Sigma.topLeftCorner(m, m).noalias() -= ps * ps.transpose();
+
+  // 4. evict when over budget.
+  if (s.m > s.config.budget) {
+    const Index r = s.choose_eviction();
+    s.remove_basis(r);
+    result.evicted = static_cast<int>(r);
+    ++s.counters.evicted;
+  }
+  ++s.counters.updates;
+
+  // 5. periodic recomputation, or earlier when a sampled column has drifted.
+  ++s.since_recompute;
+  if (s.config.recompute_every > 0 &&
+      s.since_recompute >= static_cast<std::uint64_t>(s.config.recompute_every)) {
+    s.recompute();
+    result.recomputed = true;
+  } else if (s.m > 0 && s.counters.updates % kDriftCheckPeriod == 0) {
+    const Index j = static_cast<Index>((s.counters.updates / kDriftCheckPeriod) %
+                                       static_cast<std::uint64_t>(s.m));
+    if (s.column_drift(j) > s.config.drift_bound) {
+      s.recompute();
+      result.recomputed = true;
+    }
+  }
+  return result;
+}
+
+Prediction OnlineGP::predict(Eigen::Ref<const VectorXd> x) const {
+  const Impl& s = *impl_;
+  s.check_input(x);
+  Workspace w(std::max<Index>(s.m, 1), *s.kernel);
+  const Step step = s.predict_into(x, w, s.config.forgetting);
+  const double s2 = s.signal_power();
+  return {step.mean, s2 * step.var_f, s2 * step.var_y};
+}
+
+std::vector<Contribution> OnlineGP::explain(Eigen::Ref<const VectorXd> x, int k) const {
+  const Impl& s = *impl_;
+  s.check_input(x);
+  if (k < 0) invalid("explain: k must be >= 0, got " + std::to_string(k));
+  std::vector<Contribution> out;
+  if (s.m == 0 || k == 0) return out;
+  Workspace w(s.m, *s.kernel);
+  s.predict_into(x, w, s.config.forgetting);
+  const double scale = std::sqrt(s.config.forgetting);
+  std::vector<Index> order(static_cast<std::size_t>(s.m));
+  for (Index i = 0; i < s.m; ++i) order[static_cast<std::size_t>(i)] = i;
+  const auto weight = [&](Index i) { return scale * w.q(i) * s.mu(i); };
+  const std::size_t n = std::min<std::size_t>(static_cast<std::size_t>(k), order.size());
+  std::partial_sort(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(n), order.end(),
+                    [&](Index a, Index b) {
+                      const double wa = std::abs(weight(a)), wb = std::abs(weight(b));
+                      return wa != wb ? wa > wb : a < b;
+                    });
+  out.reserve(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    const Index j = order[i];
+    out.push_back({static_cast<int>(j), s.samples[static_cast<std::size_t>(j)], weight(j),
+                   s.X.row(j).transpose()});
+  }
+  return out;
+}
+
+ModelState OnlineGP::export_state() const {
+  const Impl& s = *impl_;
+  const Index m = s.m;
+  ModelState st;
+  st.config = s.config;
+  st.dim = s.dim;
+  st.inputs = s.X.topRows(m);
+  st.samples.assign(s.samples.begin(), s.samples.begin() + static_cast<std::ptrdiff_t>(m));
+  st.gram = s.K.topLeftCorner(m, m);
+  st.factor = s.chol.matrixL().triangularView<Eigen::Lower>();
+  st.mu = s.mu.head(m);
+  st.sigma = s.Sigma.topLeftCorner(m, m);
+  if (s.track_qdiag) st.qdiag = s.qdiag.head(m);
+  st.s2_num = s.s2_num;
+  st.s2_den = s.s2_den;
+  st.updates = s.counters.updates;
+  st.admitted = s.counters.admitted;
+  st.evicted = s.counters.evicted;
+  st.recomputes = s.counters.recomputes;
+  st.pivot_failures = s.counters.pivot_failures;
+  st.since_recompute = s.since_recompute;
+  st.last_drift = s.last_drift;
+  return st;
+}
+
+OnlineGP OnlineGP::import_state(const ModelState& st) {
+  OnlineGP gp(st.config, st.dim);
+  Impl& s = *gp.impl_;
+  const Index m = st.inputs.rows();
+  const auto shape = [](const char* what, Index r, Index c, Index er, Index ec) {
+    if (r != er || c != ec) {
+      invalid(std::string("import: ") + what + " is " + std::to_string(r) + "x" +
+              std::to_string(c) + ", expected " + std::to_string(er) + "x" + std::to_string(ec));
+    }
+  };
+  if (m > st.config.budget) {
+    invalid("import: " + std::to_string(m) + " dictionary points exceed the budget " +
+            std::to_string(st.config.budget));
+  }
+  shape("inputs", st.inputs.rows(), st.inputs.cols(), m, st.dim);
+  shape("samples", static_cast<Index>(st.samples.size()), 1, m, 1);
+  shape("gram", st.gram.rows(), st.gram.cols(), m, m);
+  shape("factor", st.factor.rows(), st.factor.cols(), m, m);
+  shape("mu", st.mu.size(), 1, m, 1);
+  shape("sigma", st.sigma.rows(), st.sigma.cols(), m, m);
+  shape("qdiag", st.qdiag.size(), 1, s.track_qdiag ? m : 0, 1);
+  const auto finite = [](const char* what, auto&& a) {
+    if (!a.allFinite()) invalid(std::string("import: ") + what + " has non-finite entries");
+  };
+  finite("inputs", st.inputs);
+  finite("gram", st.gram);
+  finite("factor", st.factor);
+  finite("mu", st.mu);
+  finite("sigma", st.sigma);
+  finite("qdiag", st.qdiag);
+  if (!(st.s2_num > 0.0 && st.s2_den > 0.0) || !std::isfinite(st.s2_num) ||
+      !std::isfinite(st.s2_den)) {
+    invalid("import: signal power statistics must be finite and > 0, got " + num(st.s2_num) +
+            " / " + num(st.s2_den));
+  }
+  if (s.chol.assign(st.factor) != CholeskyInfo::kSuccess) {
+    invalid("import: factor has a non-positive diagonal at index " +
+            std::to_string(s.chol.failed_index()));
+  }
+  s.m = m;
+  s.X.topRows(m) = st.inputs;
+  for (Index i = 0; i < m; ++i) {
+    s.kernel->prepare(st.inputs.row(i).transpose(), s.ws.xcache);
+    s.caches.row(i) = s.ws.xcache.transpose();
+  }
+  std::copy(st.samples.begin(), st.samples.end(), s.samples.begin());
+  s.K.topLeftCorner(m, m) = st.gram;
+  s.mu.head(m) = st.mu;
+  s.Sigma.topLeftCorner(m, m) = st.sigma;
+  if (s.track_qdiag) s.qdiag.head(m) = st.qdiag;
+  s.s2_num = st.s2_num;
+  s.s2_den = st.s2_den;
+  s.counters.updates = st.updates;
+  s.counters.admitted = st.admitted;
+  s.counters.evicted = st.evicted;
+  s.counters.recomputes = st.recomputes;
+  s.counters.pivot_failures = st.pivot_failures;
+  s.since_recompute = st.since_recompute;
+  s.last_drift = st.last_drift;
+  return gp;
+}
+
+const ModelConfig& OnlineGP::config() const { return impl_->config; }
+int OnlineGP::dim() const { return impl_->dim; }
+int OnlineGP::budget() const { return impl_->config.budget; }
+int OnlineGP::dictionary_size() const { return static_cast<int>(impl_->m); }
+const ModelCounters& OnlineGP::counters() const { return impl_->counters; }
+double OnlineGP::signal_power() const { return impl_->signal_power(); }
+double OnlineGP::last_drift() const { return impl_->last_drift; }
+void OnlineGP::recompute() { impl_->recompute(); }
+
+double OnlineGP::drift() const {
+  const Impl& s = *impl_;
+  const Index m = s.m;
+  if (m == 0) return 0.0;
+  const MatrixXd Kfresh = s.kernel->gram(s.X.topRows(m));
+  const MatrixXd L = s.chol.matrixL().triangularView<Eigen::Lower>();
+  MatrixXd E = L * L.transpose() - Kfresh;
+  E.diagonal().array() -= s.config.jitter;
+  const double scale = Kfresh.norm();
+  return scale > 0.0 ? E.norm() / scale : E.norm();
+}
+
+void OnlineGP::check_invariants(double tol) const {
+  const Impl& s = *impl_;
+  const Index m = s.m;
+  const auto fail = [](const std::string& what) {
+    throw std::logic_error("OnlineGP invariant violated: " + what);
+  };
+  if (m > s.config.budget) fail("dictionary size " + std::to_string(m) + " > budget");
+  if (s.chol.size() != m) fail("factor size differs from dictionary size");
+  if (m == 0) return;
+  const MatrixXd K = s.K.topLeftCorner(m, m);
+  if ((K - K.transpose()).norm() != 0.0) fail("K_D not bitwise symmetric");
+  const MatrixXd Kfresh = s.kernel->gram(s.X.topRows(m));
+  const double kscale = std::max(Kfresh.norm(), std::numeric_limits<double>::min());
+  if ((K - Kfresh).norm() > tol * kscale) fail("stored K_D differs from the kernel of the inputs");
+  const MatrixXd L = s.chol.matrixL().triangularView<Eigen::Lower>();
+  MatrixXd E = L * L.transpose() - K;
+  E.diagonal().array() -= s.config.jitter;
+  if (E.norm() > tol * kscale)
+    fail("L L^T != K_D + jitter I (error " + num(E.norm() / kscale) + ")");
+  const MatrixXd S = s.Sigma.topLeftCorner(m, m);
+  if (!S.allFinite() || !s.mu.head(m).allFinite()) fail("posterior has non-finite entries");
+  if ((S - S.transpose()).norm() > tol * std::max(S.norm(), 1e-300)) fail("Sigma not symmetric");
+  if (s.track_qdiag) {
+    MatrixXd Kj = K;
+    Kj.diagonal().array() += s.config.jitter;
+    const VectorXd fresh = Kj.llt().solve(MatrixXd::Identity(m, m)).diagonal();
+    if ((s.qdiag.head(m) - fresh).norm() > tol * fresh.norm()) {
+      fail("diag(Q) differs from a fresh inverse (error " +
+           num((s.qdiag.head(m) - fresh).norm() / fresh.norm()) + ")");
+    }
+  }
+}
+
+Eigen::Ref<const RowMatrixXd> OnlineGP::inputs() const { return impl_->X.topRows(impl_->m); }
+Eigen::Ref<const VectorXd> OnlineGP::mean_vector() const { return impl_->mu.head(impl_->m); }
+Eigen::Ref<const MatrixXd> OnlineGP::covariance() const {
+  return impl_->Sigma.topLeftCorner(impl_->m, impl_->m);
+}
+const IncrementalCholesky& OnlineGP::factor() const { return impl_->chol; }
+
+}  // namespace ntk

@@ -1,1 +1,474 @@
+// OnlineGP against independent oracles: exact GP regression, Bayesian linear regression
+// in closed form, a naive O(M^3) KRLS-T, brute-force eviction, chaotic benchmarks
+// against RLS AR(7); plus the strong guarantee, zero allocations per update, snapshots.
 #include <doctest/doctest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+#include <random>
+#include <stdexcept>
+
+#include "core/model_oracles.h"
+#include "ntk/core/model.h"
+
+// Counting allocator: every global allocation in this test binary is counted.
+namespace {
+std::atomic<long> g_allocations{0};
+}
+void* operator new(std::size_t n) {
+  ++g_allocations;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) {
+  ++g_allocations;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
+namespace {
+
+using Eigen::VectorXd;
+using ntk::EvictionPolicy;
+using ntk::ModelConfig;
+using ntk::OnlineGP;
+using ntk::Prediction;
+
+const char* const kKernels[] = {
+    "rbf:lengthscale=0.8,variance=1.5",
+    "ntk:activation=relu,depth=3,w_std=1.5,b_std=0.1,parameterization=ntk,output=ntk",
+    "ntk:activation=erf,depth=2,w_std=1.3,b_std=0.2,parameterization=ntk,output=nngp",
+};
+
+// A smooth nonlinear target with noise.
+double target(const VectorXd& x) { return std::sin(2.0 * x(0)) + 0.5 * x(1) * x(1) - 0.3 * x(2); }
+
+std::vector<VectorXd> random_inputs(int n, int d, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> g;
+  std::vector<VectorXd> xs;
+  for (int i = 0; i < n; ++i) {
+    VectorXd x(d);
+    for (int j = 0; j < d; ++j) x(j) = g(rng);
+    xs.push_back(x);
+  }
+  return xs;
+}
+
+void check_close(const Prediction& a, const Prediction& b, double tol) {
+  const double scale = std::max(1.0, std::abs(b.mean));
+  CHECK(std::abs(a.mean - b.mean) <= tol * scale);
+  CHECK(std::abs(a.var_f - b.var_f) <= tol * std::max(1.0, b.var_f));
+  CHECK(std::abs(a.var_y - b.var_y) <= tol * std::max(1.0, b.var_y));
+}
+
+void check_bitwise_equal(const ntk::ModelState& a, const ntk::ModelState& b) {
+  CHECK(a.config == b.config);
+  CHECK(a.inputs == b.inputs);
+  CHECK(a.samples == b.samples);
+  CHECK(a.gram == b.gram);
+  CHECK(a.factor == b.factor);
+  CHECK(a.mu == b.mu);
+  CHECK(a.sigma == b.sigma);
+  CHECK(a.qdiag == b.qdiag);
+  CHECK(a.s2_num == b.s2_num);
+  CHECK(a.s2_den == b.s2_den);
+  CHECK(a.updates == b.updates);
+  CHECK(a.admitted == b.admitted);
+  CHECK(a.evicted == b.evicted);
+  CHECK(a.since_recompute == b.since_recompute);
+}
+
+}  // namespace
+
+TEST_CASE("oracle 1: budget >= n, lambda = 1, threshold 0 equals exact GP regression") {
+  for (const char* spec : kKernels) {
+    CAPTURE(spec);
+    ModelConfig c;
+    c.kernel = ntk::KernelSpec::parse(spec);
+    c.budget = 60;
+    c.noise_variance = 0.05;
+    c.admission_threshold = 0.0;
+    c.estimate_signal_power = false;
+    c.recompute_every = 17;  // recomputations must not change the result
+    OnlineGP gp(c, 3);
+    const auto kernel = ntk::make_kernel(c.kernel);
+    const auto xs = random_inputs(50, 3, 11);
+    const auto probes = random_inputs(5, 3, 12);
+    std::vector<VectorXd> seen;
+    std::vector<double> ys;
+    std::mt19937_64 rng(3);
+    std::normal_distribution<double> noise(0.0, 0.2);
+    for (const VectorXd& x : xs) {
+      const double y = target(x) + noise(rng);
+      const Prediction expect = ntk::test::exact_gp(*kernel, seen, ys, x, c.noise_variance, c.jitter);
+      const ntk::UpdateResult r = gp.update(x, y);
+      check_close(r.prediction, expect, 1e-9);
+      CHECK(r.admitted);
+      CHECK(r.evicted == -1);
+      seen.push_back(x);
+      ys.push_back(y);
+      gp.check_invariants(1e-9);
+    }
+    CHECK(gp.dictionary_size() == 50);
+    for (const VectorXd& x : probes) {
+      check_close(gp.predict(x), ntk::test::exact_gp(*kernel, seen, ys, x, c.noise_variance, c.jitter),
+                  1e-9);
+    }
+  }
+}
+
+TEST_CASE("oracle 2: linear kernel equals Bayesian linear regression in closed form") {
+  // Prior w ~ N(0, I), y = x.w + e, e ~ N(0, s2): posterior precision A = I + X^T X / s2,
+  // mean A^{-1} X^T y / s2; predictive mean x.w_bar, var_f = x^T A^{-1} x.
+  const int d = 4;
+  ModelConfig c;
+  c.kernel = ntk::KernelSpec::parse("linear");
+  c.budget = 10;
+  c.noise_variance = 0.1;
+  c.jitter = 0.0;
+  c.admission_threshold = 1e-9;
+  c.estimate_signal_power = false;
+  OnlineGP gp(c, d);
+  const auto xs = random_inputs(200, d, 21);
+  const VectorXd w_true = (VectorXd(d) << 0.5, -1.0, 2.0, 0.25).finished();
+  std::mt19937_64 rng(5);
+  std::normal_distribution<double> noise(0.0, std::sqrt(c.noise_variance));
+  Eigen::MatrixXd A = Eigen::MatrixXd::Identity(d, d);
+  VectorXd b = VectorXd::Zero(d);
+  for (const VectorXd& x : xs) {
+    const double y = x.dot(w_true) + noise(rng);
+    const Eigen::LLT<Eigen::MatrixXd> llt(A);
+    const VectorXd wbar = llt.solve(b);
+    const double var_f = x.dot(llt.solve(x));
+    const ntk::UpdateResult r = gp.update(x, y);
+    CHECK(std::abs(r.prediction.mean - x.dot(wbar)) <= 1e-9 * std::max(1.0, std::abs(x.dot(wbar))));
+    CHECK(std::abs(r.prediction.var_f - var_f) <= 1e-9 * std::max(1.0, var_f));
+    A += x * x.transpose() / c.noise_variance;
+    b += x * y / c.noise_variance;
+    gp.check_invariants(1e-9);
+  }
+  // The dictionary spans R^d after d admissions; nothing else is ever admitted.
+  CHECK(gp.dictionary_size() == d);
+  CHECK(gp.counters().admitted == static_cast<std::uint64_t>(d));
+}
+
+TEST_CASE("oracle 3 and 5: pruning and forgetting equal a naive O(M^3) KRLS-T; evictions by brute force") {
+  for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
+    for (const char* spec : kKernels) {
+      CAPTURE(spec);
+      CAPTURE(ntk::to_string(policy));
+      ModelConfig c;
+      c.kernel = ntk::KernelSpec::parse(spec);
+      c.budget = 12;
+      c.noise_variance = 0.02;
+      c.forgetting = 0.98;
+      c.admission_threshold = 1e-3;
+      c.eviction = policy;
+      c.estimate_signal_power = false;
+      c.recompute_every = 50;
+      c.jitter = 1e-9;
+      const auto kernel = ntk::make_kernel(c.kernel);
+      OnlineGP gp(c, 3);
+      ntk::test::NaiveKrlst naive(c, kernel);
+      const auto xs = random_inputs(300, 3, 31);
+      std::mt19937_64 rng(7);
+      std::normal_distribution<double> noise(0.0, 0.1);
+      int evictions = 0;
+      for (std::size_t t = 0; t < xs.size(); ++t) {
+        // a drifting target, so forgetting matters
+        const double y = target(xs[t]) + 0.01 * static_cast<double>(t) * xs[t](2) + noise(rng);
+        const Prediction p_pure = gp.predict(xs[t]);
+        const auto expect = naive.update(xs[t], y);
+        const ntk::UpdateResult r = gp.update(xs[t], y);
+        check_close(r.prediction, expect.pred, 1e-8);
+        check_close(p_pure, r.prediction, 1e-11);
+        CHECK(r.admitted == expect.admitted);
+        CHECK(r.evicted == expect.evicted);
+        evictions += r.evicted >= 0;
+        REQUIRE(gp.dictionary_size() <= c.budget);
+        REQUIRE(gp.dictionary_size() == static_cast<int>(naive.dict().size()));
+        gp.check_invariants(1e-7);
+      }
+      CHECK(evictions > 50);
+    }
+  }
+}
+
+TEST_CASE("the evicted basis minimizes the brute-force criterion") {
+  ModelConfig c;
+  c.kernel = ntk::KernelSpec::parse(kKernels[0]);
+  c.budget = 8;
+  c.noise_variance = 0.01;
+  c.admission_threshold = 1e-4;
+  OnlineGP gp(c, 3);
+  const auto xs = random_inputs(200, 3, 41);
+  int checked = 0;
+  for (const VectorXd& x : xs) {
+    // Brute force on the state before the update: build the augmented dictionary the
+    // update will rank (old points + x) and evaluate |(Q mu)_i| / Q_ii explicitly.
+    OnlineGP probe = gp;
+    const ntk::UpdateResult r = gp.update(x, target(x));
+    if (r.evicted < 0) continue;
+    REQUIRE(r.admitted);
+    // Recreate the pre-eviction posterior by replaying the same update with a bigger
+    // budget, then compute the criterion with an explicit inverse.
+    ModelConfig big = c;
+    big.budget = c.budget + 1;
+    ntk::ModelState st = probe.export_state();
+    st.config = big;
+    OnlineGP wide = OnlineGP::import_state(st);
+    wide.update(x, target(x));
+    const Eigen::Index m = wide.dictionary_size();
+    REQUIRE(m == c.budget + 1);
+    Eigen::MatrixXd K = ntk::make_kernel(c.kernel)->gram(wide.inputs());
+    K.diagonal().array() += c.jitter;
+    const Eigen::MatrixXd Q = K.inverse();
+    const VectorXd crit = (Q * wide.mean_vector()).cwiseAbs().cwiseQuotient(Q.diagonal());
+    Eigen::Index best;
+    crit.minCoeff(&best);
+    CHECK(r.evicted == best);
+    ++checked;
+  }
+  CHECK(checked > 20);
+}
+
+TEST_CASE("strong guarantee: bad input throws with the value and leaves the state unchanged") {
+  ModelConfig c;
+  c.budget = 8;
+  OnlineGP gp(c, 3);
+  const auto xs = random_inputs(30, 3, 51);
+  for (const VectorXd& x : xs) gp.update(x, target(x));
+  const ntk::ModelState before = gp.export_state();
+  VectorXd bad = xs[0];
+  bad(1) = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_WITH_AS(gp.update(bad, 1.0), doctest::Contains("component 1 is not finite: nan"),
+                       std::invalid_argument);
+  bad(1) = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH_AS(gp.update(bad, 1.0), doctest::Contains("inf"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(gp.update(xs[0], std::numeric_limits<double>::quiet_NaN()),
+                       doctest::Contains("target is not finite"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(gp.update(VectorXd::Zero(4), 1.0),
+                       doctest::Contains("dimension 4, expected 3"), std::invalid_argument);
+  CHECK_THROWS_AS(gp.predict(VectorXd::Zero(2)), std::invalid_argument);
+  check_bitwise_equal(gp.export_state(), before);
+}
+
+TEST_CASE("config validation names the field and value") {
+  const auto bad = [](auto mutate, const char* text) {
+    ModelConfig c;
+    mutate(c);
+    CHECK_THROWS_WITH_AS(OnlineGP(c, 2), doctest::Contains(text), std::invalid_argument);
+  };
+  bad([](ModelConfig& c) { c.budget = 0; }, "budget must be >= 1, got 0");
+  bad([](ModelConfig& c) { c.noise_variance = 0; }, "noise_variance");
+  bad([](ModelConfig& c) { c.forgetting = 1.5; }, "forgetting must be in (0, 1], got 1.5");
+  bad([](ModelConfig& c) { c.forgetting = 0; }, "forgetting");
+  bad([](ModelConfig& c) { c.admission_threshold = -1; }, "admission_threshold");
+  bad([](ModelConfig& c) { c.recompute_every = -3; }, "recompute_every must be >= 0, got -3");
+  bad([](ModelConfig& c) { c.drift_bound = 0; }, "drift_bound");
+  bad([](ModelConfig& c) { c.jitter = -1e-3; }, "jitter");
+  bad([](ModelConfig& c) { c.kernel.depth = -1; }, "depth");
+  CHECK_THROWS_WITH_AS(OnlineGP(ModelConfig{}, 0), doctest::Contains("dimension must be >= 1"),
+                       std::invalid_argument);
+}
+
+TEST_CASE("no heap allocation per update once constructed") {
+  for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
+    for (const char* spec : kKernels) {
+      CAPTURE(spec);
+      ModelConfig c;
+      c.kernel = ntk::KernelSpec::parse(spec);
+      c.budget = 32;
+      c.forgetting = 0.999;
+      c.eviction = policy;
+      c.recompute_every = 100;  // recomputations happen inside the counted window
+      OnlineGP gp(c, 3);
+      const auto xs = random_inputs(1500, 3, 61);
+      std::vector<double> ys;
+      for (const VectorXd& x : xs) ys.push_back(target(x));
+      for (std::size_t t = 0; t < 500; ++t) gp.update(xs[t], ys[t]);
+      const long before = g_allocations.load();
+      std::uint64_t recomputes = 0;
+      for (std::size_t t = 500; t < xs.size(); ++t) recomputes += gp.update(xs[t], ys[t]).recomputed;
+      CHECK(g_allocations.load() - before == 0);
+      CHECK(recomputes >= 9);
+      CHECK(gp.dictionary_size() == c.budget);
+    }
+  }
+}
+
+TEST_CASE("export/import round trip gives bit-identical predictions") {
+  for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
+    ModelConfig c;
+    c.budget = 16;
+    c.forgetting = 0.995;
+    c.eviction = policy;
+    OnlineGP gp(c, 3);
+    const auto xs = random_inputs(400, 3, 71);
+    for (std::size_t t = 0; t < 200; ++t) gp.update(xs[t], target(xs[t]));
+    OnlineGP copy = OnlineGP::import_state(gp.export_state());
+    check_bitwise_equal(copy.export_state(), gp.export_state());
+    for (std::size_t t = 200; t < xs.size(); ++t) {
+      const ntk::UpdateResult a = gp.update(xs[t], target(xs[t]));
+      const ntk::UpdateResult b = copy.update(xs[t], target(xs[t]));
+      REQUIRE(a.prediction.mean == b.prediction.mean);
+      REQUIRE(a.prediction.var_y == b.prediction.var_y);
+      REQUIRE(a.evicted == b.evicted);
+    }
+  }
+}
+
+TEST_CASE("import refuses inconsistent states") {
+  ModelConfig c;
+  c.budget = 8;
+  OnlineGP gp(c, 3);
+  for (const VectorXd& x : random_inputs(20, 3, 81)) gp.update(x, target(x));
+  const ntk::ModelState good = gp.export_state();
+  {
+    ntk::ModelState s = good;
+    s.mu.resize(3);
+    CHECK_THROWS_WITH_AS(OnlineGP::import_state(s), doctest::Contains("mu is 3x1, expected 8x1"),
+                         std::invalid_argument);
+  }
+  {
+    ntk::ModelState s = good;
+    s.sigma(1, 2) = std::numeric_limits<double>::quiet_NaN();
+    CHECK_THROWS_WITH_AS(OnlineGP::import_state(s), doctest::Contains("sigma has non-finite"),
+                         std::invalid_argument);
+  }
+  {
+    ntk::ModelState s = good;
+    s.factor(4, 4) = -1.0;
+    CHECK_THROWS_WITH_AS(OnlineGP::import_state(s), doctest::Contains("non-positive diagonal at index 4"),
+                         std::invalid_argument);
+  }
+  {
+    ntk::ModelState s = good;
+    s.config.budget = 4;
+    CHECK_THROWS_WITH_AS(OnlineGP::import_state(s), doctest::Contains("exceed the budget"),
+                         std::invalid_argument);
+  }
+}
+
+TEST_CASE("explain: contributions add up to the mean, largest first") {
+  ModelConfig c;
+  c.budget = 20;
+  c.forgetting = 0.99;
+  OnlineGP gp(c, 3);
+  const auto xs = random_inputs(100, 3, 91);
+  for (const VectorXd& x : xs) gp.update(x, target(x));
+  const VectorXd probe = xs[3] * 0.9;
+  const auto all = gp.explain(probe, 100);
+  REQUIRE(all.size() == 20u);
+  double sum = 0;
+  for (const auto& e : all) sum += e.weight;
+  CHECK(sum == doctest::Approx(gp.predict(probe).mean).epsilon(1e-10));
+  const auto top = gp.explain(probe, 3);
+  REQUIRE(top.size() == 3u);
+  for (std::size_t i = 0; i < 3; ++i) {
+    CHECK(top[i].index == all[i].index);
+    CHECK(top[i].input == gp.inputs().row(top[i].index).transpose());
+  }
+  CHECK(std::abs(top[0].weight) >= std::abs(top[1].weight));
+  CHECK(std::abs(top[1].weight) >= std::abs(top[2].weight));
+  CHECK(std::abs(top[2].weight) >= std::abs(all.back().weight));
+}
+
+TEST_CASE("estimated signal power calibrates the predictive variance") {
+  // y = 5 * smooth(x) + N(0, 0.5^2): the kernel's unit scale is wrong by 25x; with the
+  // online estimate, 95% intervals must cover about 95% of new observations.
+  ModelConfig c;
+  c.kernel = ntk::KernelSpec::parse("rbf:lengthscale=1,variance=1");
+  c.budget = 40;
+  c.noise_variance = 0.01;
+  OnlineGP gp(c, 3);
+  const auto xs = random_inputs(3000, 3, 101);
+  std::mt19937_64 rng(9);
+  std::normal_distribution<double> noise(0.0, 0.5);
+  int covered = 0, scored = 0;
+  for (std::size_t t = 0; t < xs.size(); ++t) {
+    const double y = 5.0 * target(xs[t]) + noise(rng);
+    const ntk::UpdateResult r = gp.update(xs[t], y);
+    if (t >= 1000) {
+      ++scored;
+      covered += std::abs(y - r.prediction.mean) <= 1.96 * std::sqrt(r.prediction.var_y);
+    }
+  }
+  const double coverage = static_cast<double>(covered) / scored;
+  CHECK(coverage > 0.92);
+  CHECK(coverage < 0.98);
+  CHECK(gp.signal_power() > 5.0);
+}
+
+namespace {
+
+struct ChaosResult {
+  double gp_mse, ar_mse;
+};
+
+// 7 lags, prequential MSE over the last 1000 of 3000 samples, M = 100.
+ChaosResult run_chaos(const std::vector<double>& series, const ModelConfig& c) {
+  const int p = 7;
+  OnlineGP gp(c, p);
+  ntk::test::RlsAr ar(p);
+  double gp_se = 0, ar_se = 0;
+  int n = 0;
+  for (std::size_t t = p; t < series.size(); ++t) {
+    VectorXd lags(p);
+    for (int j = 0; j < p; ++j) lags(j) = series[t - 1 - static_cast<std::size_t>(j)];
+    const double y = series[t];
+    const double ar_pred = ar.predict(lags);
+    const ntk::UpdateResult r = gp.update(lags, y);
+    ar.update(lags, y);
+    if (t >= series.size() - 1000) {
+      gp_se += (y - r.prediction.mean) * (y - r.prediction.mean);
+      ar_se += (y - ar_pred) * (y - ar_pred);
+      ++n;
+    }
+  }
+  return {gp_se / n, ar_se / n};
+}
+
+double db(double ratio) { return 10.0 * std::log10(ratio); }
+
+}  // namespace
+
+// The series are noise-free, so the model is told so (noise 1e-6) and admits at 1e-6. The
+// RBF lengthscale 2 is the hand-tuned one for 7 standardized lags (typical distance
+// sqrt(2*7) ~ 3.7; lengthscale 1 admits nearly every sample and loses 8 dB on
+// Mackey-Glass); the NTK is the untuned default KernelSpec. Measured (this machine):
+// Mackey-Glass RBF 5.7 dB, NTK 5.0 dB; Lorenz RBF 43 dB, NTK 42 dB below AR(7).
+TEST_CASE("oracle 6: chaotic series, 7 lags, M = 100, against RLS AR(7)") {
+  const auto mg = ntk::test::standardized(ntk::test::mackey_glass(3000));
+  const auto lz = ntk::test::standardized(ntk::test::lorenz_x(3000));
+  ModelConfig c;
+  c.budget = 100;
+  c.noise_variance = 1e-6;
+  c.admission_threshold = 1e-6;
+  struct Case {
+    const char* name;
+    const std::vector<double>* series;
+    const char* kernel;
+    double min_db;
+  };
+  const Case cases[] = {
+      {"mackey-glass/rbf", &mg, "rbf:lengthscale=2,variance=1", 3.0},
+      {"mackey-glass/ntk", &mg, nullptr, 3.0},
+      {"lorenz/rbf", &lz, "rbf:lengthscale=2,variance=1", 20.0},
+      {"lorenz/ntk", &lz, nullptr, 20.0},
+  };
+  for (const Case& k : cases) {
+    ModelConfig cc = c;
+    if (k.kernel) cc.kernel = ntk::KernelSpec::parse(k.kernel);
+    const ChaosResult r = run_chaos(*k.series, cc);
+    MESSAGE(std::string(k.name) << ": GP MSE " << r.gp_mse << ", AR(7) MSE " << r.ar_mse << ", "
+                   << db(r.ar_mse / r.gp_mse) << " dB below AR(7)");
+    CHECK(db(r.ar_mse / r.gp_mse) >= k.min_db);
+  }
+}

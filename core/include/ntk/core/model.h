@@ -61,15 +61,15 @@ enum class EvictionPolicy {
 std::string_view to_string(EvictionPolicy);
 
 struct ModelConfig {
-  KernelSpec kernel;                // default: the NTK (relu, depth 3)
-  int budget = 64;                  // M, maximum dictionary size (>= 1)
-  double noise_variance = 1e-2;     // noise variance (a ratio to s2 when estimated)
-  double forgetting = 1.0;          // lambda in (0, 1]; 1: stationary, no forgetting
+  KernelSpec kernel;                  // default: the NTK (relu, depth 3)
+  int budget = 64;                    // M, maximum dictionary size (>= 1)
+  double noise_variance = 1e-2;       // noise variance (a ratio to s2 when estimated)
+  double forgetting = 1.0;            // lambda in (0, 1]; 1: stationary, no forgetting
   double admission_threshold = 1e-4;  // ALD threshold on gamma2 / k(x,x), in [0, 1)
   EvictionPolicy eviction = EvictionPolicy::kMinLoss;
-  int recompute_every = 1000;       // refactorize from scratch every n updates; 0: never
-  double drift_bound = 1e-9;        // refactorize when the drift measure exceeds this
-  double jitter = 1e-10;            // added to the diagonal of K_D (and to k(x,x))
+  int recompute_every = 1000;  // refactorize from scratch every n updates; 0: never
+  double drift_bound = 1e-9;   // refactorize when the drift measure exceeds this
+  double jitter = 1e-10;       // added to the diagonal of K_D (and to k(x,x))
   bool estimate_signal_power = true;
 
   // Throws std::invalid_argument naming the first offending field and value.
@@ -91,7 +91,7 @@ struct UpdateResult {
 };
 
 struct Contribution {
-  int index = 0;            // dictionary index
+  int index = 0;             // dictionary index
   std::uint64_t sample = 0;  // update count at which the point was admitted
   double weight = 0.0;       // q_i mu_i: its additive share of the predicted mean
   Eigen::VectorXd input;     // the stored input
@@ -101,15 +101,17 @@ struct Contribution {
 struct ModelState {
   ModelConfig config;
   int dim = 0;
-  RowMatrixXd inputs;           // m x d
+  RowMatrixXd inputs;                  // m x d
   std::vector<std::uint64_t> samples;  // m, admission update counts
-  Eigen::MatrixXd gram;         // m x m, K_D (without jitter)
-  Eigen::MatrixXd factor;       // m x m, lower triangular L
-  Eigen::VectorXd mu;           // m
-  Eigen::MatrixXd sigma;        // m x m
-  Eigen::VectorXd qdiag;        // m
+  Eigen::MatrixXd gram;                // m x m, K_D (without jitter)
+  Eigen::MatrixXd factor;              // m x m, lower triangular L
+  Eigen::VectorXd mu;                  // m
+  Eigen::MatrixXd sigma;               // m x m
+  Eigen::VectorXd qdiag;  // diag((K_D + jI)^{-1}): m under kMinLoss, empty under kOldest
   double s2_num = 0.0, s2_den = 0.0;
-  std::uint64_t updates = 0, admitted = 0, evicted = 0, recomputes = 0, since_recompute = 0;
+  std::uint64_t updates = 0, admitted = 0, evicted = 0, recomputes = 0, pivot_failures = 0;
+  std::uint64_t since_recompute = 0;
+  double last_drift = 0.0;
 };
 
 struct ModelCounters {
@@ -134,7 +136,8 @@ class OnlineGP {
   // std::invalid_argument with the offending value and the state is unchanged.
   UpdateResult update(Eigen::Ref<const Eigen::VectorXd> x, double y);
 
-  // Pure prediction (no state change). The first form allocates its scratch.
+  // Pure prediction (no state change): what update(x, y) would report before seeing y
+  // (forgetting included), up to rounding. Allocates its O(M) scratch.
   Prediction predict(Eigen::Ref<const Eigen::VectorXd> x) const;
 
   // The k dictionary points contributing most (by |q_i mu_i|) to the mean at x.
@@ -161,9 +164,10 @@ class OnlineGP {
   void check_invariants(double tol = 1e-8) const;
 
   // Read-only views (m = dictionary_size()).
-  Eigen::Block<const RowMatrixXd> inputs() const;
-  Eigen::VectorBlock<const Eigen::VectorXd> mean_vector() const;
-  Eigen::Block<const Eigen::MatrixXd> covariance() const;
+  // inputs(): m x d; mean_vector(): mu; covariance(): Sigma.
+  Eigen::Ref<const RowMatrixXd> inputs() const;
+  Eigen::Ref<const Eigen::VectorXd> mean_vector() const;
+  Eigen::Ref<const Eigen::MatrixXd> covariance() const;
   const IncrementalCholesky& factor() const;
 
  private:
