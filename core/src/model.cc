@@ -57,6 +57,25 @@ void erase_row_col(MatrixXd& A, Index m, Index r) {
   }
 }
 
+// A <- (A - u u^T) without row and column r, for the leading m x m block, in one pass.
+// Entry (i, j) is A(i', j') - u(i') u(j') with the same product as Eigen's rank-1 update,
+// so a bitwise symmetric A stays bitwise symmetric. Columns are written in increasing
+// order, each from the same or the next column, so no entry is overwritten before it is
+// read.
+void erase_row_col_rank1(MatrixXd& A, Index m, Index r, Eigen::Ref<const VectorXd> u) {
+  const Index ld = A.rows();
+  double* a = A.data();
+  const double* uu = u.data();
+  for (Index c = 0; c + 1 < m; ++c) {
+    const Index sc = c < r ? c : c + 1;
+    const double* src = a + sc * ld;
+    double* dst = a + c * ld;
+    const double uc = uu[sc];
+    for (Index i = 0; i < r; ++i) dst[i] = src[i] - uu[i] * uc;
+    for (Index i = r; i + 1 < m; ++i) dst[i] = src[i + 1] - uu[i + 1] * uc;
+  }
+}
+
 // Deletes entry r of the first m entries of a contiguous array.
 template <typename T>
 void erase_entry(T* v, Index m, Index r) {
@@ -283,14 +302,21 @@ struct OnlineGP::Impl {
     return best;
   }
 
-  // Removes basis r: the posterior is marginalized (rows/columns dropped) and
-  // Q_{-r} = Q_{-r,-r} - Q_{-r,r} Q_{r,-r} / Q_rr updates diag(Q).
-  void remove_basis(Index r) {
+  // Removes basis r after Sigma -= ps ps^T (fused, see update()): the posterior is
+  // marginalized (rows/columns dropped) and Q_{-r} = Q_{-r,-r} - Q_{-r,r} Q_{r,-r} / Q_rr
+  // updates diag(Q).
+  void remove_basis(Index r, Eigen::Ref<const VectorXd> ps) {
     if (track_qdiag) {
+      // Q e_r = L^{-T} (L^{-1} e_r), and L^{-1} e_r is zero above r: the forward solve
+      // only needs the trailing block.
       Eigen::Ref<VectorXd> w = ws.v.head(m);
       w.setZero();
       w(r) = 1.0;
-      chol.solve_in_place(w);
+      chol.matrixL()
+          .bottomRightCorner(m - r, m - r)
+          .triangularView<Eigen::Lower>()
+          .solveInPlace(w.tail(m - r));
+      chol.solve_upper_in_place(w);
       qdiag.head(m).array() -= w.array().square() / w(r);
       erase_entry(qdiag.data(), m, r);
     }
@@ -299,7 +325,7 @@ struct OnlineGP::Impl {
     erase_row(caches, m, r);
     erase_entry(samples.data(), m, r);
     erase_row_col(K, m, r);
-    erase_row_col(Sigma, m, r);
+    erase_row_col_rank1(Sigma, m, r, ps);
     erase_entry(mu.data(), m, r);
     --m;
   }
@@ -423,17 +449,21 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   Eigen::Ref<VectorXd> p = s.ws.h.head(m);
   s.mu.head(m) += (residual / step.var_y) * p;
   // Sigma -= p p^T / var_y as (p / sqrt(var_y)) (p / sqrt(var_y))^T: one product per entry,
-  // so the update is bitwise symmetric.
-  Eigen::Ref<VectorXd> ps = s.ws.v.head(m);
-  ps = p / std::sqrt(step.var_y);
-  s.Sigma.topLeftCorner(m, m).noalias() -= ps * ps.transpose();
+  // so the update is bitwise symmetric. ps lives in ws.h (p is not needed afterwards);
+  // ws.v is scratch for the eviction's solves.
+  p /= std::sqrt(step.var_y);
+  const Eigen::Ref<const VectorXd> ps = p;
 
-  // 4. evict when over budget.
+  // 4. evict when over budget. The criterion reads mu, L and diag(Q), not Sigma, so the
+  // basis is chosen first and the rank-1 update of Sigma is fused with the deletion of its
+  // row and column: one pass over Sigma instead of two.
   if (s.m > s.config.budget) {
     const Index r = s.choose_eviction();
-    s.remove_basis(r);
+    s.remove_basis(r, ps);
     result.evicted = static_cast<int>(r);
     ++s.counters.evicted;
+  } else {
+    s.Sigma.topLeftCorner(m, m).noalias() -= ps * ps.transpose();
   }
   ++s.counters.updates;
 

@@ -195,7 +195,9 @@ void check_invariants(const IncrementalCholesky& c, Index expected_size) {
 }
 
 bool bitwise_equal(const MatrixXd& a, const MatrixXd& b) {
-  return a.rows() == b.rows() && a.cols() == b.cols() &&
+  if (a.rows() != b.rows() || a.cols() != b.cols()) return false;
+  // memcmp must not see the null data() of an empty matrix.
+  return a.size() == 0 ||
          std::memcmp(a.data(), b.data(), sizeof(double) * static_cast<std::size_t>(a.size())) == 0;
 }
 
