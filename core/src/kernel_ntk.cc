@@ -201,7 +201,8 @@ Cov dense_after(const NtkLayer& layer, const Moments& m) {
     c.sdet = std::hypot(layer.s2 * m.sdet_hat, layer.s * layer.beta * m.sqrt_ehat);
   } else {
     const double g = std::sqrt(c.q11) * std::sqrt(c.q22);
-    c.sdet = std::sqrt(std::max(0.0, (g - c.q12) * (g + c.q12)));
+    // A product of roots: (g - q12)(g + q12) itself overflows once q11 q22 > 1e308.
+    c.sdet = std::sqrt(std::max(0.0, g - c.q12)) * std::sqrt(std::max(0.0, g + c.q12));
   }
   return c;
 }
@@ -637,7 +638,9 @@ void NtkKernel::prepare(Eigen::Ref<const Eigen::VectorXd> x,
         cache(col + 1) = g;
         cache(col + 2) = k;
         cache(col + 3) = vroot;
-        cache(col + 4) = vroot > 0.0 ? 1.0 / vroot : 0.0;
+        // 1/sqrt(V) = 0 also where it would overflow (a subnormal V): the correlation it
+        // normalizes is then 0, as for V = 0.
+        cache(col + 4) = vroot > 0.0 && std::isfinite(1.0 / vroot) ? 1.0 / vroot : 0.0;
         break;
       }
     }
