@@ -1,0 +1,706 @@
+// SeriesPredictor: lag embedding, scaling, missing values, sequence numbers, prequential
+// scoring and anomalies around an OnlineGP. See series.h for the definitions.
+//
+// CONVENTION (the state; p = lags, h = horizon, cap = p + h - 1)
+//   ring_values/ring_times   the newest min(slots, cap) slot values and their times, a
+//                            circular buffer; back(0) is the newest slot, back(k) k older
+//   slots                    values and imputed values taken so far; the next value that
+//                            is taken gets index `slots`
+//   scaler                   Welford moments of the values the model may learn from
+//                            (every accepted value except excluded anomalies)
+//   pending                  forecasts of slots [slots, slots + h) (h > 1 only), FIFO,
+//                            ordered by target index
+//   excluded_run             consecutive flagged values so far (capped at
+//                            max_excluded_run while they are being excluded)
+// A sample is standardized with the scaler as it is when the sample is formed, inputs and
+// target alike; the scaler absorbs the value afterwards.
+#include "ntk/core/series.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+
+namespace ntk {
+
+using Eigen::Index;
+using Eigen::VectorXd;
+
+namespace {
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+// Two-sided 95% quantile of the standard normal distribution.
+constexpr double kZ95 = 1.959963984540054;
+// log(2 pi) / 2.
+constexpr double kHalfLog2Pi = 0.91893853320467274178;
+
+std::string num(double v) {
+  std::ostringstream os;
+  os.precision(17);
+  os << v;
+  return os.str();
+}
+
+[[noreturn]] void invalid(const std::string& what) {
+  throw std::invalid_argument("series: " + what);
+}
+
+double seconds_between(std::uint64_t from, std::uint64_t to) {
+  return to > from ? static_cast<double>(to - from) * 1e-9 : 0.0;
+}
+
+}  // namespace
+
+std::string_view to_string(MissingPolicy p) {
+  switch (p) {
+    case MissingPolicy::kSkip:
+      return "skip";
+    case MissingPolicy::kHoldLast:
+      return "hold";
+    case MissingPolicy::kRunningMean:
+      return "mean";
+  }
+  return "unknown";
+}
+
+MissingPolicy parse_missing_policy(std::string_view text) {
+  if (text == "skip") return MissingPolicy::kSkip;
+  if (text == "hold" || text == "hold_last") return MissingPolicy::kHoldLast;
+  if (text == "mean" || text == "running_mean") return MissingPolicy::kRunningMean;
+  invalid("missing policy must be skip, hold or mean, got '" + std::string(text) + "'");
+}
+
+std::string_view to_string(SeriesTarget t) {
+  switch (t) {
+    case SeriesTarget::kLevel:
+      return "level";
+    case SeriesTarget::kChange:
+      return "change";
+  }
+  return "unknown";
+}
+
+SeriesTarget parse_series_target(std::string_view text) {
+  if (text == "level") return SeriesTarget::kLevel;
+  if (text == "change") return SeriesTarget::kChange;
+  invalid("target must be level or change, got '" + std::string(text) + "'");
+}
+
+std::string_view to_string(OutcomeStatus s) {
+  switch (s) {
+    case OutcomeStatus::kScored:
+      return "scored";
+    case OutcomeStatus::kWarmingUp:
+      return "warming_up";
+    case OutcomeStatus::kMissing:
+      return "missing";
+    case OutcomeStatus::kUnlabelled:
+      return "unlabelled";
+    case OutcomeStatus::kDuplicate:
+      return "duplicate";
+    case OutcomeStatus::kOutOfOrder:
+      return "out_of_order";
+  }
+  return "unknown";
+}
+
+ModelConfig default_series_model_config() {
+  ModelConfig c;
+  return c;
+}
+
+void SeriesConfig::validate() const {
+  if (lags < 1 || lags > kMaxLags) {
+    invalid("lags must be in [1, " + std::to_string(kMaxLags) + "], got " + std::to_string(lags));
+  }
+  if (horizon < 1 || horizon > kMaxHorizon) {
+    invalid("horizon must be in [1, " + std::to_string(kMaxHorizon) + "], got " +
+            std::to_string(horizon));
+  }
+  switch (missing) {
+    case MissingPolicy::kSkip:
+    case MissingPolicy::kHoldLast:
+    case MissingPolicy::kRunningMean:
+      break;
+    default:
+      invalid("missing policy has the invalid value " + std::to_string(static_cast<int>(missing)));
+  }
+  switch (target) {
+    case SeriesTarget::kLevel:
+    case SeriesTarget::kChange:
+      break;
+    default:
+      invalid("target has the invalid value " + std::to_string(static_cast<int>(target)));
+  }
+  if (warmup < 2) invalid("warmup must be >= 2, got " + std::to_string(warmup));
+  if (!(anomaly_threshold > 0.0)) {
+    invalid("anomaly_threshold must be > 0, got " + num(anomaly_threshold));
+  }
+  if (max_excluded_run < 0) {
+    invalid("max_excluded_run must be >= 0, got " + std::to_string(max_excluded_run));
+  }
+  model.validate();
+}
+
+// --- PrequentialScore, RunningMoments ---------------------------------------------------
+
+void PrequentialScore::add(double truth, double mean, double sd) {
+  const double e = truth - mean;
+  const double u = e / sd;
+  ++n;
+  sum_squared_error += e * e;
+  sum_absolute_error += std::abs(e);
+  sum_nlpd += kHalfLog2Pi + std::log(sd) + 0.5 * u * u;
+  if (std::abs(u) <= kZ95) ++covered;
+}
+
+double PrequentialScore::mse() const {
+  return n ? sum_squared_error / static_cast<double>(n) : kNaN;
+}
+double PrequentialScore::mae() const {
+  return n ? sum_absolute_error / static_cast<double>(n) : kNaN;
+}
+double PrequentialScore::nlpd() const { return n ? sum_nlpd / static_cast<double>(n) : kNaN; }
+double PrequentialScore::coverage95() const {
+  return n ? static_cast<double>(covered) / static_cast<double>(n) : kNaN;
+}
+
+PrequentialScore& PrequentialScore::operator+=(const PrequentialScore& o) {
+  n += o.n;
+  sum_squared_error += o.sum_squared_error;
+  sum_absolute_error += o.sum_absolute_error;
+  sum_nlpd += o.sum_nlpd;
+  covered += o.covered;
+  return *this;
+}
+
+void RunningMoments::add(double v) {
+  ++n;
+  const double d = v - mean;
+  mean += d / static_cast<double>(n);
+  m2 += d * (v - mean);
+}
+
+double RunningMoments::sd() const {
+  return n < 2 ? 0.0 : std::sqrt(m2 / static_cast<double>(n - 1));
+}
+
+// --- SeriesPredictor ------------------------------------------------------------------------
+
+struct SeriesPredictor::Impl {
+  SeriesConfig config;
+  int feature_dim;  // 0: scalar-stream mode
+  int dim;          // model input dimension
+  OnlineGP model;
+
+  // State.
+  RunningMoments scaler;
+  RunningMoments interval;
+  std::vector<RunningMoments> feature_scalers;
+  VectorXd last_features;  // NaN: none seen
+  std::vector<double> ring_values;
+  std::vector<std::uint64_t> ring_times;
+  int ring_head = 0;  // next write position
+  int ring_count = 0;
+  std::uint64_t slots = 0;
+  std::uint64_t last_time = 0;
+  std::vector<PendingForecast> pending;  // circular, capacity h
+  int pending_head = 0;                  // oldest entry
+  int pending_count = 0;
+  std::optional<std::uint64_t> last_seq;
+  int excluded_run = 0;
+  SeriesCounters counters;
+  PrequentialScore score;
+
+  // Scratch, not state: never exported.
+  VectorXd x;     // model input
+  VectorXd xraw;  // feature mode: the features after imputation
+
+  static int input_dim(const SeriesConfig& c, int feature_dim) {
+    return feature_dim > 0 ? feature_dim : c.lags + (c.time_feature ? 1 : 0);
+  }
+
+  Impl(const SeriesConfig& c, int fdim)
+      : config((c.validate(), c)),
+        feature_dim(fdim),
+        dim(input_dim(c, fdim)),
+        model(c.model, dim),
+        feature_scalers(static_cast<std::size_t>(fdim)),
+        last_features(VectorXd::Constant(fdim, kNaN)),
+        ring_values(static_cast<std::size_t>(fdim > 0 ? 1 : c.lags + c.horizon - 1), 0.0),
+        ring_times(ring_values.size(), 0),
+        pending(static_cast<std::size_t>(fdim > 0 ? 1 : c.horizon)),
+        x(dim),
+        xraw(std::max(fdim, 1)) {}
+
+  int ring_capacity() const { return static_cast<int>(ring_values.size()); }
+  int pending_capacity() const { return static_cast<int>(pending.size()); }
+  int horizon() const { return config.horizon; }
+  int lags() const { return config.lags; }
+
+  // k-th newest slot value/time, k < ring_count.
+  double back(int k) const {
+    const int cap = ring_capacity();
+    return ring_values[static_cast<std::size_t>((ring_head - 1 - k + 2 * cap) % cap)];
+  }
+  std::uint64_t back_time(int k) const {
+    const int cap = ring_capacity();
+    return ring_times[static_cast<std::size_t>((ring_head - 1 - k + 2 * cap) % cap)];
+  }
+
+  bool warmed() const {
+    return scaler.n >= static_cast<std::uint64_t>(config.warmup) && scaler.m2 > 0.0;
+  }
+
+  // --- sequence numbers -------------------------------------------------------------------
+
+  // Returns false (with out.status set) when the observation must be dropped.
+  bool admit_seq(std::optional<std::uint64_t> seq, Outcome& out) {
+    if (!seq) return true;
+    if (last_seq) {
+      if (*seq == *last_seq) {
+        ++counters.duplicates;
+        out.status = OutcomeStatus::kDuplicate;
+        return false;
+      }
+      if (*seq < *last_seq) {
+        ++counters.out_of_order;
+        out.status = OutcomeStatus::kOutOfOrder;
+        return false;
+      }
+      if (*seq > *last_seq + 1) {
+        out.gap = *seq - *last_seq - 1;
+        ++counters.gaps;
+        counters.skipped_seq += out.gap;
+      }
+    }
+    last_seq = seq;
+    return true;
+  }
+
+  // --- anomalies --------------------------------------------------------------------------
+
+  // Sets out.z, out.anomaly, out.excluded from a prediction of `value`.
+  void judge(double value, double mean, double sd, Outcome& out) {
+    out.has_prediction = true;
+    out.mean = mean;
+    out.sd = sd;
+    out.z = (value - mean) / sd;
+    out.anomaly = std::abs(out.z) > config.anomaly_threshold;
+    if (!out.anomaly) {
+      excluded_run = 0;
+      return;
+    }
+    ++counters.anomalies;
+    if (config.exclude_anomalies && excluded_run < config.max_excluded_run) {
+      ++excluded_run;
+      out.excluded = true;
+      ++counters.excluded;
+    }
+  }
+
+  void score_outcome(double value, Outcome& out) {
+    out.status = OutcomeStatus::kScored;
+    score.add(value, out.mean, out.sd);
+    ++counters.scored;
+  }
+
+  // --- scalar-stream embedding --------------------------------------------------------------
+
+  // The elapsed-time feature for a target dt seconds after the newest lag.
+  double time_feature(double dt) const {
+    const double step = static_cast<double>(horizon()) * interval.mean;
+    if (interval.n == 0 || !(step > 0.0)) return 0.0;
+    return std::log(0.5 * (1.0 + dt / step));
+  }
+
+  // x <- standardized lags back(offset), ..., back(offset + p - 1) [+ time feature].
+  // requires ring_count >= offset + p, warmed().
+  void embed(int offset, double time_feat) {
+    const double mean = scaler.mean;
+    const double inv_sd = 1.0 / scaler.sd();
+    for (int j = 0; j < lags(); ++j) x(j) = (back(offset + j) - mean) * inv_sd;
+    if (config.time_feature) x(lags()) = time_feat;
+  }
+
+  // The regression target of `value` for lags ending at back(offset).
+  double target_of(double value, int offset) const {
+    const double base = config.target == SeriesTarget::kChange ? back(offset) : scaler.mean;
+    return (value - base) / scaler.sd();
+  }
+
+  // A standardized prediction for lags ending at back(offset), in original units.
+  Prediction to_original(const Prediction& p, int offset) const {
+    const double base = config.target == SeriesTarget::kChange ? back(offset) : scaler.mean;
+    const double sd = scaler.sd();
+    return {base + sd * p.mean, sd * sd * p.var_f, sd * sd * p.var_y};
+  }
+
+  // Takes a (possibly imputed) value into the lags as slot number `slots`.
+  void push_slot(double value, std::uint64_t time) {
+    if (slots > 0) interval.add(seconds_between(last_time, time));
+    const int cap = ring_capacity();
+    ring_values[static_cast<std::size_t>(ring_head)] = value;
+    ring_times[static_cast<std::size_t>(ring_head)] = time;
+    ring_head = (ring_head + 1) % cap;
+    ring_count = std::min(ring_count + 1, cap);
+    last_time = time;
+    ++slots;
+  }
+
+  // Removes and returns the forecast of slot `slots`, if one was made.
+  std::optional<PendingForecast> pop_pending() {
+    if (pending_count == 0) return std::nullopt;
+    const PendingForecast f = pending[static_cast<std::size_t>(pending_head)];
+    if (f.target_index != slots) return std::nullopt;
+    pending_head = (pending_head + 1) % pending_capacity();
+    --pending_count;
+    return f;
+  }
+
+  // h > 1: after a slot was taken, forecast the value h slots later.
+  void issue_forecast() {
+    if (horizon() == 1 || !warmed() || ring_count < lags()) return;
+    embed(0, 0.0);
+    const Prediction p = to_original(model.predict(x), 0);
+    const int cap = pending_capacity();
+    pending[static_cast<std::size_t>((pending_head + pending_count) % cap)] = {
+        slots - 1 + static_cast<std::uint64_t>(horizon()), p.mean, std::sqrt(p.var_y)};
+    ++pending_count;
+  }
+
+  Outcome observe_value(std::optional<std::uint64_t> seq, std::uint64_t time, double value) {
+    Outcome out;
+    out.value = value;
+    out.imputed = kNaN;
+    out.mean = out.sd = out.z = kNaN;
+    ++counters.observations;
+    if (!admit_seq(seq, out)) return out;
+
+    if (!std::isfinite(value)) {
+      ++counters.missing;
+      out.status = OutcomeStatus::kMissing;
+      double fill = kNaN;
+      if (config.missing == MissingPolicy::kHoldLast && ring_count > 0) fill = back(0);
+      if (config.missing == MissingPolicy::kRunningMean && scaler.n > 0) fill = scaler.mean;
+      if (std::isnan(fill)) return out;  // kSkip, or nothing to impute from yet
+      ++counters.imputed;
+      out.imputed = fill;
+      pop_pending();  // its truth will never arrive
+      push_slot(fill, time);
+      issue_forecast();
+      return out;
+    }
+
+    ++counters.accepted;
+    const int h = horizon();
+    const int offset = h - 1;  // lags of this value's sample end at back(offset)
+    const bool ready = warmed() && ring_count >= lags() + offset;
+    if (ready) {
+      const double dt = seconds_between(back_time(offset), time);
+      embed(offset, time_feature(dt));
+    }
+    const double target = ready ? target_of(value, offset) : 0.0;
+
+    if (h == 1) {
+      if (ready && !config.exclude_anomalies) {
+        // The prediction update() makes before absorbing y is the forecast: no extra pass.
+        const UpdateResult r = model.update(x, target);
+        const Prediction p = to_original(r.prediction, 0);
+        judge(value, p.mean, std::sqrt(p.var_y), out);
+        out.learned = true;
+      } else if (ready) {
+        const Prediction p = to_original(model.predict(x), 0);
+        judge(value, p.mean, std::sqrt(p.var_y), out);
+        if (!out.excluded) {
+          model.update(x, target);
+          out.learned = true;
+        }
+      }
+    } else {
+      if (const std::optional<PendingForecast> f = pop_pending()) {
+        judge(value, f->mean, f->sd, out);
+      }
+      if (ready && !out.excluded) {
+        model.update(x, target);
+        out.learned = true;
+      }
+    }
+
+    if (out.has_prediction) {
+      score_outcome(value, out);
+    } else {
+      ++counters.warming_up;
+      out.status = OutcomeStatus::kWarmingUp;
+    }
+    if (out.learned) ++counters.updates;
+    if (out.excluded) {
+      // Kept out of the model entirely: the lags see what the model expected instead.
+      out.imputed = out.mean;
+      push_slot(out.mean, time);
+    } else {
+      scaler.add(value);
+      push_slot(value, time);
+    }
+    issue_forecast();
+    return out;
+  }
+
+  // --- feature mode -----------------------------------------------------------------------
+
+  // x <- standardized xraw.
+  void standardize_features() {
+    for (int j = 0; j < feature_dim; ++j) {
+      const RunningMoments& m = feature_scalers[static_cast<std::size_t>(j)];
+      const double scale = m.m2 > 0.0 ? m.sd() : 1.0;
+      x(j) = (xraw(j) - m.mean) / scale;
+    }
+  }
+
+  Prediction features_to_original(const Prediction& p) const {
+    const double sd = scaler.sd();
+    return {scaler.mean + sd * p.mean, sd * sd * p.var_f, sd * sd * p.var_y};
+  }
+
+  Outcome observe_features(std::optional<std::uint64_t> seq, Eigen::Ref<const VectorXd> xin,
+                           std::optional<double> y) {
+    if (xin.size() != feature_dim) {
+      invalid("observation has " + std::to_string(xin.size()) + " features, expected " +
+              std::to_string(feature_dim));
+    }
+    Outcome out;
+    out.value = y.value_or(kNaN);
+    out.imputed = kNaN;
+    out.mean = out.sd = out.z = kNaN;
+    ++counters.observations;
+    if (!admit_seq(seq, out)) return out;
+
+    // Missing components: the policy per component; kSkip drops the observation.
+    bool any_missing = false;
+    for (int j = 0; j < feature_dim; ++j) {
+      double v = xin(j);
+      if (!std::isfinite(v)) {
+        any_missing = true;
+        const RunningMoments& m = feature_scalers[static_cast<std::size_t>(j)];
+        v = kNaN;
+        if (config.missing == MissingPolicy::kHoldLast) v = last_features(j);
+        if (config.missing == MissingPolicy::kRunningMean && m.n > 0) v = m.mean;
+        if (std::isnan(v)) {
+          ++counters.missing;
+          out.status = OutcomeStatus::kMissing;
+          return out;
+        }
+      }
+      xraw(j) = v;
+    }
+    const bool y_missing = y && !std::isfinite(*y);
+    if (any_missing || y_missing) ++counters.missing;
+    if (any_missing) ++counters.imputed;
+    standardize_features();
+
+    if (!y || y_missing) {
+      out.status = y ? OutcomeStatus::kMissing : OutcomeStatus::kUnlabelled;
+      if (warmed()) {
+        const Prediction p = features_to_original(model.predict(x));
+        out.has_prediction = true;
+        out.mean = p.mean;
+        out.sd = std::sqrt(p.var_y);
+      }
+      return out;
+    }
+
+    const double value = *y;
+    ++counters.accepted;
+    if (warmed()) {
+      const double target = (value - scaler.mean) / scaler.sd();
+      if (!config.exclude_anomalies) {
+        const Prediction p = features_to_original(model.update(x, target).prediction);
+        judge(value, p.mean, std::sqrt(p.var_y), out);
+        out.learned = true;
+      } else {
+        const Prediction p = features_to_original(model.predict(x));
+        judge(value, p.mean, std::sqrt(p.var_y), out);
+        if (!out.excluded) {
+          model.update(x, target);
+          out.learned = true;
+        }
+      }
+      score_outcome(value, out);
+    } else {
+      ++counters.warming_up;
+      out.status = OutcomeStatus::kWarmingUp;
+    }
+    if (out.learned) ++counters.updates;
+    if (!out.excluded) {
+      scaler.add(value);
+      for (int j = 0; j < feature_dim; ++j) {
+        feature_scalers[static_cast<std::size_t>(j)].add(xraw(j));
+      }
+    }
+    last_features = xraw.head(feature_dim);
+    return out;
+  }
+
+  std::optional<Prediction> forecast() const {
+    if (feature_dim > 0 || !warmed() || ring_count < lags()) return std::nullopt;
+    // embed() writes the scratch input; forecast() is const, so build a local input.
+    VectorXd xf(dim);
+    const double inv_sd = 1.0 / scaler.sd();
+    for (int j = 0; j < lags(); ++j) xf(j) = (back(j) - scaler.mean) * inv_sd;
+    if (config.time_feature) xf(lags()) = 0.0;
+    return to_original(model.predict(xf), 0);
+  }
+
+  SeriesState export_state() const {
+    SeriesState s;
+    s.config = config;
+    s.feature_dim = feature_dim;
+    s.scaler = scaler;
+    s.interval = interval;
+    s.feature_scalers = feature_scalers;
+    s.last_features.assign(last_features.data(), last_features.data() + last_features.size());
+    for (int k = ring_count - 1; k >= 0; --k) {
+      s.lag_values.push_back(back(k));
+      s.lag_times.push_back(back_time(k));
+    }
+    s.slots = slots;
+    s.last_time = last_time;
+    for (int i = 0; i < pending_count; ++i) {
+      s.pending.push_back(
+          pending[static_cast<std::size_t>((pending_head + i) % pending_capacity())]);
+    }
+    s.last_seq = last_seq;
+    s.excluded_run = excluded_run;
+    s.counters = counters;
+    s.score = score;
+    s.model = model.export_state();
+    return s;
+  }
+};
+
+SeriesPredictor::SeriesPredictor(const SeriesConfig& config)
+    : impl_(std::make_unique<Impl>(config, 0)) {}
+
+SeriesPredictor::SeriesPredictor(const SeriesConfig& config, int feature_dim) {
+  if (feature_dim < 1) invalid("feature_dim must be >= 1, got " + std::to_string(feature_dim));
+  impl_ = std::make_unique<Impl>(config, feature_dim);
+}
+
+SeriesPredictor::~SeriesPredictor() = default;
+SeriesPredictor::SeriesPredictor(const SeriesPredictor& other)
+    : impl_(std::make_unique<Impl>(*other.impl_)) {}
+SeriesPredictor& SeriesPredictor::operator=(const SeriesPredictor& other) {
+  if (this != &other) impl_ = std::make_unique<Impl>(*other.impl_);
+  return *this;
+}
+SeriesPredictor::SeriesPredictor(SeriesPredictor&&) noexcept = default;
+SeriesPredictor& SeriesPredictor::operator=(SeriesPredictor&&) noexcept = default;
+
+Outcome SeriesPredictor::observe(std::optional<std::uint64_t> seq, std::uint64_t time_unix_nano,
+                                 double value) {
+  if (impl_->feature_dim > 0) {
+    throw std::logic_error("series: observe(seq, time, value) on a feature-mode predictor");
+  }
+  return impl_->observe_value(seq, time_unix_nano, value);
+}
+
+Outcome SeriesPredictor::observe(std::optional<std::uint64_t> seq, std::uint64_t time_unix_nano,
+                                 Eigen::Ref<const VectorXd> x, std::optional<double> y) {
+  if (impl_->feature_dim == 0) {
+    throw std::logic_error("series: observe(seq, time, x, y) on a scalar-stream predictor");
+  }
+  Outcome out = impl_->observe_features(seq, x, y);
+  if (out.status != OutcomeStatus::kDuplicate && out.status != OutcomeStatus::kOutOfOrder) {
+    impl_->last_time = time_unix_nano;
+  }
+  return out;
+}
+
+std::optional<Prediction> SeriesPredictor::forecast() const { return impl_->forecast(); }
+
+const SeriesConfig& SeriesPredictor::config() const { return impl_->config; }
+int SeriesPredictor::feature_dim() const { return impl_->feature_dim; }
+int SeriesPredictor::input_dim() const { return impl_->dim; }
+const SeriesCounters& SeriesPredictor::counters() const { return impl_->counters; }
+const PrequentialScore& SeriesPredictor::score() const { return impl_->score; }
+const OnlineGP& SeriesPredictor::model() const { return impl_->model; }
+
+SeriesState SeriesPredictor::export_state() const { return impl_->export_state(); }
+
+SeriesPredictor SeriesPredictor::import_state(const SeriesState& s) {
+  if (s.feature_dim < 0)
+    invalid("import: feature_dim must be >= 0, got " + std::to_string(s.feature_dim));
+  SeriesPredictor sp =
+      s.feature_dim > 0 ? SeriesPredictor(s.config, s.feature_dim) : SeriesPredictor(s.config);
+  Impl& d = *sp.impl_;
+  const auto check = [](bool ok, const std::string& what) {
+    if (!ok) invalid("import: " + what);
+  };
+  const auto moments_ok = [](const RunningMoments& m) {
+    return std::isfinite(m.mean) && std::isfinite(m.m2) && m.m2 >= 0.0 && (m.n > 0 || m.m2 == 0.0);
+  };
+  const auto fdim = static_cast<std::size_t>(s.feature_dim);
+  check(moments_ok(s.scaler), "scaler moments are not finite and consistent");
+  check(moments_ok(s.interval), "interval moments are not finite and consistent");
+  check(s.feature_scalers.size() == fdim, "feature_scalers has " +
+                                              std::to_string(s.feature_scalers.size()) +
+                                              " entries, expected " + std::to_string(fdim));
+  for (const RunningMoments& m : s.feature_scalers) {
+    check(moments_ok(m), "feature scaler moments are not finite and consistent");
+  }
+  check(s.last_features.size() == fdim, "last_features has " +
+                                            std::to_string(s.last_features.size()) +
+                                            " entries, expected " + std::to_string(fdim));
+  check(s.lag_values.size() == s.lag_times.size(), "lag_values and lag_times differ in length");
+  check(s.lag_values.size() <= static_cast<std::size_t>(d.ring_capacity()),
+        "lag_values has " + std::to_string(s.lag_values.size()) + " entries, at most " +
+            std::to_string(d.ring_capacity()) + " allowed");
+  check(s.lag_values.size() <= s.slots, "more lag values than slots");
+  for (double v : s.lag_values) check(std::isfinite(v), "lag value " + num(v) + " is not finite");
+  check(s.pending.size() <= static_cast<std::size_t>(d.pending_capacity()) &&
+            (s.feature_dim == 0 || s.pending.empty()),
+        "too many pending forecasts (" + std::to_string(s.pending.size()) + ")");
+  for (std::size_t i = 0; i < s.pending.size(); ++i) {
+    const PendingForecast& f = s.pending[i];
+    check(f.target_index >= s.slots &&
+              f.target_index < s.slots + static_cast<std::uint64_t>(s.config.horizon) &&
+              (i == 0 || f.target_index > s.pending[i - 1].target_index),
+          "pending forecast target " + std::to_string(f.target_index) + " out of order");
+    check(std::isfinite(f.mean) && std::isfinite(f.sd) && f.sd > 0.0,
+          "pending forecast is not finite");
+  }
+  check(s.excluded_run >= 0 && s.excluded_run <= std::max(s.config.max_excluded_run, 0),
+        "excluded_run " + std::to_string(s.excluded_run) + " out of range");
+  check(s.model.dim == d.dim,
+        "model dimension " + std::to_string(s.model.dim) + ", expected " + std::to_string(d.dim));
+  check(s.model.config == s.config.model, "model configuration differs from config.model");
+
+  d.model = OnlineGP::import_state(s.model);
+  d.scaler = s.scaler;
+  d.interval = s.interval;
+  d.feature_scalers = s.feature_scalers;
+  for (std::size_t j = 0; j < fdim; ++j)
+    d.last_features(static_cast<Index>(j)) = s.last_features[j];
+  d.ring_head = 0;
+  d.ring_count = 0;
+  for (std::size_t i = 0; i < s.lag_values.size(); ++i) {
+    d.ring_values[i] = s.lag_values[i];
+    d.ring_times[i] = s.lag_times[i];
+  }
+  d.ring_count = static_cast<int>(s.lag_values.size());
+  d.ring_head = d.ring_count % d.ring_capacity();
+  d.slots = s.slots;
+  d.last_time = s.last_time;
+  for (std::size_t i = 0; i < s.pending.size(); ++i) d.pending[i] = s.pending[i];
+  d.pending_head = 0;
+  d.pending_count = static_cast<int>(s.pending.size());
+  d.last_seq = s.last_seq;
+  d.excluded_run = s.excluded_run;
+  d.counters = s.counters;
+  d.score = s.score;
+  return sp;
+}
+
+}  // namespace ntk

@@ -1,0 +1,698 @@
+// SeriesPredictor against hand-computed cases and an independent naive reimplementation of
+// the front end (two-pass statistics, explicit lag vectors, its own OnlineGP): embedding,
+// scaling, horizons, the time feature, missing-value policies, sequence numbers, scoring,
+// anomalies, feature mode, snapshots, and zero allocations per observation.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <new>
+#include <numbers>
+#include <optional>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "ntk/core/series.h"
+
+// Counting allocator: every global allocation in this test binary is counted.
+namespace {
+std::atomic<long> g_allocations{0};
+}
+void* operator new(std::size_t n) {
+  ++g_allocations;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void* operator new[](std::size_t n) {
+  ++g_allocations;
+  if (void* p = std::malloc(n ? n : 1)) return p;
+  throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+
+namespace {
+
+using Eigen::VectorXd;
+using ntk::MissingPolicy;
+using ntk::OnlineGP;
+using ntk::Outcome;
+using ntk::OutcomeStatus;
+using ntk::Prediction;
+using ntk::SeriesConfig;
+using ntk::SeriesPredictor;
+using ntk::SeriesTarget;
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr std::uint64_t kSecond = 1'000'000'000;
+
+// A config whose model admits every distinct input (so the dictionary shows every sample
+// the front end formed) and never evicts during the short hand-computed cases.
+SeriesConfig transparent_config(int lags, int warmup) {
+  SeriesConfig c;
+  c.lags = lags;
+  c.warmup = warmup;
+  c.model.kernel = ntk::KernelSpec::parse("rbf:lengthscale=1,variance=1");
+  c.model.admission_threshold = 0.0;
+  c.model.budget = 256;
+  return c;
+}
+
+// Two-pass mean and sample standard deviation of v[0..n).
+struct Stats {
+  double mean = 0.0, sd = 0.0, var = 0.0;
+};
+Stats two_pass(const std::vector<double>& v, std::size_t n) {
+  Stats s;
+  for (std::size_t i = 0; i < n; ++i) s.mean += v[i];
+  s.mean /= static_cast<double>(n);
+  for (std::size_t i = 0; i < n; ++i) s.var += (v[i] - s.mean) * (v[i] - s.mean);
+  s.var = n > 1 ? s.var / static_cast<double>(n - 1) : 0.0;
+  s.sd = std::sqrt(s.var);
+  return s;
+}
+
+bool close(double a, double b, double tol) {
+  return std::abs(a - b) <= tol * std::max(1.0, std::max(std::abs(a), std::abs(b)));
+}
+
+// The front end written out from its definition (series.h), for streams without missing
+// values, sequence numbers or anomaly exclusion. Outcomes: the scored (mean, sd) per index.
+struct NaiveSeries {
+  SeriesConfig c;
+  OnlineGP model;
+  std::vector<double> y;
+  std::vector<std::uint64_t> t;
+  std::vector<std::optional<std::pair<double, double>>> forecasts;  // by target index
+
+  explicit NaiveSeries(const SeriesConfig& config)
+      : c(config), model(config.model, config.lags + (config.time_feature ? 1 : 0)) {}
+
+  // Values 0..n-1 seen; statistics of all of them.
+  bool warmed(std::size_t n) const {
+    return n >= static_cast<std::size_t>(c.warmup) && two_pass(y, n).var > 0.0;
+  }
+
+  double mean_interval(std::size_t n) const {  // intervals between values 0..n-1
+    double sum = 0.0;
+    for (std::size_t k = 1; k < n; ++k) sum += t[k] > t[k - 1] ? (t[k] - t[k - 1]) * 1e-9 : 0.0;
+    return n > 1 ? sum / static_cast<double>(n - 1) : 0.0;
+  }
+
+  // Input with newest lag y[last], statistics over values 0..n-1, time feature for dt.
+  VectorXd input(std::size_t last, std::size_t n, double dt) const {
+    const Stats s = two_pass(y, n);
+    VectorXd x(c.lags + (c.time_feature ? 1 : 0));
+    for (int j = 0; j < c.lags; ++j) x(j) = (y[last - static_cast<std::size_t>(j)] - s.mean) / s.sd;
+    if (c.time_feature) {
+      const double dbar = mean_interval(n);
+      x(c.lags) = n > 1 && dbar > 0.0 ? std::log(0.5 * (1.0 + dt / (c.horizon * dbar))) : 0.0;
+    }
+    return x;
+  }
+
+  double base(std::size_t last, std::size_t n) const {
+    return c.target == SeriesTarget::kChange ? y[last] : two_pass(y, n).mean;
+  }
+
+  // Returns the scored (mean, sd) of value i, if any.
+  std::optional<std::pair<double, double>> observe(std::uint64_t time, double value) {
+    const std::size_t i = y.size();
+    const std::size_t h = static_cast<std::size_t>(c.horizon);
+    const std::size_t p = static_cast<std::size_t>(c.lags);
+    std::optional<std::pair<double, double>> scored;
+    const Stats s = i >= 2 ? two_pass(y, i) : Stats{};
+    const bool ready = warmed(i) && i >= p + h - 1;
+    if (ready) {
+      const std::size_t last = i - h;
+      const double dt = time > t[last] ? (time - t[last]) * 1e-9 : 0.0;
+      const VectorXd x = input(last, i, dt);
+      const double target = (value - base(last, i)) / s.sd;
+      if (h == 1) {
+        const Prediction pr = model.update(x, target).prediction;
+        scored = {{base(last, i) + s.sd * pr.mean, s.sd * std::sqrt(pr.var_y)}};
+      } else {
+        model.update(x, target);
+      }
+    }
+    if (h > 1 && i < forecasts.size() && forecasts[i]) scored = forecasts[i];
+    y.push_back(value);
+    t.push_back(time);
+    if (h > 1 && warmed(i + 1) && i + 1 >= p) {
+      const Stats s1 = two_pass(y, i + 1);
+      // Issued before the target's time is known: the nominal spacing, dt = h * dbar.
+      const double dt_nominal = static_cast<double>(h) * mean_interval(i + 1);
+      const Prediction pr = model.predict(input(i, i + 1, dt_nominal));
+      forecasts.resize(std::max(forecasts.size(), i + h + 1));
+      forecasts[i + h] = {{base(i, i + 1) + s1.sd * pr.mean, s1.sd * std::sqrt(pr.var_y)}};
+    }
+    return scored;
+  }
+};
+
+// A noisy nonlinear (logistic-map driven) stream with irregular times.
+struct Stream {
+  std::vector<double> values;
+  std::vector<std::uint64_t> times;
+};
+Stream make_stream(int n, std::uint64_t seed, bool irregular) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> noise(0.0, 0.01);
+  std::uniform_int_distribution<int> jitter(1, 5);
+  Stream s;
+  double u = 0.3;
+  std::uint64_t t = 1'700'000'000 * kSecond;
+  for (int i = 0; i < n; ++i) {
+    u = 3.8 * u * (1.0 - u);
+    s.values.push_back(20.0 + 5.0 * u + noise(rng));
+    t += (irregular ? static_cast<std::uint64_t>(jitter(rng)) : 1) * 60 * kSecond;
+    s.times.push_back(t);
+  }
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("PrequentialScore: hand-computed MSE, MAE, NLPD, coverage; pooling") {
+  ntk::PrequentialScore s;
+  CHECK(std::isnan(s.mse()));
+  CHECK(std::isnan(s.coverage95()));
+  s.add(1.0, 0.0, 1.0);  // error 1, z = 1: inside the 95% band
+  s.add(5.0, 2.0, 0.5);  // error 3, z = 6: outside
+  const double half_log_2pi = 0.5 * std::log(2.0 * std::numbers::pi);
+  CHECK(s.n == 2);
+  CHECK(s.mse() == doctest::Approx((1.0 + 9.0) / 2.0));
+  CHECK(s.mae() == doctest::Approx((1.0 + 3.0) / 2.0));
+  const double nlpd1 = half_log_2pi + std::log(1.0) + 0.5;
+  const double nlpd2 = half_log_2pi + std::log(0.5) + 0.5 * 36.0;
+  CHECK(s.nlpd() == doctest::Approx((nlpd1 + nlpd2) / 2.0).epsilon(1e-14));
+  CHECK(s.coverage95() == 0.5);
+  // The band edge: 1.95 sd inside, 1.97 sd outside.
+  ntk::PrequentialScore edge;
+  edge.add(1.95, 0.0, 1.0);
+  edge.add(-1.97, 0.0, 1.0);
+  CHECK(edge.covered == 1);
+
+  ntk::PrequentialScore other;
+  other.add(0.0, 0.0, 2.0);
+  ntk::PrequentialScore pooled = s;
+  pooled += other;
+  CHECK(pooled.n == 3);
+  CHECK(pooled.mse() == doctest::Approx(10.0 / 3.0));
+  CHECK(pooled.sum_nlpd == doctest::Approx(s.sum_nlpd + half_log_2pi + std::log(2.0)));
+}
+
+TEST_CASE("RunningMoments equals the two-pass mean and sample deviation") {
+  std::mt19937_64 rng(7);
+  std::normal_distribution<double> g(1e6, 3.0);  // large mean: the naive formula would cancel
+  std::vector<double> v;
+  ntk::RunningMoments m;
+  CHECK(m.sd() == 0.0);
+  for (int i = 0; i < 1000; ++i) {
+    v.push_back(g(rng));
+    m.add(v.back());
+  }
+  const Stats s = two_pass(v, v.size());
+  CHECK(m.n == 1000);
+  // The reference mean is summed in long double (exact to far below an ulp of 1e6). Welford
+  // rounds once per value, so its mean is off by a few ulps of 1e6 (1.16e-10 each); a double
+  // two-pass mean is off by a few ulps as well, so the two are compared to the exact value
+  // with a bound of about 90 ulps, not to each other at 1e-15.
+  long double sum = 0.0L;
+  for (const double x : v) sum += x;
+  const double exact_mean = static_cast<double>(sum / static_cast<long double>(v.size()));
+  CHECK(std::abs(m.mean - exact_mean) <= 1e-14 * std::abs(exact_mean));
+  CHECK(std::abs(s.mean - exact_mean) <= 1e-14 * std::abs(exact_mean));
+  CHECK(m.sd() == doctest::Approx(s.sd).epsilon(1e-10));
+}
+
+TEST_CASE("SeriesConfig validation names the field and the value") {
+  const auto message = [](const SeriesConfig& c) {
+    try {
+      c.validate();
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  SeriesConfig c;
+  CHECK(message(c).empty());
+  c.lags = 0;
+  CHECK(message(c).find("lags") != std::string::npos);
+  CHECK(message(c).find("0") != std::string::npos);
+  c = SeriesConfig();
+  c.horizon = -3;
+  CHECK(message(c).find("horizon") != std::string::npos);
+  CHECK(message(c).find("-3") != std::string::npos);
+  c = SeriesConfig();
+  c.warmup = 1;
+  CHECK(message(c).find("warmup") != std::string::npos);
+  c = SeriesConfig();
+  c.anomaly_threshold = 0.0;
+  CHECK(message(c).find("anomaly_threshold") != std::string::npos);
+  c = SeriesConfig();
+  c.model.budget = 0;
+  CHECK(message(c).find("budget") != std::string::npos);
+  CHECK_THROWS_AS(SeriesPredictor{c}, std::invalid_argument);
+  CHECK_THROWS_AS(SeriesPredictor(SeriesConfig(), 0), std::invalid_argument);
+
+  CHECK(ntk::parse_missing_policy("skip") == MissingPolicy::kSkip);
+  CHECK(ntk::parse_missing_policy("hold") == MissingPolicy::kHoldLast);
+  CHECK(ntk::parse_missing_policy("mean") == MissingPolicy::kRunningMean);
+  CHECK_THROWS_AS(ntk::parse_missing_policy("zero"), std::invalid_argument);
+  CHECK(ntk::parse_series_target("change") == SeriesTarget::kChange);
+  CHECK_THROWS_AS(ntk::parse_series_target("diff"), std::invalid_argument);
+}
+
+TEST_CASE("embedding and scaling: the first samples by hand") {
+  // Values 1, 3, 2 warm up (warmup 3): mean 2, sd 1. The 4th value, 5, is predicted from
+  // x = ((2-2)/1, (3-2)/1) = (0, 1); the model is empty, so its standardized prediction is
+  // 0 with variance k(x,x) + jitter + noise = 1 + 1e-10 + 0.01.
+  for (const SeriesTarget target : {SeriesTarget::kLevel, SeriesTarget::kChange}) {
+    SeriesConfig c = transparent_config(2, 3);
+    c.target = target;
+    SeriesPredictor sp(c);
+    for (double v : {1.0, 3.0, 2.0})
+      CHECK(sp.observe(std::nullopt, 0, v).status == OutcomeStatus::kWarmingUp);
+    const Outcome o = sp.observe(std::nullopt, 0, 5.0);
+    REQUIRE(o.status == OutcomeStatus::kScored);
+    // kLevel: the prior mean is the running mean 2; kChange: the last value, also 2.
+    CHECK(o.mean == doctest::Approx(2.0));
+    CHECK(o.sd == doctest::Approx(std::sqrt(1.0 + 1e-10 + 0.01)).epsilon(1e-12));
+    CHECK(o.z == doctest::Approx(3.0 / std::sqrt(1.01)).epsilon(1e-9));
+    REQUIRE(sp.model().dictionary_size() == 1);
+    CHECK(sp.model().inputs()(0, 0) == doctest::Approx(0.0));
+    CHECK(sp.model().inputs()(0, 1) == doctest::Approx(1.0));
+
+    // The 5th value, 4: statistics of 1, 3, 2, 5: mean 2.75, variance 8.75/3.
+    sp.observe(std::nullopt, 0, 4.0);
+    const double sd = std::sqrt(8.75 / 3.0);
+    REQUIRE(sp.model().dictionary_size() == 2);
+    CHECK(sp.model().inputs()(1, 0) == doctest::Approx((5.0 - 2.75) / sd).epsilon(1e-14));
+    CHECK(sp.model().inputs()(1, 1) == doctest::Approx((2.0 - 2.75) / sd).epsilon(1e-14));
+  }
+  // A constant start keeps warming up until the values spread.
+  SeriesPredictor flat(transparent_config(1, 2));
+  for (int i = 0; i < 5; ++i)
+    CHECK(flat.observe(std::nullopt, 0, 7.0).status == OutcomeStatus::kWarmingUp);
+  CHECK(flat.observe(std::nullopt, 0, 8.0).status == OutcomeStatus::kWarmingUp);
+  CHECK(flat.observe(std::nullopt, 0, 7.5).status == OutcomeStatus::kScored);
+}
+
+TEST_CASE("the front end equals a naive reimplementation") {
+  struct Case {
+    int lags, horizon;
+    SeriesTarget target;
+    bool time_feature, irregular;
+    const char* kernel;
+  };
+  const Case cases[] = {
+      {3, 1, SeriesTarget::kLevel, false, false, "rbf:lengthscale=1.5,variance=1"},
+      {4, 1, SeriesTarget::kChange, false, false,
+       "ntk:activation=relu,depth=3,w_std=1.5,b_std=0.1,parameterization=ntk,output=ntk"},
+      {2, 3, SeriesTarget::kChange, true, true, "rbf:lengthscale=1,variance=1"},
+      {5, 2, SeriesTarget::kLevel, true, true,
+       "ntk:activation=relu,depth=2,w_std=1.5,b_std=0.1,parameterization=ntk,output=ntk"},
+      {1, 1, SeriesTarget::kChange, true, true, "rbf:lengthscale=0.7,variance=2"},
+  };
+  for (const Case& k : cases) {
+    CAPTURE(k.lags);
+    CAPTURE(k.horizon);
+    CAPTURE(k.kernel);
+    SeriesConfig c;
+    c.lags = k.lags;
+    c.horizon = k.horizon;
+    c.target = k.target;
+    c.time_feature = k.time_feature;
+    c.warmup = 10;
+    c.model.kernel = ntk::KernelSpec::parse(k.kernel);
+    c.model.budget = 16;  // evictions happen
+    c.model.forgetting = 0.995;
+    SeriesPredictor sp(c);
+    NaiveSeries naive(c);
+    const Stream s = make_stream(300, 11, k.irregular);
+    int scored = 0;
+    for (std::size_t i = 0; i < s.values.size(); ++i) {
+      CAPTURE(i);
+      const Outcome o = sp.observe(i, s.times[i], s.values[i]);
+      const auto expected = naive.observe(s.times[i], s.values[i]);
+      REQUIRE(o.has_prediction == expected.has_value());
+      if (!expected) {
+        CHECK(o.status == OutcomeStatus::kWarmingUp);
+        continue;
+      }
+      ++scored;
+      CHECK(o.status == OutcomeStatus::kScored);
+      CHECK(close(o.mean, expected->first, 1e-8));
+      CHECK(close(o.sd, expected->second, 1e-8));
+      CHECK(close(o.z, (s.values[i] - expected->first) / expected->second, 1e-6));
+    }
+    // h = 1: the first value scored is the warmup-th (0-based); h > 1: the first forecast
+    // is made after value max(warmup, p) - 1, for h values later.
+    CHECK(scored == 300 - (std::max(c.warmup, k.lags) - 1 + k.horizon));
+    CHECK(sp.counters().scored == static_cast<std::uint64_t>(scored));
+    CHECK(sp.score().n == static_cast<std::uint64_t>(scored));
+  }
+}
+
+TEST_CASE("missing values: skip, hold last, running mean") {
+  // Values 1, 3, 2, 5 then a missing value, then 4. lags 2, warmup 3.
+  const std::vector<double> values = {1.0, 3.0, 2.0, 5.0, kNaN, 4.0};
+  SUBCASE("skip: the stream continues as if the value had not been sent") {
+    SeriesConfig c = transparent_config(2, 3);
+    c.missing = MissingPolicy::kSkip;
+    SeriesPredictor sp(c);
+    std::vector<Outcome> out;
+    for (double v : values) out.push_back(sp.observe(std::nullopt, 0, v));
+    CHECK(out[4].status == OutcomeStatus::kMissing);
+    CHECK(std::isnan(out[4].imputed));
+    CHECK_FALSE(out[4].has_prediction);
+    CHECK(out[5].status == OutcomeStatus::kScored);
+    // The sample of 4 has lags (5, 2), standardized by the statistics of 1, 3, 2, 5.
+    const double sd = std::sqrt(8.75 / 3.0);
+    REQUIRE(sp.model().dictionary_size() == 2);
+    CHECK(sp.model().inputs()(1, 0) == doctest::Approx((5.0 - 2.75) / sd).epsilon(1e-14));
+    CHECK(sp.model().inputs()(1, 1) == doctest::Approx((2.0 - 2.75) / sd).epsilon(1e-14));
+    CHECK(sp.counters().missing == 1);
+    CHECK(sp.counters().imputed == 0);
+    CHECK(sp.counters().accepted == 5);
+  }
+  SUBCASE("hold last: the lags see 5 again") {
+    SeriesConfig c = transparent_config(2, 3);
+    c.missing = MissingPolicy::kHoldLast;
+    SeriesPredictor sp(c);
+    std::vector<Outcome> out;
+    for (double v : values) out.push_back(sp.observe(std::nullopt, 0, v));
+    CHECK(out[4].status == OutcomeStatus::kMissing);
+    CHECK(out[4].imputed == 5.0);
+    CHECK(out[5].status == OutcomeStatus::kScored);
+    // Nothing was learned from the imputed slot; the sample of 4 has lags (5, 5) and the
+    // statistics still of 1, 3, 2, 5 (imputed values do not enter them).
+    const double sd = std::sqrt(8.75 / 3.0);
+    REQUIRE(sp.model().dictionary_size() == 2);
+    CHECK(sp.model().inputs()(1, 0) == doctest::Approx((5.0 - 2.75) / sd).epsilon(1e-14));
+    CHECK(sp.model().inputs()(1, 1) == doctest::Approx((5.0 - 2.75) / sd).epsilon(1e-14));
+    CHECK(sp.counters().missing == 1);
+    CHECK(sp.counters().imputed == 1);
+    CHECK(sp.counters().updates == 2);
+  }
+  SUBCASE("running mean: the lags see 2.75") {
+    SeriesConfig c = transparent_config(2, 3);
+    c.missing = MissingPolicy::kRunningMean;
+    SeriesPredictor sp(c);
+    std::vector<Outcome> out;
+    for (double v : values) out.push_back(sp.observe(std::nullopt, 0, v));
+    CHECK(out[4].imputed == doctest::Approx(2.75));
+    const double sd = std::sqrt(8.75 / 3.0);
+    REQUIRE(sp.model().dictionary_size() == 2);
+    CHECK(sp.model().inputs()(1, 0) == doctest::Approx(0.0));
+    CHECK(sp.model().inputs()(1, 1) == doctest::Approx((5.0 - 2.75) / sd).epsilon(1e-14));
+  }
+  SUBCASE("infinite values are missing too; nothing to hold at the start is a skip") {
+    SeriesPredictor sp(transparent_config(2, 3));
+    const Outcome first = sp.observe(std::nullopt, 0, kNaN);
+    CHECK(first.status == OutcomeStatus::kMissing);
+    CHECK(std::isnan(first.imputed));
+    sp.observe(std::nullopt, 0, 1.0);
+    const Outcome inf = sp.observe(std::nullopt, 0, std::numeric_limits<double>::infinity());
+    CHECK(inf.status == OutcomeStatus::kMissing);
+    CHECK(inf.imputed == 1.0);
+    CHECK(sp.counters().missing == 2);
+    CHECK(sp.counters().imputed == 1);
+  }
+  SUBCASE("horizon 2: the forecast of a missing slot is discarded, not scored later") {
+    SeriesConfig c = transparent_config(1, 3);
+    c.horizon = 2;
+    SeriesPredictor sp(c);
+    for (double v : {1.0, 3.0, 2.0}) sp.observe(std::nullopt, 0, v);
+    // After 2 (warm), a forecast for the value two slots later exists.
+    CHECK(sp.observe(std::nullopt, 0, 5.0).status == OutcomeStatus::kWarmingUp);
+    CHECK(sp.observe(std::nullopt, 0, kNaN).status == OutcomeStatus::kMissing);  // drops one
+    const Outcome o = sp.observe(std::nullopt, 0, 4.0);
+    CHECK(o.status == OutcomeStatus::kScored);  // forecast made after 5
+    CHECK(sp.counters().scored == 1);
+  }
+}
+
+TEST_CASE("sequence numbers: duplicates and reordering dropped, gaps counted") {
+  SeriesConfig c = transparent_config(2, 3);
+  SeriesPredictor sp(c);
+  CHECK(sp.observe(10, 0, 1.0).status == OutcomeStatus::kWarmingUp);
+  CHECK(sp.observe(11, 0, 3.0).status == OutcomeStatus::kWarmingUp);
+  CHECK(sp.observe(11, 0, 99.0).status == OutcomeStatus::kDuplicate);
+  CHECK(sp.observe(9, 0, 99.0).status == OutcomeStatus::kOutOfOrder);
+  const Outcome gap = sp.observe(15, 0, 2.0);  // 12, 13, 14 never came
+  CHECK(gap.status == OutcomeStatus::kWarmingUp);
+  CHECK(gap.gap == 3);
+  CHECK(sp.observe(14, 0, 99.0).status == OutcomeStatus::kOutOfOrder);
+  const Outcome o = sp.observe(16, 0, 5.0);
+  CHECK(o.status == OutcomeStatus::kScored);
+  CHECK(o.gap == 0);
+  // The dropped 99s touched nothing: the first sample is the hand-computed one.
+  CHECK(o.mean == doctest::Approx(2.0));
+  CHECK(sp.model().inputs()(0, 1) == doctest::Approx(1.0));
+  const ntk::SeriesCounters& n = sp.counters();
+  CHECK(n.observations == 7);  // observe() calls so far: 10, 11, 11, 9, 15, 14, 16
+  CHECK(n.accepted == 4);
+  CHECK(n.duplicates == 1);
+  CHECK(n.out_of_order == 2);
+  CHECK(n.gaps == 1);
+  CHECK(n.skipped_seq == 3);
+  // Without a sequence number nothing is checked.
+  CHECK(sp.observe(std::nullopt, 0, 4.0).status == OutcomeStatus::kScored);
+  CHECK(sp.observe(17, 0, 4.5).status == OutcomeStatus::kScored);
+}
+
+TEST_CASE("anomalies: flagged, kept out of the model, regime changes learned") {
+  // A clean sine; one spike; later a lasting level shift.
+  SeriesConfig c;
+  c.lags = 4;
+  c.exclude_anomalies = true;
+  c.max_excluded_run = 3;
+  c.model.kernel = ntk::KernelSpec::parse("rbf:lengthscale=1,variance=1");
+  SeriesPredictor sp(c);
+  std::mt19937_64 rng(3);
+  std::normal_distribution<double> noise(0.0, 0.02);
+  const auto value = [&](int i) {
+    double v = std::sin(0.3 * i) + noise(rng);
+    if (i == 400) v += 10.0;  // the fault
+    if (i >= 600) v += 20.0;  // the new regime
+    return v;
+  };
+  std::uint64_t updates_before_spike = 0;
+  int late_anomalies = 0;
+  for (int i = 0; i < 800; ++i) {
+    if (i == 400) updates_before_spike = sp.model().counters().updates;
+    const Outcome o = sp.observe(std::nullopt, 0, value(i));
+    if (i == 400) {
+      CHECK(o.anomaly);
+      CHECK(o.excluded);
+      CHECK_FALSE(o.learned);
+      CHECK(std::abs(o.z) > 4.0);
+    }
+    if (i == 400) CHECK(o.imputed == doctest::Approx(o.mean));  // the lags see the mean
+    if (i == 401) {
+      // The return to normal is not flagged (the lags do not contain the fault), and is
+      // learned; the spike was not.
+      CHECK_FALSE(o.anomaly);
+      CHECK(o.learned);
+      CHECK(sp.model().counters().updates == updates_before_spike + 1);
+    }
+    if (i == 600) CHECK(o.excluded);
+    if (i >= 650) late_anomalies += o.anomaly ? 1 : 0;
+  }
+  CHECK(late_anomalies <= 2);  // the new level has been learned
+  CHECK(sp.counters().anomalies >= 2);
+  CHECK(sp.counters().excluded >= 2);
+  CHECK(sp.counters().excluded <= sp.counters().anomalies);
+  // Excluded values did not enter the scaler: its count is accepted - excluded.
+  CHECK(sp.export_state().scaler.n == sp.counters().accepted - sp.counters().excluded);
+
+  // With exclusion off, the same spike is flagged and learned.
+  c.exclude_anomalies = false;
+  SeriesPredictor keep(c);
+  rng.seed(3);
+  for (int i = 0; i <= 400; ++i) {
+    const Outcome o = keep.observe(std::nullopt, 0, value(i));
+    if (i == 400) {
+      CHECK(o.anomaly);
+      CHECK_FALSE(o.excluded);
+      CHECK(o.learned);
+    }
+  }
+}
+
+TEST_CASE("prequential scores accumulate the scored outcomes") {
+  SeriesConfig c;
+  c.lags = 3;
+  SeriesPredictor sp(c);
+  const Stream s = make_stream(200, 5, false);
+  ntk::PrequentialScore mine;
+  std::uint64_t flagged = 0;
+  for (std::size_t i = 0; i < s.values.size(); ++i) {
+    const Outcome o = sp.observe(i, s.times[i], s.values[i]);
+    if (o.status == OutcomeStatus::kScored) mine.add(o.value, o.mean, o.sd);
+    if (o.anomaly) ++flagged;
+    CHECK(o.anomaly == (o.status == OutcomeStatus::kScored && std::abs(o.z) > 4.0));
+  }
+  CHECK(mine == sp.score());
+  CHECK(flagged == sp.counters().anomalies);
+  CHECK(sp.counters().scored + sp.counters().warming_up == sp.counters().accepted);
+  // A learnable stream: better than the spread of the values, and roughly calibrated.
+  CHECK(sp.score().mse() < 0.2 * two_pass(s.values, s.values.size()).var);
+  CHECK(sp.score().coverage95() > 0.8);
+}
+
+TEST_CASE("forecast() is the prediction the next value is scored against") {
+  SeriesConfig c;
+  c.lags = 5;
+  SeriesPredictor sp(c);
+  CHECK_FALSE(sp.forecast().has_value());
+  const Stream s = make_stream(120, 9, false);
+  for (std::size_t i = 0; i + 1 < s.values.size(); ++i) sp.observe(i, s.times[i], s.values[i]);
+  const std::optional<Prediction> f = sp.forecast();
+  REQUIRE(f.has_value());
+  const Outcome o = sp.observe(s.values.size() - 1, s.times.back(), s.values.back());
+  CHECK(o.mean == doctest::Approx(f->mean).epsilon(1e-12));
+  CHECK(o.sd == doctest::Approx(std::sqrt(f->var_y)).epsilon(1e-12));
+}
+
+TEST_CASE("feature mode: per-component scaling, unlabelled queries, missing components") {
+  SeriesConfig c;
+  c.warmup = 3;
+  c.model.kernel = ntk::KernelSpec::parse("rbf:lengthscale=1,variance=1");
+  c.model.admission_threshold = 0.0;
+  SeriesPredictor sp(c, 2);
+  CHECK(sp.feature_dim() == 2);
+  CHECK(sp.input_dim() == 2);
+  CHECK_THROWS_AS(sp.observe(std::nullopt, 0, 1.0), std::logic_error);
+  CHECK_THROWS_AS(sp.observe(std::nullopt, 0, VectorXd::Zero(3), 1.0), std::invalid_argument);
+  CHECK(sp.counters().observations == 0);
+
+  // Three labelled samples warm up: feature 0 = 1, 2, 3 (mean 2, sd 1); feature 1 = 10, 10,
+  // 10 (no spread: centred only); targets 0, 4, 2 (mean 2, sd 2).
+  const double f0[] = {1.0, 2.0, 3.0}, t[] = {0.0, 4.0, 2.0};
+  for (int i = 0; i < 3; ++i) {
+    CHECK(sp.observe(std::nullopt, 0, VectorXd{{f0[i], 10.0}}, t[i]).status ==
+          OutcomeStatus::kWarmingUp);
+  }
+  // A query: nothing is learned; the empty model predicts the target mean with
+  // variance (1 + 1e-10 + 0.01) * 2^2.
+  const Outcome q = sp.observe(std::nullopt, 0, VectorXd{{4.0, 10.0}}, std::nullopt);
+  CHECK(q.status == OutcomeStatus::kUnlabelled);
+  REQUIRE(q.has_prediction);
+  CHECK(q.mean == doctest::Approx(2.0));
+  CHECK(q.sd == doctest::Approx(2.0 * std::sqrt(1.01)).epsilon(1e-9));
+  CHECK(sp.model().dictionary_size() == 0);
+
+  const Outcome o = sp.observe(std::nullopt, 0, VectorXd{{4.0, 10.0}}, 6.0);
+  CHECK(o.status == OutcomeStatus::kScored);
+  CHECK(o.z == doctest::Approx((6.0 - 2.0) / (2.0 * std::sqrt(1.01))).epsilon(1e-9));
+  REQUIRE(sp.model().dictionary_size() == 1);
+  CHECK(sp.model().inputs()(0, 0) == doctest::Approx(2.0));  // (4 - 2) / 1
+  CHECK(sp.model().inputs()(0, 1) == doctest::Approx(0.0));  // (10 - 10), unscaled
+
+  // A missing component held from the last sample (4); a missing target: prediction only.
+  const Outcome held = sp.observe(std::nullopt, 0, VectorXd{{kNaN, 10.0}}, kNaN);
+  CHECK(held.status == OutcomeStatus::kMissing);
+  CHECK(held.has_prediction);
+  CHECK(sp.counters().missing == 1);
+  CHECK(sp.counters().imputed == 1);
+
+  c.missing = MissingPolicy::kSkip;
+  SeriesPredictor skip(c, 2);
+  CHECK(skip.observe(1, 0, VectorXd{{kNaN, 1.0}}, 1.0).status == OutcomeStatus::kMissing);
+  CHECK(skip.observe(1, 0, VectorXd{{1.0, 1.0}}, 1.0).status == OutcomeStatus::kDuplicate);
+  CHECK(skip.counters().accepted == 0);
+}
+
+TEST_CASE("state export/import: identical subsequent outcomes") {
+  struct Case {
+    int lags, horizon;
+    bool time_feature, exclude;
+    int feature_dim;
+  };
+  const Case cases[] = {{4, 1, false, false, 0},
+                        {3, 3, true, true, 0},
+                        {2, 1, true, true, 0},
+                        {0, 1, false, true, 3}};
+  for (const Case& k : cases) {
+    CAPTURE(k.horizon);
+    CAPTURE(k.feature_dim);
+    SeriesConfig c;
+    if (k.lags > 0) c.lags = k.lags;
+    c.horizon = k.horizon;
+    c.time_feature = k.time_feature;
+    c.exclude_anomalies = k.exclude;
+    c.model.budget = 12;
+    c.model.forgetting = 0.99;
+    SeriesPredictor a = k.feature_dim ? SeriesPredictor(c, k.feature_dim) : SeriesPredictor(c);
+    const Stream s = make_stream(400, 21, true);
+    const auto feed = [&](SeriesPredictor& sp, std::size_t i) {
+      double v = s.values[i];
+      if (i % 37 == 5) v = kNaN;
+      if (i % 53 == 7) v += 50.0;  // anomalies, some excluded
+      if (k.feature_dim) {
+        const VectorXd x{{s.values[i - 1], s.values[i - 2], static_cast<double>(i % 7)}};
+        return sp.observe(i, s.times[i], x, v);
+      }
+      return sp.observe(i, s.times[i], v);
+    };
+    for (std::size_t i = 2; i < 200; ++i) feed(a, i);
+    const ntk::SeriesState st = a.export_state();
+    SeriesPredictor b = SeriesPredictor::import_state(st);
+    CHECK(b.counters() == a.counters());
+    CHECK(b.score() == a.score());
+    for (std::size_t i = 200; i < 400; ++i) {
+      const Outcome oa = feed(a, i), ob = feed(b, i);
+      CHECK(oa.status == ob.status);
+      CHECK(oa.has_prediction == ob.has_prediction);
+      if (oa.has_prediction) {
+        CHECK(oa.mean == ob.mean);  // bitwise
+        CHECK(oa.sd == ob.sd);
+      }
+      CHECK(oa.excluded == ob.excluded);
+    }
+    CHECK(b.score() == a.score());
+    CHECK(b.counters() == a.counters());
+  }
+
+  // A state that does not fit its config is refused, naming the field.
+  SeriesConfig c;
+  SeriesPredictor sp(c);
+  ntk::SeriesState st = sp.export_state();
+  st.lag_values.assign(100, 1.0);
+  st.lag_times.assign(100, 0);
+  st.slots = 100;
+  CHECK_THROWS_WITH_AS(SeriesPredictor::import_state(st), doctest::Contains("lag_values"),
+                       std::invalid_argument);
+  st = sp.export_state();
+  st.config.lags = 3;
+  CHECK_THROWS_WITH_AS(SeriesPredictor::import_state(st), doctest::Contains("dimension"),
+                       std::invalid_argument);
+}
+
+TEST_CASE("no allocation per observation once warmed up (h = 1, exclusion off)") {
+  for (const bool time_feature : {false, true}) {
+    SeriesConfig c;
+    c.lags = 6;
+    c.time_feature = time_feature;
+    c.exclude_anomalies = false;
+    c.model.budget = 32;
+    SeriesPredictor sp(c);
+    const Stream s = make_stream(600, 4, true);
+    for (std::size_t i = 0; i < 300; ++i) sp.observe(i, s.times[i], s.values[i]);
+    const long before = g_allocations.load();
+    for (std::size_t i = 300; i < 600; ++i) {
+      const double v = i % 50 == 0 ? kNaN : s.values[i];  // missing values too
+      sp.observe(i, s.times[i], v);
+    }
+    CHECK(g_allocations.load() - before == 0);
+    CHECK(sp.counters().scored > 250);
+  }
+}
