@@ -61,7 +61,7 @@ enum class EvictionPolicy {
 std::string_view to_string(EvictionPolicy);
 
 struct ModelConfig {
-  KernelSpec kernel;                  // default: the NTK (relu, depth 3)
+  KernelSpec kernel;                  // default: the NTK of an erf network, depth 2
   int budget = 64;                    // M, maximum dictionary size (>= 1)
   double noise_variance = 1e-2;       // noise variance (a ratio to s2 when estimated)
   double forgetting = 1.0;            // lambda in (0, 1]; 1: stationary, no forgetting
