@@ -1,0 +1,197 @@
+// Online GP update and prediction throughput, steady state (dictionary full, evicting),
+// d = 7, against dlib::krls (radial_basis_kernel, max dictionary size M) on the same
+// streams. Samples that enter the dictionary and samples that do not are measured
+// separately, since their costs differ (by about 30x for dlib). After the benchmarks the
+// program prints the ratios dlib time / ntkstream time from this one run.
+//
+//   cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DNTK_NATIVE=ON
+//         -DNTK_BUILD_BENCH=ON
+//   cmake --build build-bench --target bench_model
+//   build-bench/bench/bench_model --benchmark_min_time=0.2
+#include <benchmark/benchmark.h>
+#include <dlib/svm.h>
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "ntk/core/model.h"
+
+namespace {
+
+constexpr int kDim = 7;
+constexpr double kRbfLengthscale = 1.0;
+// The NTK for this benchmark (relu, depth 3); the default kernel (erf, depth 2) costs
+// about the same per row.
+const char* const kNtkSpec =
+    "ntk:activation=relu,depth=3,w_std=1.5,b_std=0.1,parameterization=ntk,output=ntk";
+
+using DlibSample = dlib::matrix<double, kDim, 1>;
+using DlibKernel = dlib::radial_basis_kernel<DlibSample>;
+
+std::vector<Eigen::VectorXd> gaussian_points(int n, std::uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> g;
+  std::vector<Eigen::VectorXd> xs;
+  for (int i = 0; i < n; ++i) {
+    Eigen::VectorXd x(kDim);
+    for (int j = 0; j < kDim; ++j) x(j) = g(rng);
+    xs.push_back(x);
+  }
+  return xs;
+}
+
+double target(const Eigen::VectorXd& x) { return std::sin(x(0)) + 0.5 * x(1) * x(2); }
+
+ntk::ModelConfig config(int M, bool ntk_kernel, ntk::EvictionPolicy policy) {
+  ntk::ModelConfig c;
+  c.kernel = ntk_kernel ? ntk::KernelSpec::parse(kNtkSpec)
+                        : ntk::KernelSpec::parse("rbf:lengthscale=1,variance=1");
+  c.budget = M;
+  c.eviction = policy;
+  c.admission_threshold = 1e-4;
+  return c;
+}
+
+enum class Path { kAdmit, kReject };
+
+// ntkstream: steady state at a full dictionary. kAdmit feeds fresh Gaussian points (every
+// one enters and one basis is evicted); kReject feeds copies of dictionary points (the ALD
+// test rejects them; the posterior is still updated).
+void BM_ntk_update(benchmark::State& state, bool ntk_kernel, ntk::EvictionPolicy policy, Path path) {
+  const int M = static_cast<int>(state.range(0));
+  ntk::OnlineGP gp(config(M, ntk_kernel, policy), kDim);
+  const auto warm = gaussian_points(4 * M, 1);
+  for (const auto& x : warm) gp.update(x, target(x));
+  const auto fresh = gaussian_points(1 << 14, 2);
+  std::vector<Eigen::VectorXd> stream = fresh;
+  if (path == Path::kReject) {
+    stream.clear();
+    for (int i = 0; i < gp.dictionary_size(); ++i) stream.push_back(gp.inputs().row(i).transpose());
+  }
+  std::size_t i = 0;
+  std::uint64_t admitted = 0;
+  for (auto _ : state) {
+    const Eigen::VectorXd& x = stream[i];
+    const ntk::UpdateResult r = gp.update(x, target(x));
+    admitted += r.admitted;
+    benchmark::DoNotOptimize(r.prediction.mean);
+    if (++i == stream.size()) i = 0;
+  }
+  state.counters["admitted_fraction"] =
+      static_cast<double>(admitted) / static_cast<double>(state.iterations());
+  state.counters["updates_per_s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+void BM_ntk_predict(benchmark::State& state, bool ntk_kernel) {
+  const int M = static_cast<int>(state.range(0));
+  ntk::OnlineGP gp(config(M, ntk_kernel, ntk::EvictionPolicy::kMinLoss), kDim);
+  for (const auto& x : gaussian_points(4 * M, 1)) gp.update(x, target(x));
+  const auto probes = gaussian_points(1024, 3);
+  std::size_t i = 0;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(gp.predict(probes[i]).var_y);
+    i = (i + 1) & 1023;
+  }
+  state.counters["predictions_per_s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+DlibSample to_dlib(const Eigen::VectorXd& x) {
+  DlibSample s;
+  for (int j = 0; j < kDim; ++j) s(j) = x(j);
+  return s;
+}
+
+void BM_dlib_krls(benchmark::State& state, Path path) {
+  const int M = static_cast<int>(state.range(0));
+  const double gamma = 1.0 / (2.0 * kRbfLengthscale * kRbfLengthscale);
+  dlib::krls<DlibKernel> krls(DlibKernel(gamma), 1e-4, static_cast<unsigned long>(M));
+  std::vector<DlibSample> warm;
+  for (const auto& x : gaussian_points(4 * M, 1)) {
+    warm.push_back(to_dlib(x));
+    krls.train(warm.back(), target(x));
+  }
+  std::vector<DlibSample> stream;
+  std::vector<double> ys;
+  if (path == Path::kAdmit) {
+    for (const auto& x : gaussian_points(1 << 14, 2)) {
+      stream.push_back(to_dlib(x));
+      ys.push_back(target(x));
+    }
+  } else {
+    // The last M warm-up points are the dictionary (dlib evicts the oldest).
+    for (std::size_t k = warm.size() - static_cast<std::size_t>(M); k < warm.size(); ++k) {
+      stream.push_back(warm[k]);
+      ys.push_back(0.5);
+    }
+  }
+  std::size_t i = 0;
+  for (auto _ : state) {
+    krls.train(stream[i], ys[i]);
+    if (++i == stream.size()) i = 0;
+  }
+  benchmark::DoNotOptimize(krls(stream[0]));
+  state.counters["updates_per_s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+}
+
+void sizes(benchmark::internal::Benchmark* b) {
+  for (int M : {32, 64, 128, 256, 512}) b->Arg(M);
+  b->Unit(benchmark::kMicrosecond);
+}
+
+BENCHMARK_CAPTURE(BM_ntk_update, rbf_minloss_admit, false, ntk::EvictionPolicy::kMinLoss, Path::kAdmit)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_ntk_update, rbf_oldest_admit, false, ntk::EvictionPolicy::kOldest, Path::kAdmit)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_ntk_update, rbf_reject, false, ntk::EvictionPolicy::kMinLoss, Path::kReject)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_ntk_update, ntk_minloss_admit, true, ntk::EvictionPolicy::kMinLoss, Path::kAdmit)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_ntk_update, ntk_oldest_admit, true, ntk::EvictionPolicy::kOldest, Path::kAdmit)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_ntk_update, ntk_reject, true, ntk::EvictionPolicy::kMinLoss, Path::kReject)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_ntk_predict, rbf, false)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_ntk_predict, ntk, true)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_dlib_krls, admit, Path::kAdmit)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_dlib_krls, reject, Path::kReject)->Apply(sizes);
+
+// Collects per-iteration times while the normal console output goes on.
+class Collector : public benchmark::ConsoleReporter {
+ public:
+  // Colour only on a terminal, so that redirected output stays plain text.
+  Collector() : ConsoleReporter(isatty(1) ? OO_Defaults : OO_Tabular) {}
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& r : runs) times[r.benchmark_name()] = r.GetAdjustedRealTime();
+    ConsoleReporter::ReportRuns(runs);
+  }
+  std::map<std::string, double> times;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  Collector collector;
+  benchmark::RunSpecifiedBenchmarks(&collector);
+  benchmark::Shutdown();
+  const auto t = [&](const std::string& name, int M) {
+    const auto it = collector.times.find(name + "/" + std::to_string(M));
+    return it == collector.times.end() ? 0.0 : it->second;
+  };
+  std::printf("\nRatios from this run (dlib::krls time / ntkstream time, same stream, RBF):\n");
+  std::printf("%6s %26s %26s %22s\n", "M", "admit: dlib/ours(oldest)", "admit: dlib/ours(minloss)",
+              "reject: dlib/ours");
+  for (int M : {32, 64, 128, 256, 512}) {
+    const double da = t("BM_dlib_krls/admit", M), dr = t("BM_dlib_krls/reject", M);
+    const double oo = t("BM_ntk_update/rbf_oldest_admit", M);
+    const double om = t("BM_ntk_update/rbf_minloss_admit", M);
+    const double orj = t("BM_ntk_update/rbf_reject", M);
+    if (da > 0 && oo > 0 && om > 0 && dr > 0 && orj > 0) {
+      std::printf("%6d %26.1f %26.1f %22.1f\n", M, da / oo, da / om, dr / orj);
+    }
+  }
+  return 0;
+}

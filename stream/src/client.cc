@@ -1,0 +1,406 @@
+// Client library: the blocking Client (asynchronous operations on a private io_context,
+// run until done or timed out, as in Asio's blocking_tcp_client example) and AsyncClient.
+#include "ntk/stream/client.h"
+
+#include <boost/asio.hpp>
+#include <deque>
+#include <optional>
+#include <stdexcept>
+#include <system_error>
+#include <utility>
+
+namespace ntk::stream {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+using ErrorCode = boost::system::error_code;
+
+namespace {
+
+constexpr std::size_t kReadChunk = std::size_t{64} << 10;
+
+ErrorCode bad_message() { return make_error_code(boost::system::errc::bad_message); }
+
+// The reading side of a response stream: bytes in, Responses out.
+class ResponseReader {
+ public:
+  explicit ResponseReader(std::size_t max_frame_bytes)
+      : decoder_(std::min(max_frame_bytes, kMaxFrameBytesLimit)), buffer_(kReadChunk) {}
+
+  asio::mutable_buffer buffer() { return asio::buffer(buffer_); }
+  // n bytes were read into buffer().
+  void fed(std::size_t n) {
+    decoder_.feed(std::span<const std::uint8_t>(buffer_.data(), n));
+    input_ = true;
+  }
+  // The next response if one is complete: true with `out` set; false when more bytes
+  // are needed; an error for a framing violation or an unparseable response.
+  bool next(v1::Response& out, ErrorCode& ec) {
+    if (!input_) return false;
+    const FrameResult r = decoder_.next();
+    if (r.status == FrameStatus::kNeedMore) {
+      input_ = false;
+      return false;
+    }
+    if (r.status == FrameStatus::kError ||
+        !out.ParseFromArray(r.frame.data(), static_cast<int>(r.frame.size()))) {
+      input_ = false;
+      ec = bad_message();
+      return false;
+    }
+    return true;
+  }
+  // The decoder holds unread input: call next() before reading more.
+  bool has_input() const { return input_; }
+
+ private:
+  FrameDecoder decoder_;
+  std::vector<std::uint8_t> buffer_;
+  bool input_ = false;
+};
+
+[[noreturn]] void throw_error(ErrorCode ec, const std::string& what) {
+  throw std::system_error(static_cast<std::error_code>(ec), what);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Client
+
+struct Client::Impl {
+  Impl(const std::string& host, std::uint16_t port, ClientOptions o)
+      : options(o), socket(io), reader(o.max_frame_bytes) {
+    tcp::resolver resolver(io);
+    ErrorCode ec;
+    const auto endpoints = resolver.resolve(host, std::to_string(port), ec);
+    if (ec) throw_error(ec, "ntk::stream::Client: cannot resolve " + host);
+    asio::async_connect(socket, endpoints, [&](ErrorCode e, const tcp::endpoint&) { ec = e; });
+    run();
+    if (ec) {
+      throw_error(ec,
+                  "ntk::stream::Client: cannot connect to " + host + ":" + std::to_string(port));
+    }
+    socket.set_option(tcp::no_delay(true), ec);
+  }
+
+  // Runs the private io_context until the started operations finish, or until the
+  // timeout: then the socket is closed (they finish with operation_aborted) and
+  // timed_out is reported by the caller through `timed_out`.
+  void run() {
+    io.restart();
+    if (options.timeout.count() > 0) {
+      io.run_for(options.timeout);
+      if (!io.stopped()) {
+        ErrorCode ignored;
+        socket.close(ignored);
+        io.run();
+        timed_out = true;
+      }
+    } else {
+      io.run();
+    }
+  }
+
+  ErrorCode translate(ErrorCode ec) {
+    if (timed_out) {
+      timed_out = false;
+      return asio::error::timed_out;
+    }
+    return ec;
+  }
+
+  void write(asio::const_buffer bytes) {
+    ErrorCode ec;
+    asio::async_write(socket, bytes, [&](ErrorCode e, std::size_t) { ec = e; });
+    run();
+    ec = translate(ec);
+    if (ec) throw_error(ec, "ntk::stream::Client: write");
+  }
+
+  v1::Response read_one() {
+    v1::Response response;
+    ErrorCode ec;
+    for (;;) {
+      if (reader.next(response, ec)) return response;
+      if (ec) throw_error(ec, "ntk::stream::Client: unreadable response stream");
+      socket.async_read_some(reader.buffer(), [&](ErrorCode e, std::size_t n) {
+        ec = e;
+        if (!e) reader.fed(n);
+      });
+      run();
+      ec = translate(ec);
+      if (ec) throw_error(ec, "ntk::stream::Client: read");
+    }
+  }
+
+  ClientOptions options;
+  asio::io_context io;
+  tcp::socket socket;
+  ResponseReader reader;
+  std::string out;  // not state: the frame being written
+  std::size_t pending = 0;
+  bool timed_out = false;
+};
+
+Client::Client(const std::string& host, std::uint16_t port, ClientOptions options)
+    : impl_(std::make_unique<Impl>(host, port, options)) {}
+Client::~Client() = default;
+Client::Client(Client&&) noexcept = default;
+Client& Client::operator=(Client&&) noexcept = default;
+
+void Client::send(const v1::Request& request) {
+  impl_->out.clear();
+  encode_delimited(request, impl_->out);
+  impl_->write(asio::buffer(impl_->out));
+  ++impl_->pending;
+}
+
+void Client::send_raw(std::span<const std::uint8_t> bytes, std::size_t frames) {
+  impl_->write(asio::buffer(bytes.data(), bytes.size()));
+  impl_->pending += frames;
+}
+
+v1::Response Client::receive() {
+  if (impl_->pending == 0) throw std::logic_error("Client::receive: no request is pending");
+  v1::Response r = impl_->read_one();
+  --impl_->pending;
+  return r;
+}
+
+v1::Response Client::call(const v1::Request& request) {
+  send(request);
+  return receive();
+}
+
+std::vector<v1::Response> Client::call_many(std::span<const v1::Request> requests) {
+  if (impl_->pending != 0) {
+    throw std::logic_error("Client::call_many: " + std::to_string(impl_->pending) +
+                           " responses are still pending");
+  }
+  Impl& d = *impl_;
+  std::vector<v1::Response> responses;
+  responses.reserve(requests.size());
+  // Writer: frames in chunks of about 64 KiB; reader: responses as they come.
+  std::size_t next_request = 0;
+  std::string chunk;
+  ErrorCode write_ec, read_ec;
+  std::function<void()> write_next = [&] {
+    chunk.clear();
+    while (next_request < requests.size() && chunk.size() < kReadChunk) {
+      encode_delimited(requests[next_request++], chunk);
+    }
+    if (chunk.empty()) return;
+    asio::async_write(d.socket, asio::buffer(chunk), [&](ErrorCode e, std::size_t) {
+      if (e) {
+        write_ec = e;
+        ErrorCode ignored;
+        d.socket.close(ignored);
+        return;
+      }
+      write_next();
+    });
+  };
+  std::function<void()> read_next = [&] {
+    for (;;) {
+      v1::Response r;
+      if (d.reader.next(r, read_ec)) {
+        responses.push_back(std::move(r));
+        continue;
+      }
+      break;
+    }
+    if (read_ec || responses.size() == requests.size()) return;
+    d.socket.async_read_some(d.reader.buffer(), [&](ErrorCode e, std::size_t n) {
+      if (e) {
+        read_ec = e;
+        return;
+      }
+      d.reader.fed(n);
+      read_next();
+    });
+  };
+  d.pending = requests.size();
+  write_next();
+  read_next();
+  d.run();
+  const ErrorCode ec = d.translate(write_ec ? write_ec : read_ec);
+  if (ec) throw_error(ec, "ntk::stream::Client::call_many");
+  d.pending = 0;
+  return responses;
+}
+
+std::size_t Client::pending() const { return impl_->pending; }
+
+void Client::shutdown_send() {
+  ErrorCode ignored;
+  impl_->socket.shutdown(tcp::socket::shutdown_send, ignored);
+}
+
+void Client::close() {
+  ErrorCode ignored;
+  impl_->socket.close(ignored);
+}
+
+// ---------------------------------------------------------------------------------------
+// AsyncClient
+
+struct AsyncClient::Impl {
+  Impl(const asio::any_io_executor& executor, ClientOptions o)
+      : options(o),
+        strand(asio::make_strand(executor)),
+        socket(strand),
+        resolver(strand),
+        reader(o.max_frame_bytes) {}
+
+  // Everything below runs on the strand. User-facing entry points post (never dispatch),
+  // so a handler that calls async_call does not re-enter these functions.
+
+  // Starts the write and the read that are due.
+  void pump(const std::shared_ptr<AsyncClient>& self) {
+    if (!connected || failed) return;
+    if (!writing && !queued.empty()) {
+      std::swap(queued, in_flight);
+      queued.clear();
+      writing = true;
+      asio::async_write(socket, asio::buffer(in_flight),
+                        asio::bind_executor(strand, [self](ErrorCode ec, std::size_t) {
+                          Impl& d = *self->impl_;
+                          d.writing = false;
+                          if (d.failed) return;
+                          if (ec) return d.fail_all(ec);
+                          d.pump(self);
+                        }));
+    }
+    if (!reading && !handlers.empty()) {
+      reading = true;
+      socket.async_read_some(reader.buffer(),
+                             asio::bind_executor(strand, [self](ErrorCode ec, std::size_t n) {
+                               Impl& d = *self->impl_;
+                               d.reading = false;
+                               if (d.failed) return;
+                               if (ec) return d.fail_all(ec);
+                               d.reader.fed(n);
+                               d.deliver();
+                               d.pump(self);
+                             }));
+    }
+  }
+
+  // Completes the handlers of the responses that are in.
+  void deliver() {
+    while (!failed) {
+      v1::Response response;
+      ErrorCode ec;
+      if (!reader.next(response, ec)) {
+        if (ec) fail_all(ec);
+        return;
+      }
+      if (handlers.empty()) return fail_all(bad_message());  // an answer nobody asked for
+      ResponseHandler handler = std::move(handlers.front());
+      handlers.pop_front();
+      pending.fetch_sub(1);
+      handler(ErrorCode(), std::move(response));
+    }
+  }
+
+  void fail_all(ErrorCode ec) {
+    if (!failed) {
+      failed = true;
+      failure = ec;
+      ErrorCode ignored;
+      socket.close(ignored);
+    }
+    std::deque<ResponseHandler> waiting;
+    waiting.swap(handlers);
+    queued.clear();
+    for (auto& h : waiting) {
+      pending.fetch_sub(1);
+      h(ec, v1::Response());
+    }
+  }
+
+  ClientOptions options;
+  asio::strand<asio::any_io_executor> strand;
+  tcp::socket socket;
+  tcp::resolver resolver;
+  ResponseReader reader;
+
+  bool connected = false;
+  bool reading = false;
+  bool writing = false;
+  bool failed = false;
+  ErrorCode failure;
+  std::string queued;                    // frames waiting for the write in flight
+  std::string in_flight;                 // the write in flight
+  std::deque<ResponseHandler> handlers;  // in request order
+  std::atomic<std::size_t> pending{0};
+};
+
+AsyncClient::AsyncClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+AsyncClient::~AsyncClient() = default;
+
+std::shared_ptr<AsyncClient> AsyncClient::create(const asio::any_io_executor& executor,
+                                                 ClientOptions options) {
+  return std::shared_ptr<AsyncClient>(new AsyncClient(std::make_unique<Impl>(executor, options)));
+}
+
+void AsyncClient::async_connect(std::string host, std::uint16_t port, ConnectHandler handler) {
+  asio::post(impl_->strand, [self = shared_from_this(), host = std::move(host), port,
+                             handler = std::move(handler)]() mutable {
+    self->impl_->resolver.async_resolve(
+        host, std::to_string(port),
+        asio::bind_executor(
+            self->impl_->strand,
+            [self, handler = std::move(handler)](
+                ErrorCode ec, const tcp::resolver::results_type& results) mutable {
+              Impl& d = *self->impl_;
+              if (ec || d.failed) {
+                if (!ec) ec = d.failure;
+                d.fail_all(ec);
+                return handler(ec);
+              }
+              asio::async_connect(
+                  d.socket, results,
+                  asio::bind_executor(d.strand, [self, handler = std::move(handler)](
+                                                    ErrorCode e, const tcp::endpoint&) mutable {
+                    Impl& dd = *self->impl_;
+                    if (!e && dd.failed) e = dd.failure;
+                    if (e) {
+                      dd.fail_all(e);
+                      return handler(e);
+                    }
+                    ErrorCode ignored;
+                    dd.socket.set_option(tcp::no_delay(true), ignored);
+                    dd.connected = true;
+                    dd.pump(self);  // calls made before the connection completed
+                    handler(e);
+                  }));
+            }));
+  });
+}
+
+void AsyncClient::async_call(v1::Request request, ResponseHandler handler) {
+  impl_->pending.fetch_add(1);
+  asio::post(impl_->strand, [self = shared_from_this(), request = std::move(request),
+                             handler = std::move(handler)]() mutable {
+    Impl& d = *self->impl_;
+    if (d.failed) {
+      d.pending.fetch_sub(1);
+      return handler(d.failure, v1::Response());
+    }
+    encode_delimited(request, d.queued);
+    d.handlers.push_back(std::move(handler));
+    d.pump(self);
+  });
+}
+
+void AsyncClient::close() {
+  asio::post(impl_->strand, [self = shared_from_this()] {
+    self->impl_->fail_all(asio::error::operation_aborted);
+  });
+}
+
+std::size_t AsyncClient::pending() const { return impl_->pending.load(); }
+
+}  // namespace ntk::stream

@@ -1,0 +1,165 @@
+// Internal to ntk::stream: the socket-free part of the server — per-key predictors grouped
+// in shards, the configuration table new keys are resolved against, and the counters.
+//
+// A Shard is single-threaded: the server calls it only on its shard's strand. The
+// ConfigTable is consulted when a key is created or configured (not per observation) and
+// carries its own mutex. Counters are relaxed atomics.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "ntk/core/series.h"
+#include "ntk/stream/convert.h"
+#include "ntk/stream/frame_codec.h"
+#include "ntk/v1/request.pb.h"
+#include "ntk/v1/response.pb.h"
+#include "ntk/v1/server.pb.h"
+#include "ntk/v1/snapshot.pb.h"
+
+namespace ntk::stream::detail {
+
+// Server-wide counters (relaxed atomics: totals, not synchronization).
+struct Counters {
+  static constexpr int kErrorCodes = v1::ErrorCode_ARRAYSIZE;
+
+  std::uint64_t start_time_unix_nano = 0;
+  std::atomic<std::uint64_t> connections_accepted{0};
+  std::atomic<std::uint64_t> connections_open{0};
+  std::atomic<std::uint64_t> tcp_frames{0};
+  std::atomic<std::uint64_t> udp_datagrams{0};
+  std::atomic<std::uint64_t> requests{0};
+  std::atomic<std::uint64_t> responses{0};
+  std::atomic<std::uint64_t> bytes_received{0};
+  std::atomic<std::uint64_t> bytes_sent{0};
+  std::atomic<std::uint64_t> keys{0};
+  std::array<std::atomic<std::uint64_t>, kErrorCodes> errors{};
+
+  void count_error(v1::ErrorCode code);
+  v1::ServerCounters to_proto() const;
+};
+
+// ServerOptions::defaults / overrides and the Control.Configure prefixes: what a new key
+// is configured with. Thread-safe.
+class ConfigTable {
+ public:
+  // Throws std::invalid_argument when a config does not resolve.
+  ConfigTable(const v1::KeyConfig& defaults, const std::vector<v1::PrefixOverride>& overrides);
+
+  // defaults, then the longest matching override, then every matching configured prefix
+  // (shorter prefixes first; equal lengths in the order they were given).
+  v1::KeyConfig base_for(std::string_view key) const;
+
+  // Control.Configure with a key_prefix: checks that base_for(prefix) merged with config
+  // resolves (BAD_CONFIG otherwise) and appends it.
+  std::optional<RequestError> configure_prefix(const std::string& prefix,
+                                               const v1::KeyConfig& config);
+
+  // Throws std::invalid_argument (nothing changes) when a config does not resolve.
+  void set(const v1::KeyConfig& defaults, const std::vector<v1::PrefixOverride>& overrides);
+
+  std::vector<v1::PrefixOverride> configured() const;
+  // Throws std::invalid_argument (nothing changes) when a prefix is empty or its config
+  // does not resolve.
+  void set_configured(const std::vector<v1::PrefixOverride>& configured);
+
+ private:
+  v1::KeyConfig base_locked(std::string_view key) const;
+
+  mutable std::mutex mutex_;
+  v1::KeyConfig defaults_;
+  std::vector<v1::PrefixOverride> overrides_;
+  std::vector<v1::PrefixOverride> configured_;
+};
+
+// FNV-1a of the key, reduced to [0, shards).
+std::size_t shard_of(std::string_view key, std::size_t shards);
+
+// "<sensor_id>/<i>": the stream of channel i of a multi-channel SensorReading.
+std::string channel_key(std::string_view sensor_id, int channel);
+
+// Fills response's seq, tag and key from the request (key: the request's key, sensor_id,
+// symbol or Control target).
+void echo_request(const v1::Request& request, v1::Response& response);
+// Makes response an Error (keeps seq, tag, key).
+void set_error(v1::Response& response, v1::ErrorCode code, std::string message,
+               bool connection_closed = false);
+
+// One shard of the key space: the keys that hash to it, each with its predictor.
+//
+// CONVENTION
+//   entries_ holds the live keys; counters_.keys counts the live keys of every shard
+//   (<= max_keys_). key_configs_ holds the Control.Configure configs of single keys (live
+//   or not yet created), merged in the order given.
+// THREAD SAFETY: none; one strand.
+class Shard {
+ public:
+  Shard(const ConfigTable& configs, Counters& counters, std::size_t max_keys);
+
+  // A validated Request whose payload is an observation, a single-value sensor reading, a
+  // market tick, or a Control that targets one key (configure key, stats key, drop_key).
+  // ensures: response holds the whole answer (echo_request + result); an Error is counted.
+  void handle(const v1::Request& request, v1::Response& response);
+
+  // Channel `channel` of a validated multi-channel SensorReading.
+  // ensures: result holds the channel's key and its Prediction or Error (counted).
+  void handle_channel(const v1::Request& request, int channel, v1::ChannelResult& result);
+
+  // Appends the KeyStats of the live keys that start with prefix (unsorted).
+  void collect_stats(std::string_view prefix, std::vector<v1::KeyStats>& out) const;
+  // Appends a KeySnapshot of every live key (unsorted).
+  void export_keys(std::vector<v1::KeySnapshot>& out) const;
+
+  // One live key.
+  struct Entry {
+    v1::KeySnapshot::Kind kind = v1::KeySnapshot::KIND_UNSPECIFIED;
+    v1::KeyConfig config;  // resolved
+    KeySettings settings;
+    SeriesPredictor predictor;
+    std::optional<std::uint64_t> last_seq;  // as the predictor's (not exposed by it)
+    std::uint64_t last_time = 0;
+    std::optional<double> last_price;  // TICK_VALUE_LOG_RETURN: previous price
+  };
+
+  // A restored key, converted and validated (import_models).
+  // Throws std::invalid_argument naming the field.
+  static Entry make_entry(const v1::KeySnapshot& snapshot);
+  // Replaces every key by `entries` (the caller has checked max_keys).
+  void replace_all(std::vector<std::pair<std::string, Entry>> entries);
+  std::size_t size() const { return entries_.size(); }
+
+ private:
+  // The key's entry, created for a request of `kind` (feature_dim for observations), or
+  // nullptr with `error` set (KIND_MISMATCH, WRONG_DIMENSION, BAD_CONFIG, TOO_MANY_KEYS).
+  Entry* entry_for(const std::string& key, v1::KeySnapshot::Kind kind, int feature_dim,
+                   v1::ErrorCode& code, std::string& message);
+  void erase(const std::string& key);
+
+  // Feeds one value to a scalar stream and writes the Prediction or Error into the
+  // result's parts. Returns the error code (UNSPECIFIED when a prediction was written).
+  v1::ErrorCode observe_scalar(Entry& entry, const std::string& key,
+                               const std::optional<std::uint64_t>& seq, std::uint64_t time,
+                               double value, v1::Prediction* prediction, std::string& message);
+
+  void handle_observation(const v1::Request& request, v1::Response& response);
+  void handle_sensor(const v1::Request& request, v1::Response& response);
+  void handle_tick(const v1::Request& request, v1::Response& response);
+  void handle_control(const v1::Request& request, v1::Response& response);
+  void fill_key_stats(const std::string& key, const Entry& entry, v1::KeyStats* out) const;
+
+  const ConfigTable& configs_;
+  Counters& counters_;
+  std::size_t max_keys_;
+  std::unordered_map<std::string, Entry> entries_;
+  std::unordered_map<std::string, v1::KeyConfig> key_configs_;
+};
+
+}  // namespace ntk::stream::detail

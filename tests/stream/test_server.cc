@@ -1,0 +1,862 @@
+// The Asio server and the client library over real loopback sockets (127.0.0.1, port 0).
+//
+// Oracles: an in-process ntk::SeriesPredictor fed the same values (predictions must be
+// identical, bit for bit); closed forms for the values ticks feed (mid, log return); the
+// exact error code of every kind of bad input; the server's own counters.
+#include <doctest/doctest.h>
+
+#include <atomic>
+#include <cmath>
+#include <fstream>
+#include <future>
+#include <limits>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+// clang-format off
+#include <utility>  // first: Boost 1.74's asio/awaitable.hpp uses std::exchange
+#include <boost/asio.hpp>
+// clang-format on
+
+#include "ntk/stream/client.h"
+#include "ntk/stream/frame_codec.h"
+#include "ntk/stream/server.h"
+#include "stream_test_util.h"
+
+namespace {
+
+namespace asio = boost::asio;
+namespace v1 = ntk::v1;
+using namespace ntk::stream::test;  // NOLINT: test helpers
+using ntk::stream::Client;
+using ntk::stream::Server;
+using ntk::stream::ServerOptions;
+
+std::string frame_of(const v1::Request& r) {
+  std::string s;
+  ntk::stream::encode_delimited(r, s);
+  return s;
+}
+
+std::span<const std::uint8_t> bytes_of(const std::string& s) {
+  return {reinterpret_cast<const std::uint8_t*>(s.data()), s.size()};
+}
+
+// Reads until the server closes: true if it did (EOF or reset), within the client's timeout.
+bool server_closes(Client& client) {
+  try {
+    client.send_raw({}, 1);  // pretend one more answer is due, to call receive()
+    client.receive();
+    return false;
+  } catch (const std::system_error&) {
+    return true;
+  }
+}
+
+ntk::stream::ClientOptions with_timeout(int ms = 20000) {
+  ntk::stream::ClientOptions o;
+  o.timeout = std::chrono::milliseconds(ms);
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("port 0 picks a free port; a taken port fails at start") {
+  Server a(small_options());
+  CHECK_THROWS_AS(a.port(), std::logic_error);
+  a.start();
+  CHECK(a.running());
+  CHECK(a.port() != 0);
+  ServerOptions o = small_options();
+  o.tcp_listen = {"127.0.0.1:" + std::to_string(a.port())};
+  Server b(o);
+  CHECK_THROWS_AS(b.start(), std::system_error);
+  CHECK_FALSE(b.running());
+  CHECK_THROWS_AS(a.start(), std::logic_error);
+  a.stop();
+  CHECK_FALSE(a.running());
+  a.stop();  // idempotent
+
+  ServerOptions bad = small_options();
+  bad.tcp_listen = {"127.0.0.1"};
+  CHECK_THROWS_AS(Server{bad}, std::invalid_argument);
+  bad = small_options();
+  bad.defaults.mutable_series()->set_lags(0);
+  CHECK_THROWS_AS(Server{bad}, std::invalid_argument);
+}
+
+TEST_CASE("observations: every answer equals the in-process predictor's") {
+  Server server(small_options());
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  ntk::SeriesPredictor oracle(series_of(small_key_config()), 2);
+  for (std::uint64_t t = 1; t <= 60; ++t) {
+    const std::vector<double> x = {signal(1, t), signal(2, t)};
+    const double y = signal(3, t + 1);
+    const v1::Response r = client.call(observation("obs/a", t, x, y));
+    REQUIRE(r.seq() == t);
+    REQUIRE(r.tag() == "obs-" + std::to_string(t));
+    REQUIRE(r.key() == "obs/a");
+    REQUIRE(r.has_prediction());
+    const Eigen::Vector2d xv(x[0], x[1]);
+    const ntk::Outcome o =
+        oracle.observe(t, 1'700'000'000'000'000'000ull + t * 1'000'000ull, xv, y);
+    check_prediction(r.prediction(), o, oracle);
+    CHECK(r.prediction().time_unix_nano() == 1'700'000'000'000'000'000ull + t * 1'000'000ull);
+  }
+  // Without a target: a prediction only.
+  const v1::Response u = client.call(observation("obs/a", 61, {0.1, 0.2}, std::nullopt));
+  REQUIRE(u.has_prediction());
+  CHECK(u.prediction().status() == v1::Prediction::STATUS_UNLABELLED);
+  const ntk::Outcome o = oracle.observe(61, 1'700'000'000'000'000'000ull + 61 * 1'000'000ull,
+                                        Eigen::Vector2d(0.1, 0.2), std::nullopt);
+  check_prediction(u.prediction(), o, oracle);
+  CHECK(u.prediction().has_mean());
+  CHECK_FALSE(u.prediction().has_value());
+}
+
+TEST_CASE("sensor readings: single values and one stream per channel") {
+  Server server(small_options());
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  const ntk::SeriesConfig config = series_of(small_key_config());
+  ntk::SeriesPredictor single(config);
+  std::vector<ntk::SeriesPredictor> channels(3, ntk::SeriesPredictor(config));
+  for (std::uint64_t t = 1; t <= 40; ++t) {
+    // Single value; every tenth one missing (absent).
+    const std::optional<double> v =
+        t % 10 == 0 ? std::nullopt : std::optional<double>(signal(0, t));
+    const v1::Response r = client.call(reading("temp", t, v));
+    REQUIRE(r.has_prediction());
+    REQUIRE(r.key() == "temp");
+    const ntk::Outcome o = single.observe(t, 1'700'000'000'000'000'000ull + t * 1'000'000'000ull,
+                                          v ? *v : std::numeric_limits<double>::quiet_NaN());
+    check_prediction(r.prediction(), o, single);
+    if (!v) {
+      CHECK(r.prediction().status() == v1::Prediction::STATUS_MISSING);
+      CHECK(r.prediction().has_imputed());  // hold-last: the previous value
+    }
+
+    // Three channels; channel 1 missing every seventh reading.
+    v1::Request m = reading("pump", t, std::nullopt);
+    for (int c = 0; c < 3; ++c) m.mutable_sensor_reading()->add_values(signal(10 + c, t));
+    const bool missing = t % 7 == 0;
+    if (missing) m.mutable_sensor_reading()->add_missing_channels(1);
+    const v1::Response mr = client.call(m);
+    REQUIRE(mr.has_channels());
+    REQUIRE(mr.key() == "pump");
+    REQUIRE(mr.seq() == t);
+    REQUIRE(mr.channels().channels_size() == 3);
+    for (int c = 0; c < 3; ++c) {
+      const v1::ChannelResult& cr = mr.channels().channels(c);
+      REQUIRE(cr.key() == "pump/" + std::to_string(c));
+      REQUIRE(cr.has_prediction());
+      const double value =
+          (missing && c == 1) ? std::numeric_limits<double>::quiet_NaN() : signal(10 + c, t);
+      const ntk::Outcome co = channels[static_cast<std::size_t>(c)].observe(
+          t, 1'700'000'000'000'000'000ull + t * 1'000'000'000ull, value);
+      check_prediction(cr.prediction(), co, channels[static_cast<std::size_t>(c)]);
+    }
+  }
+  // Each channel is its own key.
+  const v1::Response s = client.call(control_stats(std::nullopt, std::string("pump/")));
+  REQUIRE(s.has_stats());
+  REQUIRE(s.stats().keys_size() == 3);
+  CHECK(s.stats().keys(0).key() == "pump/0");
+  CHECK(s.stats().keys(1).counters().missing() == 40 / 7);
+  CHECK(s.stats().keys(2).counters().observations() == 40);
+}
+
+TEST_CASE("market ticks: mid or last, log returns, gaps and duplicates") {
+  Server server(small_options());
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+
+  // Default: the mid price when both sides are there, else the last price.
+  v1::Response r = client.call(tick("EURUSD", 1, 1.5, 1.0, 3.0));
+  REQUIRE(r.has_prediction());
+  CHECK(r.prediction().value() == 2.0);
+  r = client.call(tick("EURUSD", 2, 1.25, 1.0, std::nullopt));
+  CHECK(r.prediction().value() == 1.25);
+  CHECK(r.tag() == "tick");
+
+  // Log returns for a prefix, configured over the wire.
+  v1::Request configure;
+  configure.mutable_control()->mutable_configure()->set_key_prefix("fx/");
+  configure.mutable_control()->mutable_configure()->mutable_config()->set_tick_value(
+      v1::TICK_VALUE_LOG_RETURN);
+  r = client.call(configure);
+  REQUIRE(r.has_ack());
+  CHECK(r.key() == "fx/");
+  r = client.call(tick("fx/GBP", 1, std::nullopt, 1.0, 1.2));  // mid 1.1, no previous price
+  CHECK(r.prediction().status() == v1::Prediction::STATUS_MISSING);
+  r = client.call(tick("fx/GBP", 2, 1.3, std::nullopt, std::nullopt));  // last 1.3
+  CHECK(r.prediction().value() == std::log(1.3 / 1.1));
+  CHECK(r.prediction().gap() == 0);
+  r = client.call(tick("fx/GBP", 5, 1.4, std::nullopt, std::nullopt));  // 3, 4 skipped
+  CHECK(r.prediction().value() == std::log(1.4 / 1.3));
+  CHECK(r.prediction().gap() == 2);
+  r = client.call(tick("fx/GBP", 5, 9.0, std::nullopt, std::nullopt));
+  REQUIRE(r.has_error());
+  CHECK(r.error().code() == v1::ERROR_CODE_DUPLICATE_SEQ);
+  CHECK(r.seq() == 5);
+  r = client.call(tick("fx/GBP", 4, 9.0, std::nullopt, std::nullopt));
+  REQUIRE(r.has_error());
+  CHECK(r.error().code() == v1::ERROR_CODE_OUT_OF_ORDER_SEQ);
+  // The dropped ticks did not move the reference price.
+  r = client.call(tick("fx/GBP", 6, 1.2, std::nullopt, std::nullopt));
+  CHECK(r.prediction().value() == std::log(1.2 / 1.4));
+
+  // LAST and MID for single keys.
+  v1::Request last = configure;
+  last.mutable_control()->mutable_configure()->set_key("L");
+  last.mutable_control()->mutable_configure()->mutable_config()->set_tick_value(
+      v1::TICK_VALUE_LAST);
+  CHECK(client.call(last).ack().keys_affected() == 0);  // not created yet
+  r = client.call(tick("L", 1, 7.0, 1.0, 2.0));
+  CHECK(r.prediction().value() == 7.0);
+  r = client.call(tick("L", 2, std::nullopt, 1.0, 2.0));
+  CHECK(r.prediction().status() == v1::Prediction::STATUS_MISSING);
+  v1::Request mid = last;
+  mid.mutable_control()->mutable_configure()->set_key("M");
+  mid.mutable_control()->mutable_configure()->mutable_config()->set_tick_value(v1::TICK_VALUE_MID);
+  client.call(mid);
+  r = client.call(tick("M", 1, 7.0, std::nullopt, 2.0));
+  CHECK(r.prediction().status() == v1::Prediction::STATUS_MISSING);
+
+  const v1::Response s = client.call(control_stats(std::string("fx/GBP"), std::nullopt));
+  REQUIRE(s.stats().keys_size() == 1);
+  const v1::KeyStats& k = s.stats().keys(0);
+  CHECK(k.config().tick_value() == v1::TICK_VALUE_LOG_RETURN);
+  CHECK(k.counters().duplicates() == 1);
+  CHECK(k.counters().out_of_order() == 1);
+  CHECK(k.counters().gaps() == 1);
+  CHECK(k.counters().skipped_seq() == 2);
+  CHECK(k.last_seq() == 6);
+}
+
+TEST_CASE("controls: stats, configure, drop, snapshot; export and import") {
+  std::vector<ntk::stream::ModelSnapshot> written;
+  std::mutex written_mutex;
+  ServerOptions options = small_options();
+  options.snapshot_writer = [&](const ntk::stream::ModelSnapshot& s) {
+    std::lock_guard lock(written_mutex);
+    written.push_back(s);
+    return "mem://" + std::to_string(written.size());
+  };
+  Server server(options);
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  for (std::uint64_t t = 1; t <= 12; ++t) {
+    client.call(reading("b", t, signal(1, t)));
+    client.call(reading("a", t, signal(2, t)));
+    client.call(observation("c", t, {signal(3, t)}, signal(4, t)));
+  }
+
+  v1::Response r = client.call(control_stats(std::nullopt, std::nullopt));
+  REQUIRE(r.has_stats());
+  CHECK(r.stats().keys_size() == 0);
+  // Sessions add to the counters once per read: the Stats may or may not count itself.
+  CHECK(r.stats().server().requests() >= 36);
+  CHECK(r.stats().server().requests() <= 37);
+  CHECK(server.counters().requests() == 37);  // the 36 observations and the Stats
+  CHECK(r.stats().server().keys() == 3);
+  CHECK(r.stats().server().connections_open() == 1);
+
+  r = client.call(control_stats(std::string("c"), std::nullopt));
+  REQUIRE(r.stats().keys_size() == 1);
+  const v1::KeyStats& c = r.stats().keys(0);
+  CHECK(c.key() == "c");
+  CHECK(c.feature_dim() == 1);
+  CHECK(c.counters().observations() == 12);
+  CHECK(c.last_seq() == 12);
+  CHECK(c.config().series().lags() == 3);  // resolved from the defaults
+  CHECK(c.config().series().model().budget() == 8);
+  CHECK(c.config().series().model().kernel().has_depth());  // every field set
+  CHECK(c.dictionary_size() > 0);
+
+  r = client.call(control_stats(std::nullopt, std::string("")));
+  REQUIRE(r.stats().keys_size() == 3);
+  CHECK(r.stats().keys(0).key() == "a");
+  CHECK(r.stats().keys(1).key() == "b");
+  CHECK(r.stats().keys(2).key() == "c");
+
+  // Configure an existing key: its state is dropped, the next value starts it afresh.
+  v1::Request configure;
+  configure.mutable_control()->mutable_configure()->set_key("a");
+  configure.mutable_control()->mutable_configure()->mutable_config()->mutable_series()->set_lags(2);
+  r = client.call(configure);
+  REQUIRE(r.has_ack());
+  CHECK(r.ack().keys_affected() == 1);
+  r = client.call(control_stats(std::string("a"), std::nullopt));
+  REQUIRE(r.has_error());
+  CHECK(r.error().code() == v1::ERROR_CODE_UNKNOWN_KEY);
+  client.call(reading("a", 100, 1.0));
+  r = client.call(control_stats(std::string("a"), std::nullopt));
+  CHECK(r.stats().keys(0).config().series().lags() == 2);
+  CHECK(r.stats().keys(0).counters().observations() == 1);
+
+  // Snapshot through the writer.
+  v1::Request snapshot;
+  snapshot.mutable_control()->mutable_snapshot();
+  r = client.call(snapshot);
+  REQUIRE(r.has_ack());
+  CHECK(r.ack().keys_affected() == 3);
+  CHECK(r.ack().snapshot_path() == "mem://1");
+  REQUIRE(written.size() == 1);
+  REQUIRE(written[0].keys.size() == 3);
+  CHECK(written[0].keys[0].key() == "a");
+  CHECK(written[0].keys[2].kind() == v1::KeySnapshot::KIND_OBSERVATION);
+
+  // Drop.
+  v1::Request drop;
+  drop.mutable_control()->mutable_drop_key()->set_key("b");
+  r = client.call(drop);
+  CHECK(r.ack().keys_affected() == 1);
+  r = client.call(drop);
+  CHECK(r.error().code() == v1::ERROR_CODE_UNKNOWN_KEY);
+  CHECK(server.counters().keys() == 2);
+
+  // The in-process API agrees with the wire.
+  v1::Control::GetStats scope;
+  scope.set_key_prefix("");
+  CHECK(server.stats(scope).keys_size() == 2);
+  v1::Control::Configure bad;
+  bad.set_key("c");
+  bad.mutable_config()->mutable_series()->set_warmup(1);  // must be >= 2
+  const Server::ConfigureResult cr = server.configure(bad);
+  REQUIRE(cr.error);
+  CHECK(cr.error->code == v1::ERROR_CODE_BAD_CONFIG);
+  CHECK(cr.error->message.find("warmup") != std::string::npos);
+
+  // Export, import into a fresh server, and continue both identically.
+  const ntk::stream::ModelSnapshot exported = server.export_models();
+  REQUIRE(exported.keys.size() == 2);
+  CHECK(exported.configured_prefixes.empty());
+  Server restored(small_options());
+  restored.import_models(exported);
+  CHECK(restored.counters().keys() == 2);
+  restored.start();
+  CHECK_THROWS_AS(restored.import_models(exported), std::logic_error);
+  Client client2("127.0.0.1", restored.port(), with_timeout());
+  for (std::uint64_t t = 13; t <= 30; ++t) {
+    const v1::Request req = observation("c", t, {signal(3, t)}, signal(4, t));
+    const v1::Response x = client.call(req);
+    const v1::Response y = client2.call(req);
+    REQUIRE(x.has_prediction());
+    REQUIRE(x.prediction().SerializeAsString() == y.prediction().SerializeAsString());
+  }
+
+  // A snapshot that does not validate leaves an unstarted server unchanged.
+  Server other(small_options());
+  ntk::stream::ModelSnapshot broken = exported;
+  broken.keys[0].mutable_series()->set_feature_dim(5);
+  CHECK_THROWS_AS(other.import_models(broken), std::invalid_argument);
+  broken = exported;
+  broken.keys.push_back(broken.keys[0]);
+  CHECK_THROWS_AS(other.import_models(broken), std::invalid_argument);
+  CHECK(other.counters().keys() == 0);
+}
+
+TEST_CASE("bad input: the exact error code, counted, and the connection goes on") {
+  ServerOptions options = small_options();
+  options.max_keys = 4;
+  Server server(options);
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  std::map<v1::ErrorCode, std::uint64_t> expected;
+  const auto expect = [&](const v1::Response& r, v1::ErrorCode code) {
+    REQUIRE(r.has_error());
+    CHECK(r.error().code() == code);
+    CHECK_FALSE(r.error().message().empty());
+    CHECK_FALSE(r.error().connection_closed());
+    ++expected[code];
+  };
+
+  // 1: not a Request.
+  const std::string garbage = "\x05\x0a\xff\xff\xff\xff";
+  client.send_raw(bytes_of(garbage), 1);
+  v1::Response r = client.receive();
+  expect(r, v1::ERROR_CODE_MALFORMED_MESSAGE);
+  CHECK_FALSE(r.has_seq());
+  // 4, 5, 6, 7: validation, with seq and tag echoed.
+  v1::Request q = observation("k1", 9, {std::numeric_limits<double>::quiet_NaN()}, 1.0);
+  r = client.call(q);
+  expect(r, v1::ERROR_CODE_NON_FINITE_VALUE);
+  CHECK(r.seq() == 9);
+  CHECK(r.tag() == "obs-9");
+  CHECK(r.error().message().find("observation.features[0]") != std::string::npos);
+  expect(client.call(v1::Request()), v1::ERROR_CODE_MISSING_FIELD);
+  q = tick("T", 1, 1.0, std::nullopt, std::nullopt);
+  q.mutable_market_tick()->set_size(-2.0);
+  expect(client.call(q), v1::ERROR_CODE_INVALID_VALUE);
+  expect(client.call(observation("k1", 1, std::vector<double>(4097, 1.0), 1.0)),
+         v1::ERROR_CODE_WRONG_DIMENSION);
+  // 7 again: the key's dimension is fixed by its first observation.
+  REQUIRE(client.call(observation("k1", 1, {1.0, 2.0}, 1.0)).has_prediction());
+  expect(client.call(observation("k1", 2, {1.0, 2.0, 3.0}, 1.0)), v1::ERROR_CODE_WRONG_DIMENSION);
+  // 16: one kind of request per key.
+  expect(client.call(reading("k1", 3, 1.0)), v1::ERROR_CODE_KIND_MISMATCH);
+  // 11, 12: sequence numbers (the refused requests above consumed none).
+  REQUIRE(client.call(observation("k1", 2, {1.0, 2.0}, 1.0)).has_prediction());
+  expect(client.call(observation("k1", 1, {1.0, 2.0}, 1.0)), v1::ERROR_CODE_OUT_OF_ORDER_SEQ);
+  expect(client.call(observation("k1", 2, {1.0, 2.0}, 1.0)), v1::ERROR_CODE_DUPLICATE_SEQ);
+  // 8: unknown key.
+  expect(client.call(control_stats(std::string("nope"), std::nullopt)), v1::ERROR_CODE_UNKNOWN_KEY);
+  // 9: a config that parses but does not validate (prefix and key).
+  v1::Request configure;
+  configure.mutable_control()->mutable_configure()->set_key_prefix("p/");
+  configure.mutable_control()
+      ->mutable_configure()
+      ->mutable_config()
+      ->mutable_series()
+      ->mutable_model()
+      ->mutable_kernel()
+      ->set_spec("rbf:lengthscale=-1");
+  expect(client.call(configure), v1::ERROR_CODE_BAD_CONFIG);
+  configure.mutable_control()->mutable_configure()->set_key("k9");
+  expect(client.call(configure), v1::ERROR_CODE_BAD_CONFIG);
+  // 10: a Control without an operation.
+  v1::Request empty_control;
+  empty_control.mutable_control();
+  expect(client.call(empty_control), v1::ERROR_CODE_UNKNOWN_CONTROL);
+  // 17: no snapshot writer.
+  v1::Request snapshot;
+  snapshot.mutable_control()->mutable_snapshot();
+  expect(client.call(snapshot), v1::ERROR_CODE_SNAPSHOT_FAILED);
+  // 18: max_keys = 4 (k1 exists).
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(client.call(reading("s" + std::to_string(i), 1, 1.0)).has_prediction());
+  }
+  expect(client.call(reading("s3", 1, 1.0)), v1::ERROR_CODE_TOO_MANY_KEYS);
+  // The connection still works.
+  CHECK(client.call(reading("s0", 2, 2.0)).has_prediction());
+
+  const v1::ServerCounters counters = server.counters();
+  for (const auto& [code, n] : expected) {
+    CAPTURE(v1::ErrorCode_Name(code));
+    CHECK(error_count(counters, code) == n);
+  }
+  std::uint64_t listed = 0;
+  for (const v1::ErrorCount& e : counters.errors()) listed += e.count();
+  std::uint64_t total = 0;
+  for (const auto& [code, n] : expected) total += n;
+  CHECK(listed == total);
+}
+
+TEST_CASE("framing violations: a final Error, that connection closed, others unaffected") {
+  ServerOptions options = small_options();
+  options.max_frame_bytes = 1024;
+  Server server(options);
+  server.start();
+  Client bystander("127.0.0.1", server.port(), with_timeout());
+  REQUIRE(bystander.call(reading("x", 1, 1.0)).has_prediction());
+
+  SUBCASE("frame too large: refused from its length alone") {
+    Client c("127.0.0.1", server.port(), with_timeout());
+    REQUIRE(c.call(reading("y", 1, 1.0)).has_prediction());
+    const std::string header = "\x81\x08";  // 1025
+    c.send_raw(bytes_of(header + std::string(100, 'z')), 1);
+    const v1::Response r = c.receive();
+    REQUIRE(r.has_error());
+    CHECK(r.error().code() == v1::ERROR_CODE_FRAME_TOO_LARGE);
+    CHECK(r.error().connection_closed());
+    CHECK(r.error().message().find("1025") != std::string::npos);
+    CHECK(server_closes(c));
+  }
+  SUBCASE("bad length prefix") {
+    Client c("127.0.0.1", server.port(), with_timeout());
+    c.send_raw(bytes_of(frame_of(reading("y", 1, 1.0)) + std::string(11, '\xff')), 2);
+    CHECK(c.receive().has_prediction());  // what came before is answered
+    const v1::Response r = c.receive();
+    REQUIRE(r.has_error());
+    CHECK(r.error().code() == v1::ERROR_CODE_BAD_LENGTH_PREFIX);
+    CHECK(r.error().connection_closed());
+    CHECK(server_closes(c));
+  }
+  SUBCASE("end of stream inside a frame") {
+    Client c("127.0.0.1", server.port(), with_timeout());
+    const std::string f = frame_of(reading("y", 1, 1.0));
+    c.send_raw(bytes_of(f + f.substr(0, f.size() - 2)), 2);
+    c.shutdown_send();
+    CHECK(c.receive().has_prediction());
+    const v1::Response r = c.receive();
+    REQUIRE(r.has_error());
+    CHECK(r.error().code() == v1::ERROR_CODE_MALFORMED_MESSAGE);
+    CHECK(r.error().connection_closed());
+    CHECK(server_closes(c));
+  }
+  SUBCASE("clean end of stream: every answer, then the server closes") {
+    Client c("127.0.0.1", server.port(), with_timeout());
+    const std::string f = frame_of(reading("y", 1, 1.0)) + frame_of(reading("y", 2, 1.5));
+    c.send_raw(bytes_of(f), 2);
+    c.shutdown_send();
+    CHECK(c.receive().seq() == 1);
+    CHECK(c.receive().seq() == 2);
+    CHECK(server_closes(c));
+  }
+  REQUIRE(bystander.call(reading("x", 2, 2.0)).has_prediction());
+  CHECK(eventually([&] { return server.counters().connections_open() == 1; }));
+}
+
+TEST_CASE("a client that never reads cannot grow the server's memory") {
+  ServerOptions options = small_options();
+  options.max_queued_responses = 32;
+  options.read_buffer_bytes = 4096;
+  Server server(options);
+  server.start();
+
+  asio::io_context io;
+  asio::ip::tcp::socket socket(io);
+  socket.connect({asio::ip::make_address("127.0.0.1"), server.port()});
+  socket.non_blocking(true);
+  std::string frames;
+  constexpr std::uint64_t kBatch = 256;
+  std::uint64_t sent = 0;  // whole frames handed to the kernel
+  std::string pending;
+  int blocked_rounds = 0;
+  // Write until the connection has been blocked for a second (20 rounds of 50 ms); a
+  // server that buffered without bound would keep reading and never block us.
+  while (blocked_rounds < 20) {
+    REQUIRE(sent < 2'000'000);
+    if (pending.empty()) {
+      for (std::uint64_t i = 0; i < kBatch; ++i) {
+        pending += frame_of(reading("slow", sent + i + 1, signal(0, sent + i)));
+      }
+    }
+    boost::system::error_code ec;
+    const std::size_t n = socket.write_some(asio::buffer(pending), ec);
+    if (ec == asio::error::would_block) {
+      ++blocked_rounds;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      continue;
+    }
+    REQUIRE_FALSE(ec);
+    blocked_rounds = 0;
+    pending.erase(0, n);
+    if (pending.empty()) sent += kBatch;
+  }
+  // The server stopped reading: its frame count stands still, far below what was sent.
+  const std::uint64_t read1 = server.counters().tcp_frames();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const std::uint64_t read2 = server.counters().tcp_frames();
+  CHECK(read1 == read2);
+  CHECK(read2 < sent);
+  MESSAGE("frames written before blocking: " << sent << ", read by the server: " << read2);
+
+  // Other clients are served meanwhile.
+  Client other("127.0.0.1", server.port(), with_timeout());
+  CHECK(other.call(reading("fast", 1, 1.0)).has_prediction());
+
+  // Now read: every frame fully written so far is answered once, in order.
+  socket.non_blocking(false);
+  std::thread finisher;
+  if (!pending.empty()) {
+    // Finish the partial batch (while we read) so that the stream ends on a frame boundary.
+    finisher = std::thread([&] { asio::write(socket, asio::buffer(pending)); });
+    sent += kBatch;
+  }
+  ntk::stream::FrameDecoder decoder(1 << 20);
+  std::vector<std::uint8_t> buffer(1 << 16);
+  std::uint64_t expected_seq = 1;
+  while (expected_seq <= sent) {
+    const std::size_t n = socket.read_some(asio::buffer(buffer));
+    decoder.feed(std::span<const std::uint8_t>(buffer.data(), n));
+    for (;;) {
+      const ntk::stream::FrameResult f = decoder.next();
+      if (f.status == ntk::stream::FrameStatus::kNeedMore) break;
+      REQUIRE(f.status == ntk::stream::FrameStatus::kFrame);
+      v1::Response resp;
+      REQUIRE(resp.ParseFromArray(f.frame.data(), static_cast<int>(f.frame.size())));
+      REQUIRE(resp.seq() == expected_seq);
+      REQUIRE(resp.has_prediction());
+      ++expected_seq;
+    }
+  }
+  if (finisher.joinable()) finisher.join();
+  CHECK(expected_seq == sent + 1);
+  CHECK(server.counters().tcp_frames() == sent + 1);  // + the other client's request
+}
+
+TEST_CASE("UDP ingest: one Request per datagram") {
+  ServerOptions options = small_options();
+  options.udp_listen = {"127.0.0.1:0"};
+  Server server(options);
+  server.start();
+  REQUIRE(server.udp_port() != 0);
+  asio::io_context io;
+  asio::ip::udp::socket socket(io, asio::ip::udp::endpoint(asio::ip::udp::v4(), 0));
+  const asio::ip::udp::endpoint target(asio::ip::make_address("127.0.0.1"), server.udp_port());
+  ntk::SeriesPredictor oracle(series_of(small_key_config()));
+  for (std::uint64_t t = 1; t <= 50; ++t) {
+    const v1::Request r = reading("udp/temp", t, signal(5, t));
+    socket.send_to(asio::buffer(r.SerializeAsString()), target);
+    oracle.observe(t, 1'700'000'000'000'000'000ull + t * 1'000'000'000ull, signal(5, t));
+    // Pace the datagrams a little: loopback UDP drops when the receiver's buffer is full.
+    if (t % 10 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  socket.send_to(asio::buffer(std::string("\x0a\xff\xff", 3)), target);  // not a Request
+  v1::Control::GetStats scope;
+  scope.set_key("udp/temp");
+  REQUIRE(eventually([&] {
+    const v1::Stats s = server.stats(scope);
+    return s.keys_size() == 1 && s.keys(0).counters().observations() == 50 &&
+           error_count(s.server(), v1::ERROR_CODE_MALFORMED_MESSAGE) == 1;
+  }));
+  const v1::Stats s = server.stats(scope);
+  CHECK(s.server().udp_datagrams() == 51);
+  CHECK(s.keys(0).last_seq() == 50);
+  CHECK(s.keys(0).counters().scored() == oracle.counters().scored);
+  CHECK(s.keys(0).score().sum_squared_error() == oracle.score().sum_squared_error);
+  CHECK(s.keys(0).dictionary_size() ==
+        static_cast<std::uint32_t>(oracle.model().dictionary_size()));
+}
+
+TEST_CASE("UDP replies: the Response comes back as a datagram") {
+  ServerOptions options = small_options();
+  options.udp_listen = {"127.0.0.1:0"};
+  options.udp_replies = true;
+  Server server(options);
+  server.start();
+  asio::io_context io;
+  asio::ip::udp::socket socket(io, asio::ip::udp::endpoint(asio::ip::udp::v4(), 0));
+  const asio::ip::udp::endpoint target(asio::ip::make_address("127.0.0.1"), server.udp_port());
+  std::vector<char> buffer(65536);
+  for (std::uint64_t t = 1; t <= 3; ++t) {
+    socket.send_to(asio::buffer(reading("u", t, 1.0 * t).SerializeAsString()), target);
+    asio::ip::udp::endpoint from;
+    const std::size_t n = socket.receive_from(asio::buffer(buffer), from);
+    v1::Response r;
+    REQUIRE(r.ParseFromArray(buffer.data(), static_cast<int>(n)));
+    CHECK(r.seq() == t);
+    CHECK(r.key() == "u");
+    CHECK(r.has_prediction());
+  }
+  socket.send_to(asio::buffer(observation("u", 4, {1.0}, 1.0).SerializeAsString()), target);
+  asio::ip::udp::endpoint from;
+  const std::size_t n = socket.receive_from(asio::buffer(buffer), from);
+  v1::Response r;
+  REQUIRE(r.ParseFromArray(buffer.data(), static_cast<int>(n)));
+  CHECK(r.error().code() == v1::ERROR_CODE_KIND_MISMATCH);
+}
+
+TEST_CASE("idle and read timeouts close only the silent connection") {
+  ServerOptions options = small_options();
+  options.idle_timeout = std::chrono::milliseconds(200);
+  options.read_timeout = std::chrono::milliseconds(200);
+  Server server(options);
+  server.start();
+  SUBCASE("idle") {
+    Client c("127.0.0.1", server.port(), with_timeout());
+    REQUIRE(c.call(reading("i", 1, 1.0)).has_prediction());
+    CHECK(server_closes(c));  // nothing sent for 200 ms
+  }
+  SUBCASE("a frame that never completes") {
+    Client c("127.0.0.1", server.port(), with_timeout());
+    const std::string f = frame_of(reading("i", 1, 1.0));
+    c.send_raw(bytes_of(f.substr(0, 3)), 0);
+    CHECK(server_closes(c));
+  }
+  CHECK(eventually([&] { return server.counters().connections_open() == 0; }));
+}
+
+TEST_CASE("drained shutdown: whatever was read is answered, in order") {
+  Server server(small_options());
+  server.start();
+  Client c("127.0.0.1", server.port(), with_timeout());
+  constexpr std::uint64_t kN = 3000;
+  std::string frames;
+  for (std::uint64_t t = 1; t <= kN; ++t) frames += frame_of(reading("d", t, signal(1, t)));
+  c.send_raw(bytes_of(frames), kN);
+  REQUIRE(c.receive().seq() == 1);  // the server is busy with them
+  std::thread stopper([&] { server.stop(); });
+  std::uint64_t answered = 1, predictions = 1, shutting_down = 0;
+  try {
+    while (answered < kN) {
+      const v1::Response r = c.receive();
+      REQUIRE(r.seq() == answered + 1);
+      if (r.has_prediction()) {
+        REQUIRE(shutting_down == 0);  // predictions first, then refusals
+        ++predictions;
+      } else {
+        REQUIRE(r.error().code() == v1::ERROR_CODE_SHUTTING_DOWN);
+        ++shutting_down;
+      }
+      ++answered;
+    }
+  } catch (const std::system_error&) {
+    // The server closed after answering everything it had read.
+  }
+  stopper.join();
+  CHECK_FALSE(server.running());
+  const v1::ServerCounters counters = server.counters();
+  CHECK(counters.tcp_frames() == answered);
+  CHECK(counters.responses() == answered);
+  CHECK(error_count(counters, v1::ERROR_CODE_SHUTTING_DOWN) == shutting_down);
+  MESSAGE("answered " << answered << " of " << kN << " (" << shutting_down
+                      << " with SHUTTING_DOWN)");
+  // Blocking accessors still work on a stopped server.
+  v1::Control::GetStats scope;
+  scope.set_key("d");
+  CHECK(server.stats(scope).keys(0).counters().observations() == predictions);
+}
+
+TEST_CASE("AsyncClient: pipelined calls complete in order") {
+  Server server(small_options());
+  server.start();
+  asio::io_context io;
+  auto guard = asio::make_work_guard(io);
+  std::thread runner([&] { io.run(); });
+  auto client = ntk::stream::AsyncClient::create(io.get_executor());
+  std::promise<boost::system::error_code> connected;
+  client->async_connect("127.0.0.1", server.port(),
+                        [&](boost::system::error_code ec) { connected.set_value(ec); });
+  // Calls queued before the connection completes are sent once it does.
+  constexpr int kN = 2000;
+  // Handlers run on the io thread: they only record; the checks come after.
+  std::vector<std::uint64_t> order;
+  std::vector<std::uint64_t> answered_seq;
+  int failures = 0;
+  std::promise<void> done;
+  for (int i = 1; i <= kN; ++i) {
+    client->async_call(reading("async", static_cast<std::uint64_t>(i), signal(2, i)),
+                       [&, i](boost::system::error_code ec, v1::Response r) {
+                         if (ec || !r.has_prediction()) ++failures;
+                         order.push_back(static_cast<std::uint64_t>(i));
+                         answered_seq.push_back(r.seq());
+                         if (i == kN) done.set_value();
+                       });
+  }
+  CHECK_FALSE(connected.get_future().get());
+  done.get_future().wait();
+  CHECK(failures == 0);
+  REQUIRE(order.size() == static_cast<std::size_t>(kN));
+  for (int i = 0; i < kN; ++i) {
+    REQUIRE(order[static_cast<std::size_t>(i)] == static_cast<std::uint64_t>(i + 1));
+    REQUIRE(answered_seq[static_cast<std::size_t>(i)] == static_cast<std::uint64_t>(i + 1));
+  }
+  CHECK(client->pending() == 0);
+
+  // A refused connection fails the connect and every call.
+  server.stop();
+  auto refused = ntk::stream::AsyncClient::create(io.get_executor());
+  std::promise<boost::system::error_code> failed_connect;
+  std::promise<boost::system::error_code> failed_call;
+  refused->async_connect("127.0.0.1", server.port(),
+                         [&](boost::system::error_code ec) { failed_connect.set_value(ec); });
+  refused->async_call(reading("x", 1, 1.0), [&](boost::system::error_code ec, v1::Response) {
+    failed_call.set_value(ec);
+  });
+  CHECK(failed_connect.get_future().get());
+  CHECK(failed_call.get_future().get());
+  guard.reset();
+  runner.join();
+}
+
+TEST_CASE("Client::call_many pipelines any number of requests") {
+  ServerOptions options = small_options();
+  options.max_queued_responses = 16;  // far fewer than the requests in flight
+  Server server(options);
+  server.start();
+  Client c("127.0.0.1", server.port(), with_timeout());
+  std::vector<v1::Request> requests;
+  for (std::uint64_t t = 1; t <= 20000; ++t) requests.push_back(reading("many", t, signal(3, t)));
+  const std::vector<v1::Response> responses = c.call_many(requests);
+  REQUIRE(responses.size() == requests.size());
+  for (std::size_t i = 0; i < responses.size(); ++i) REQUIRE(responses[i].seq() == i + 1);
+  CHECK(c.pending() == 0);
+  CHECK(c.call(reading("many", 20001, 0.0)).seq() == 20001);
+}
+
+TEST_CASE("options_from_config: every ServerConfig field and the defaults") {
+  v1::ServerConfig c;
+  ServerOptions o = ntk::stream::options_from_config(c);
+  CHECK(o.tcp_listen == std::vector<std::string>{"127.0.0.1:7420"});
+  CHECK(o.udp_listen.empty());
+  CHECK(o.threads == 0);  // the number of cores
+  CHECK(o.max_frame_bytes == ntk::stream::kDefaultMaxFrameBytes);
+  CHECK(o.idle_timeout.count() == 0);
+
+  c.add_tcp_listen("[::1]:0");
+  c.add_tcp_listen("127.0.0.1:9000");
+  c.add_udp_listen("127.0.0.1:0");
+  c.set_threads(3);
+  c.mutable_defaults()->mutable_series()->set_lags(6);
+  v1::PrefixOverride* p = c.add_overrides();
+  p->set_key_prefix("fx/");
+  p->mutable_config()->set_tick_value(v1::TICK_VALUE_LOG_RETURN);
+  c.set_max_frame_bytes(1000);
+  c.set_max_keys(10);
+  c.set_max_queued_responses(7);
+  c.set_idle_timeout_seconds(11);
+  c.set_read_timeout_seconds(12);
+  c.set_write_timeout_seconds(13);
+  c.set_drain_timeout_seconds(14);
+  c.set_udp_replies(true);
+  o = ntk::stream::options_from_config(c);
+  CHECK(o.tcp_listen == std::vector<std::string>{"[::1]:0", "127.0.0.1:9000"});
+  CHECK(o.udp_listen == std::vector<std::string>{"127.0.0.1:0"});
+  CHECK(o.threads == 3);
+  CHECK(o.defaults.series().lags() == 6);
+  REQUIRE(o.overrides.size() == 1);
+  CHECK(o.overrides[0].key_prefix() == "fx/");
+  CHECK(o.max_frame_bytes == 1000);
+  CHECK(o.max_keys == 10);
+  CHECK(o.max_queued_responses == 7);
+  CHECK(o.idle_timeout == std::chrono::seconds(11));
+  CHECK(o.read_timeout == std::chrono::seconds(12));
+  CHECK(o.write_timeout == std::chrono::seconds(13));
+  CHECK(o.drain_timeout == std::chrono::seconds(14));
+  CHECK(o.udp_replies);
+
+  c.set_threads(0);
+  CHECK_THROWS_AS(ntk::stream::options_from_config(c), std::invalid_argument);
+  c.set_threads(1);
+  c.add_tcp_listen("no-port");
+  CHECK_THROWS_AS(ntk::stream::options_from_config(c), std::invalid_argument);
+  c.clear_tcp_listen();
+  c.mutable_overrides(0)->set_key_prefix("");
+  CHECK_THROWS_AS(ntk::stream::options_from_config(c), std::invalid_argument);
+}
+
+TEST_CASE("configured prefixes travel with the models") {
+  Server a(small_options());
+  a.start();
+  v1::Control::Configure prefix;
+  prefix.set_key_prefix("p/");
+  prefix.mutable_config()->mutable_series()->set_lags(5);
+  REQUIRE_FALSE(a.configure(prefix).error);
+  prefix.set_key_prefix("p/q/");
+  prefix.mutable_config()->mutable_series()->set_warmup(9);
+  REQUIRE_FALSE(a.configure(prefix).error);
+  Client client("127.0.0.1", a.port(), with_timeout());
+  REQUIRE(client.call(reading("p/q/1", 1, 1.0)).has_prediction());
+  const ntk::stream::ModelSnapshot snapshot = a.export_models();
+  REQUIRE(snapshot.configured_prefixes.size() == 2);
+  CHECK(snapshot.configured_prefixes[1].key_prefix() == "p/q/");
+  REQUIRE(snapshot.keys.size() == 1);
+  CHECK(snapshot.keys[0].config().series().lags() == 5);    // from "p/"
+  CHECK(snapshot.keys[0].config().series().warmup() == 9);  // from "p/q/"
+
+  Server b(small_options());
+  b.import_models(snapshot);
+  b.start();
+  Client client_b("127.0.0.1", b.port(), with_timeout());
+  REQUIRE(client_b.call(reading("p/q/2", 1, 1.0)).has_prediction());
+  v1::Control::GetStats scope;
+  scope.set_key("p/q/2");
+  const v1::Stats s = b.stats(scope);
+  REQUIRE(s.keys_size() == 1);
+  CHECK(s.keys(0).config().series().lags() == 5);
+  CHECK(s.keys(0).config().series().warmup() == 9);
+  CHECK(s.keys(0).config().series().model().budget() == 8);  // the defaults
+
+  // A configured prefix that does not resolve is refused as a whole.
+  ntk::stream::ModelSnapshot bad = snapshot;
+  bad.configured_prefixes[1].mutable_config()->mutable_series()->set_warmup(1);
+  Server c(small_options());
+  CHECK_THROWS_AS(c.import_models(bad), std::invalid_argument);
+}
