@@ -1,0 +1,273 @@
+#!/usr/bin/env python3
+"""A Python client for ntkd, with the protobuf code generated from proto/ntk/v1.
+
+Dependencies: Python 3 and python3-protobuf (Debian's 3.21 runtime) only. The generated
+modules (ntk/v1/*_pb2.py) come from `protoc --python_out` at build time; the build puts
+them in <build>/examples/protobuf_client/python (pass that directory with --proto-path, or
+set NTK_PROTO_PYTHON, or put it on PYTHONPATH).
+
+Wire format (proto/ntk/v1/request.proto): on TCP every message is preceded by its length
+as a base-128 varint -- protobuf's "length-delimited" form, what C++
+SerializeDelimitedToOstream and Java writeDelimitedTo produce. The Python runtime of
+protobuf 3.21 has no public helper for it, so this module carries its own small varint
+writer and reader (encode_varint, decode_varint), below.
+
+Use as a library:
+
+    from ntk_client import Client
+    with Client("127.0.0.1", 7420) as c:
+        for seq, value in enumerate(values):
+            r = c.observe("sensor-1", seq, value)   # an ntk.v1.Response
+            print(r.prediction.mean, r.prediction.variance)
+
+or from the shell (one value per line on stdin, one CSV line per answer on stdout):
+
+    python3 ntk_client.py --connect 127.0.0.1:7420 --key sensor-1 < values.txt
+"""
+
+import argparse
+import math
+import os
+import socket
+import sys
+import time
+
+
+def _import_generated(proto_path=None):
+    """Imports the generated ntk.v1 modules, from proto_path or NTK_PROTO_PYTHON if given."""
+    for path in (proto_path, os.environ.get("NTK_PROTO_PYTHON")):
+        if path and path not in sys.path:
+            sys.path.insert(0, path)
+    global request_pb2, response_pb2, config_pb2
+    from ntk.v1 import config_pb2, request_pb2, response_pb2  # noqa: F401
+
+
+request_pb2 = response_pb2 = config_pb2 = None
+
+# ---- varints ---------------------------------------------------------------------------
+# Protobuf's base-128 varint: 7 bits per byte, least significant group first, the high bit
+# set on every byte but the last. A 64-bit value takes at most 10 bytes.
+
+MAX_VARINT_BYTES = 10
+
+
+def encode_varint(value):
+    """The varint encoding of a non-negative integer below 2**64, as bytes."""
+    if value < 0 or value >= 1 << 64:
+        raise ValueError("varint out of range: %r" % (value,))
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def decode_varint(buf, pos=0):
+    """Reads a varint from buf at pos. Returns (value, next_pos), or None when buf ends
+    before the varint does. Raises ValueError for a varint longer than 10 bytes or above
+    2**64 - 1 (the stream cannot be read further)."""
+    value = 0
+    shift = 0
+    for i in range(MAX_VARINT_BYTES):
+        if pos + i >= len(buf):
+            return None
+        b = buf[pos + i]
+        value |= (b & 0x7F) << shift
+        if not b & 0x80:
+            if value >= 1 << 64:
+                raise ValueError("varint above 2**64 - 1")
+            return value, pos + i + 1
+        shift += 7
+    raise ValueError("varint longer than %d bytes" % MAX_VARINT_BYTES)
+
+
+def write_delimited(sock_or_file, message):
+    """Writes varint(length) + message (to a socket or a binary file)."""
+    data = message.SerializeToString()
+    frame = encode_varint(len(data)) + data
+    if hasattr(sock_or_file, "sendall"):
+        sock_or_file.sendall(frame)
+    else:
+        sock_or_file.write(frame)
+
+
+class FrameReader:
+    """Splits a byte stream into length-delimited frames (handles any chunking)."""
+
+    def __init__(self, max_frame_bytes=64 << 20):
+        self._buf = bytearray()
+        self._max = max_frame_bytes
+
+    def feed(self, data):
+        self._buf += data
+
+    def next_frame(self):
+        """The next complete frame's bytes, or None if more bytes are needed."""
+        head = decode_varint(self._buf, 0)
+        if head is None:
+            return None
+        length, start = head
+        if length > self._max:
+            raise ValueError("frame of %d bytes above the limit %d" % (length, self._max))
+        if len(self._buf) - start < length:
+            return None
+        frame = bytes(self._buf[start:start + length])
+        del self._buf[:start + length]
+        return frame
+
+    def pending_bytes(self):
+        return len(self._buf)
+
+
+# ---- the client ------------------------------------------------------------------------
+
+
+class Client:
+    """A blocking connection to ntkd. Answers come in request order: the n-th Response
+    read answers the n-th Request sent, so requests may be pipelined (send several, then
+    receive as many)."""
+
+    def __init__(self, host="127.0.0.1", port=7420, timeout=30.0, proto_path=None):
+        if request_pb2 is None:
+            _import_generated(proto_path)
+        self._sock = socket.create_connection((host, port), timeout=timeout)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._reader = FrameReader()
+        self.pending = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self._sock.close()
+
+    def send(self, request):
+        write_delimited(self._sock, request)
+        self.pending += 1
+
+    def receive(self):
+        """The next ntk.v1.Response (blocks; socket.timeout after the timeout)."""
+        if self.pending == 0:
+            raise RuntimeError("receive() with no request pending")
+        while True:
+            frame = self._reader.next_frame()
+            if frame is not None:
+                response = response_pb2.Response()
+                response.ParseFromString(frame)
+                self.pending -= 1
+                return response
+            data = self._sock.recv(65536)
+            if not data:
+                raise ConnectionError("ntkd closed the connection")
+            self._reader.feed(data)
+
+    def call(self, request):
+        self.send(request)
+        return self.receive()
+
+    # Conveniences for the common requests.
+
+    @staticmethod
+    def reading(key, seq, value=None, time_unix_nano=0):
+        """A SensorReading request (value None: a missing measurement)."""
+        r = request_pb2.Request()
+        r.seq = seq
+        r.sensor_reading.sensor_id = key
+        r.sensor_reading.time_unix_nano = time_unix_nano
+        if value is not None:
+            r.sensor_reading.value = value
+        return r
+
+    def observe(self, key, seq, value=None, time_unix_nano=0):
+        return self.call(self.reading(key, seq, value, time_unix_nano))
+
+    def stats(self, key=None, key_prefix=""):
+        r = request_pb2.Request()
+        if key is not None:
+            r.control.stats.key = key
+        else:
+            r.control.stats.key_prefix = key_prefix
+        return self.call(r)
+
+    def snapshot(self):
+        r = request_pb2.Request()
+        r.control.snapshot.SetInParent()
+        return self.call(r)
+
+    def configure(self, key, lags=None, budget=None, kernel=None):
+        r = request_pb2.Request()
+        r.control.configure.key = key
+        series = r.control.configure.config.series
+        series.SetInParent()
+        if lags is not None:
+            series.lags = lags
+        if budget is not None:
+            series.model.budget = budget
+        if kernel is not None:
+            series.model.kernel.spec = kernel
+        return self.call(r)
+
+
+def _status_name(prediction):
+    names = {1: "scored", 2: "warming_up", 3: "missing", 4: "unlabelled"}
+    return names.get(prediction.status, "unknown")
+
+
+def _fmt(message, field):
+    """A float field in the shortest form that reads back exactly ('' when absent)."""
+    return repr(getattr(message, field)) if message.HasField(field) else ""
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--connect", default="127.0.0.1:7420", help="ntkd's HOST:PORT")
+    p.add_argument("--key", required=True, help="the stream key")
+    p.add_argument("--start-seq", type=int, default=0)
+    p.add_argument("--proto-path", help="directory holding the generated ntk/v1/*_pb2.py")
+    p.add_argument("--window", type=int, default=256, help="requests in flight at most")
+    args = p.parse_args(argv)
+    host, _, port = args.connect.rpartition(":")
+    _import_generated(args.proto_path)
+
+    with Client(host.strip("[]"), int(port)) as c:
+        print("seq,key,status,value,mean,sd,z,anomaly")
+        status = 0
+
+        def answer():
+            nonlocal status
+            r = c.receive()
+            if r.HasField("error"):
+                print("%d,%s,error:%s,,,,," % (r.seq, r.key,
+                                                response_pb2.ErrorCode.Name(r.error.code)))
+                status = 1
+                return
+            pr = r.prediction
+            sd = repr(math.sqrt(pr.variance)) if pr.HasField("variance") else ""
+            print("%d,%s,%s,%s,%s,%s,%s,%d" % (r.seq, r.key, _status_name(pr),
+                                               _fmt(pr, "value"), _fmt(pr, "mean"), sd,
+                                               _fmt(pr, "z"), 1 if pr.anomaly else 0))
+
+        seq = args.start_seq
+        for line in sys.stdin:
+            line = line.strip()
+            if line.startswith("#"):
+                continue
+            t_text, _, v_text = line.rpartition(",")
+            t_ns = int(round(float(t_text) * 1e9)) if t_text.strip() else 0
+            v_text = v_text.strip()
+            value = None if v_text in ("", "NA", "NaN", "nan") else float(v_text)
+            c.send(Client.reading(args.key, seq, value, t_ns))
+            seq += 1
+            while c.pending >= args.window:
+                answer()
+        while c.pending:
+            answer()
+        return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

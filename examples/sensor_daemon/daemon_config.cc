@@ -1,0 +1,352 @@
+// ntkd's flags and config file.
+#include "daemon_config.h"
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include <cctype>
+#include <charconv>
+#include <fstream>
+#include <iterator>
+#include <sstream>
+
+#include "ntk/stream/convert.h"
+#include "ntk/stream/server.h"
+
+namespace ntk::daemon {
+namespace {
+
+using google::protobuf::FieldDescriptor;
+using google::protobuf::TextFormat;
+
+// Collects the first syntax error of the text-format parser (lines 0-based there).
+class FirstError : public google::protobuf::io::ErrorCollector {
+ public:
+  void AddError(int line, google::protobuf::io::ColumnNumber column,
+                const std::string& message) override {
+    if (!message_) {
+      line_ = line;
+      column_ = column;
+      message_ = message;
+    }
+  }
+  void AddWarning(int, google::protobuf::io::ColumnNumber, const std::string&) override {}
+  bool has_error() const { return message_.has_value(); }
+  int line() const { return line_; }
+  int column() const { return column_; }
+  const std::string& message() const { return *message_; }
+
+ private:
+  int line_ = -1;
+  int column_ = -1;
+  std::optional<std::string> message_;
+};
+
+std::uint32_t parse_u32(const std::string& flag, const std::string& text) {
+  std::uint32_t v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || end != text.data() + text.size() || text.empty()) {
+    throw ConfigError(flag + ": expected a non-negative integer, got \"" + text + "\"");
+  }
+  return v;
+}
+
+// A position in the file, for the field `path` (a chain of (field, index) pairs from the
+// root; index -1 for a singular field). Falls back to the deepest ancestor that was
+// written in the file.
+using Path = std::vector<std::pair<const FieldDescriptor*, int>>;
+
+std::string position(const std::string& file, const TextFormat::ParseInfoTree* tree,
+                     const Path& path) {
+  TextFormat::ParseLocation best;
+  for (const auto& [field, index] : path) {
+    if (tree == nullptr) break;
+    const TextFormat::ParseLocation here = tree->GetLocation(field, index);
+    if (here.line < 0) break;
+    best = here;
+    tree = field->type() == FieldDescriptor::TYPE_MESSAGE ? tree->GetTreeForNested(field, index)
+                                                          : nullptr;
+  }
+  if (best.line < 0) return file + ": ";
+  return file + ":" + std::to_string(best.line + 1) + ":" + std::to_string(best.column + 1) + ": ";
+}
+
+const FieldDescriptor* field_of(const google::protobuf::Descriptor* d, const char* name) {
+  const FieldDescriptor* f = d->FindFieldByName(name);
+  if (f == nullptr) throw std::logic_error(std::string("no field ") + name);
+  return f;
+}
+
+// The field inside a KeyConfig that a validation message is about, as far as it can be
+// told: messages start with "series: <field>", "series: model.<field>", "model: <field>"
+// or "kernel spec: ..." (core's validate() functions).
+Path key_config_field(const std::string& message) {
+  const auto* key = v1::KeyConfig::descriptor();
+  const auto* series = v1::SeriesConfig::descriptor();
+  const auto* model = v1::ModelConfig::descriptor();
+  Path path{{field_of(key, "series"), -1}};
+  std::string rest = message;
+  for (const char* prefix : {"series: ", "model: "}) {
+    if (rest.rfind(prefix, 0) == 0) rest = rest.substr(std::char_traits<char>::length(prefix));
+  }
+  if (message.rfind("kernel", 0) == 0 || rest.rfind("kernel", 0) == 0 ||
+      rest.rfind("model.kernel", 0) == 0) {
+    path.push_back({field_of(series, "model"), -1});
+    path.push_back({field_of(model, "kernel"), -1});
+    // The text form is the usual culprit; the structured fields fall back to `kernel`.
+    path.push_back({field_of(v1::KernelConfig::descriptor(), "spec"), -1});
+    return path;
+  }
+  std::size_t n = 0;
+  while (n < rest.size() &&
+         (std::isalnum(static_cast<unsigned char>(rest[n])) || rest[n] == '_' || rest[n] == '.')) {
+    ++n;
+  }
+  std::string name = rest.substr(0, n);
+  if (name.rfind("model.", 0) == 0) {
+    path.push_back({field_of(series, "model"), -1});
+    name = name.substr(6);
+    if (const FieldDescriptor* f = model->FindFieldByName(name)) path.push_back({f, -1});
+    return path;
+  }
+  if (const FieldDescriptor* f = series->FindFieldByName(name)) {
+    path.push_back({f, -1});
+  } else if (const FieldDescriptor* g = model->FindFieldByName(name)) {
+    path.push_back({field_of(series, "model"), -1});
+    path.push_back({g, -1});
+  } else if (message.find("tick_value") != std::string::npos) {
+    path = {{field_of(key, "tick_value"), -1}};
+  }
+  return path;
+}
+
+void check_address(const std::string& text, const std::string& where, const char* what) {
+  try {
+    parse_host_port(text);
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(where + what + ": " + e.what());
+  }
+}
+
+// check_config with file positions (tree may be null: positions are then omitted).
+void check_config_at(const v1::ServerConfig& c, const std::string& file,
+                     const TextFormat::ParseInfoTree* tree) {
+  const auto* d = v1::ServerConfig::descriptor();
+  auto at = [&](const Path& path) { return position(file, tree, path); };
+  for (int i = 0; i < c.tcp_listen_size(); ++i) {
+    check_address(c.tcp_listen(i), at({{field_of(d, "tcp_listen"), i}}), "tcp_listen");
+  }
+  for (int i = 0; i < c.udp_listen_size(); ++i) {
+    check_address(c.udp_listen(i), at({{field_of(d, "udp_listen"), i}}), "udp_listen");
+  }
+  if (!c.metrics_listen().empty()) {
+    check_address(c.metrics_listen(), at({{field_of(d, "metrics_listen"), -1}}), "metrics_listen");
+  }
+  if (c.has_threads() && c.threads() < 1) {
+    throw ConfigError(at({{field_of(d, "threads"), -1}}) + "threads must be >= 1, got 0");
+  }
+  // Key configs, resolved as the server will resolve them for a new key.
+  const FieldDescriptor* defaults = field_of(d, "defaults");
+  try {
+    stream::resolve_key_config(c.defaults());
+  } catch (const std::invalid_argument& e) {
+    Path p{{defaults, -1}};
+    for (auto& step : key_config_field(e.what())) p.push_back(step);
+    throw ConfigError(at(p) + "defaults: " + e.what());
+  }
+  const FieldDescriptor* overrides = field_of(d, "overrides");
+  const FieldDescriptor* override_config = field_of(v1::PrefixOverride::descriptor(), "config");
+  for (int i = 0; i < c.overrides_size(); ++i) {
+    const std::string name = "overrides[" + std::to_string(i) + "]";
+    if (c.overrides(i).key_prefix().empty()) {
+      throw ConfigError(at({{overrides, i}}) + name + ": key_prefix must not be empty");
+    }
+    v1::KeyConfig merged = c.defaults();
+    stream::merge_key_config(merged, c.overrides(i).config());
+    try {
+      stream::resolve_key_config(merged);
+    } catch (const std::invalid_argument& e) {
+      Path p{{overrides, i}, {override_config, -1}};
+      for (auto& step : key_config_field(e.what())) p.push_back(step);
+      throw ConfigError(at(p) + name + " (key_prefix \"" + c.overrides(i).key_prefix() +
+                        "\"): " + e.what());
+    }
+  }
+  // Everything else the server checks (limits, ...).
+  try {
+    stream::options_from_config(c).validate();
+  } catch (const std::invalid_argument& e) {
+    throw ConfigError(file + ": " + e.what());
+  }
+}
+
+}  // namespace
+
+HostPort parse_host_port(const std::string& text) {
+  std::string host;
+  std::string port;
+  if (!text.empty() && text[0] == '[') {
+    const auto close = text.find(']');
+    if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+      throw std::invalid_argument("expected HOST:PORT or [IPv6]:PORT, got \"" + text + "\"");
+    }
+    host = text.substr(1, close - 1);
+    port = text.substr(close + 2);
+  } else {
+    const auto colon = text.rfind(':');
+    if (colon == std::string::npos || text.find(':') != colon) {
+      throw std::invalid_argument("expected HOST:PORT or [IPv6]:PORT, got \"" + text + "\"");
+    }
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+  }
+  unsigned value = 0;
+  const auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), value);
+  if (host.empty() || port.empty() || ec != std::errc() || end != port.data() + port.size() ||
+      value > 65535) {
+    throw std::invalid_argument("expected HOST:PORT with a port in [0, 65535], got \"" + text +
+                                "\"");
+  }
+  return {host, static_cast<std::uint16_t>(value)};
+}
+
+std::string daemon_usage() {
+  return R"(usage: ntkd [options]
+
+The ntkstream daemon: one online NTK regressor per stream key, fed over TCP (length-
+delimited ntk.v1.Request frames) and UDP, with snapshots, Prometheus metrics and
+structured logs.
+
+options:
+  --config FILE            ServerConfig in protobuf text format (proto/ntk/v1/server.proto)
+  --listen HOST:PORT       TCP address (repeatable; replaces the file's tcp_listen);
+                           port 0 picks a free port. Default 127.0.0.1:7420
+  --udp HOST:PORT          UDP address (repeatable; replaces the file's udp_listen)
+  --metrics HOST:PORT      HTTP endpoint for /metrics, /livez, /readyz ('' to disable)
+  --snapshot-dir DIR       where snapshots are written and restored from
+  --snapshot-interval S    seconds between periodic snapshots (0: only at shutdown and
+                           on request; default 300)
+  --threads N              I/O and model threads (default 2)
+  --port-file FILE         write the bound addresses (tcp=, udp=, metrics= lines) once
+                           listening, e.g. when port 0 was asked for
+  --log-level LEVEL        debug, info, warning or error (default info)
+  --help                   this text
+  --version                the version
+
+signals: SIGTERM/SIGINT drain (stop accepting, answer what was read, final snapshot,
+exit 0); SIGHUP re-reads --config and applies its key defaults and overrides to keys
+created afterwards.
+exit status: 0 after a clean shutdown, 1 on a runtime failure, 2 on a bad command line
+or configuration (the message names the flag, or FILE:LINE:COLUMN).
+)";
+}
+
+DaemonOptions parse_daemon_args(int argc, const char* const* argv) {
+  DaemonOptions o;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    std::optional<std::string> inline_value;
+    if (arg.rfind("--", 0) == 0) {
+      if (const auto eq = arg.find('='); eq != std::string::npos) {
+        inline_value = arg.substr(eq + 1);
+        arg = arg.substr(0, eq);
+      }
+    }
+    auto value = [&]() -> std::string {
+      if (inline_value) return *inline_value;
+      if (i + 1 >= argc) throw ConfigError(arg + ": missing value");
+      return argv[++i];
+    };
+    if (arg == "--help" || arg == "-h") {
+      o.help = true;
+    } else if (arg == "--version") {
+      o.version = true;
+    } else if (arg == "--config") {
+      o.config_path = value();
+    } else if (arg == "--listen" || arg == "--udp" || arg == "--metrics") {
+      std::string v = value();
+      if (!(arg == "--metrics" && v.empty())) {
+        try {
+          parse_host_port(v);
+        } catch (const std::invalid_argument& e) {
+          throw ConfigError(arg + ": " + e.what());
+        }
+      }
+      if (arg == "--listen") o.flags.listen.push_back(v);
+      if (arg == "--udp") o.flags.udp.push_back(v);
+      if (arg == "--metrics") o.flags.metrics = v;
+    } else if (arg == "--snapshot-dir") {
+      o.flags.snapshot_dir = value();
+      if (o.flags.snapshot_dir->empty()) throw ConfigError("--snapshot-dir: empty path");
+    } else if (arg == "--snapshot-interval") {
+      o.flags.snapshot_interval_seconds = parse_u32(arg, value());
+    } else if (arg == "--threads") {
+      o.flags.threads = parse_u32(arg, value());
+      if (*o.flags.threads < 1) throw ConfigError("--threads: must be >= 1, got 0");
+    } else if (arg == "--port-file") {
+      o.port_file = value();
+      if (o.port_file->empty()) throw ConfigError("--port-file: empty path");
+    } else if (arg == "--log-level") {
+      try {
+        o.log_level = parse_level(value());
+      } catch (const std::invalid_argument& e) {
+        throw ConfigError(arg + ": " + e.what());
+      }
+    } else {
+      throw ConfigError(arg + ": unknown option (see --help)");
+    }
+  }
+  return o;
+}
+
+v1::ServerConfig load_config_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError(path + ": cannot open the config file");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw ConfigError(path + ": read error");
+
+  v1::ServerConfig config;
+  TextFormat::ParseInfoTree tree;
+  FirstError errors;
+  TextFormat::Parser parser;
+  parser.RecordErrorsTo(&errors);
+  parser.WriteLocationsTo(&tree);
+  if (!parser.ParseFromString(text, &config)) {
+    if (errors.has_error()) {
+      throw ConfigError(path + ":" + std::to_string(errors.line() + 1) + ":" +
+                        std::to_string(errors.column() + 1) + ": " + errors.message());
+    }
+    throw ConfigError(path + ": not a valid ntk.v1.ServerConfig in text format");
+  }
+  check_config_at(config, path, &tree);
+  return config;
+}
+
+void check_config(const v1::ServerConfig& config, const std::string& prefix) {
+  check_config_at(config, prefix, nullptr);  // without a parse tree: "prefix: reason"
+}
+
+v1::ServerConfig resolve_config(const DaemonOptions& options) {
+  v1::ServerConfig config;
+  if (options.config_path) config = load_config_file(*options.config_path);
+  const FlagOverrides& f = options.flags;
+  if (!f.listen.empty()) {
+    config.clear_tcp_listen();
+    for (const auto& a : f.listen) config.add_tcp_listen(a);
+  }
+  if (!f.udp.empty()) {
+    config.clear_udp_listen();
+    for (const auto& a : f.udp) config.add_udp_listen(a);
+  }
+  if (f.metrics) config.set_metrics_listen(*f.metrics);
+  if (f.snapshot_dir) config.set_snapshot_dir(*f.snapshot_dir);
+  if (f.snapshot_interval_seconds)
+    config.set_snapshot_interval_seconds(*f.snapshot_interval_seconds);
+  if (f.threads) config.set_threads(*f.threads);
+  // Flag values were checked when parsed; what remains (limits, key configs) is the
+  // file's, already checked with positions. One last pass over the combination.
+  check_config(config, options.config_path ? *options.config_path : std::string("flags"));
+  return config;
+}
+
+}  // namespace ntk::daemon

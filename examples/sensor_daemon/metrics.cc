@@ -1,0 +1,239 @@
+// Prometheus text exposition of ntkd's state.
+#include "metrics.h"
+
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/stubs/common.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <map>
+
+#include "ntk/v1/state.pb.h"
+
+namespace ntk::daemon {
+
+std::string prom_escape_label(std::string_view value) {
+  std::string out;
+  out.reserve(value.size());
+  for (const char c : value) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '"') {
+      out += "\\\"";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string prom_number(double v) {
+  if (std::isnan(v)) return "NaN";
+  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+  if (v == std::floor(v) && std::fabs(v) < 9007199254740992.0) {
+    return std::to_string(static_cast<long long>(v));
+  }
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+
+void PromText::family(std::string_view name, std::string_view type, std::string_view help) {
+  out_ += "# HELP ";
+  out_ += name;
+  out_ += ' ';
+  for (const char c : help) {  // HELP escapes only backslash and newline
+    if (c == '\\') {
+      out_ += "\\\\";
+    } else if (c == '\n') {
+      out_ += "\\n";
+    } else {
+      out_ += c;
+    }
+  }
+  out_ += "\n# TYPE ";
+  out_ += name;
+  out_ += ' ';
+  out_ += type;
+  out_ += '\n';
+}
+
+void PromText::sample(std::string_view name, Labels labels, double value) {
+  out_ += name;
+  if (labels.size() > 0) {
+    out_ += '{';
+    bool first = true;
+    for (const auto& [k, v] : labels) {
+      if (!first) out_ += ',';
+      first = false;
+      out_ += k;
+      out_ += "=\"";
+      out_ += prom_escape_label(v);
+      out_ += '"';
+    }
+    out_ += '}';
+  }
+  out_ += ' ';
+  out_ += prom_number(value);
+  out_ += '\n';
+}
+
+namespace {
+
+double u(std::uint64_t v) { return static_cast<double>(v); }
+
+// "ERROR_CODE_DUPLICATE_SEQ" -> "DUPLICATE_SEQ".
+std::string short_code(const std::string& name) {
+  constexpr std::string_view prefix = "ERROR_CODE_";
+  return name.rfind(prefix, 0) == 0 ? name.substr(prefix.size()) : name;
+}
+
+}  // namespace
+
+std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
+  PromText p;
+  const v1::ServerCounters& c = stats.server();
+  const std::string protobuf_version =
+      google::protobuf::internal::VersionString(GOOGLE_PROTOBUF_VERSION);
+
+  p.family("ntkd_build_info", "gauge", "Build of the running daemon (always 1).");
+  p.sample("ntkd_build_info",
+           {{"version", st.version}, {"protobuf", protobuf_version}, {"format", "ntk.v1"}}, 1);
+  p.family("ntkd_start_time_seconds", "gauge", "Start time of the daemon, Unix seconds.");
+  p.sample("ntkd_start_time_seconds", st.start_time_unix_seconds);
+  p.family("ntkd_ready", "gauge",
+           "1 when snapshots are restored and the daemon accepts requests (see /readyz).");
+  p.sample("ntkd_ready", st.ready ? 1 : 0);
+
+  // Traffic.
+  p.family("ntkd_connections_accepted_total", "counter", "TCP connections accepted.");
+  p.sample("ntkd_connections_accepted_total", u(c.connections_accepted()));
+  p.family("ntkd_connections_open", "gauge", "TCP connections open now.");
+  p.sample("ntkd_connections_open", u(c.connections_open()));
+  p.family("ntkd_frames_total", "counter", "Request frames (TCP) and datagrams (UDP) received.");
+  p.sample("ntkd_frames_total", {{"transport", "tcp"}}, u(c.tcp_frames()));
+  p.sample("ntkd_frames_total", {{"transport", "udp"}}, u(c.udp_datagrams()));
+  p.family("ntkd_requests_total", "counter", "Requests decoded, TCP and UDP.");
+  p.sample("ntkd_requests_total", u(c.requests()));
+  p.family("ntkd_responses_total", "counter", "Responses sent.");
+  p.sample("ntkd_responses_total", u(c.responses()));
+  p.family("ntkd_received_bytes_total", "counter", "Bytes received from clients.");
+  p.sample("ntkd_received_bytes_total", u(c.bytes_received()));
+  p.family("ntkd_sent_bytes_total", "counter", "Bytes sent to clients.");
+  p.sample("ntkd_sent_bytes_total", u(c.bytes_sent()));
+
+  // Errors by code: every code the protocol defines, 0 when never sent, so that the set
+  // of series is fixed.
+  std::map<int, std::uint64_t> errors;
+  for (const auto& e : c.errors()) errors[e.code()] += e.count();
+  p.family("ntkd_errors_total", "counter", "Error responses sent, by ntk.v1.ErrorCode.");
+  const auto* codes = v1::ErrorCode_descriptor();
+  for (int i = 0; i < codes->value_count(); ++i) {
+    const auto* value = codes->value(i);
+    if (value->number() == v1::ERROR_CODE_UNSPECIFIED) continue;
+    const auto it = errors.find(value->number());
+    p.sample("ntkd_errors_total", {{"code", short_code(value->name())}},
+             it == errors.end() ? 0.0 : u(it->second));
+  }
+
+  // Keys and models, aggregated over the live keys.
+  std::uint64_t dict_sum = 0, dict_max = 0, budget_sum = 0;
+  v1::ModelCounters model;
+  v1::SeriesCounters series;
+  for (const v1::KeyStats& k : stats.keys()) {
+    dict_sum += k.dictionary_size();
+    dict_max = std::max<std::uint64_t>(dict_max, k.dictionary_size());
+    budget_sum += static_cast<std::uint64_t>(std::max(0, k.config().series().model().budget()));
+    model.set_updates(model.updates() + k.model().updates());
+    model.set_admitted(model.admitted() + k.model().admitted());
+    model.set_evicted(model.evicted() + k.model().evicted());
+    model.set_recomputes(model.recomputes() + k.model().recomputes());
+    model.set_pivot_failures(model.pivot_failures() + k.model().pivot_failures());
+    const v1::SeriesCounters& s = k.counters();
+    series.set_observations(series.observations() + s.observations());
+    series.set_accepted(series.accepted() + s.accepted());
+    series.set_missing(series.missing() + s.missing());
+    series.set_duplicates(series.duplicates() + s.duplicates());
+    series.set_out_of_order(series.out_of_order() + s.out_of_order());
+    series.set_gaps(series.gaps() + s.gaps());
+    series.set_scored(series.scored() + s.scored());
+    series.set_anomalies(series.anomalies() + s.anomalies());
+    series.set_excluded(series.excluded() + s.excluded());
+  }
+  p.family("ntkd_keys", "gauge", "Live stream keys.");
+  p.sample("ntkd_keys", u(c.keys()));
+  p.family("ntkd_dictionary_points", "gauge", "Dictionary points held, summed over the live keys.");
+  p.sample("ntkd_dictionary_points", u(dict_sum));
+  p.family("ntkd_dictionary_budget_points", "gauge",
+           "Dictionary budgets (maximum points), summed over the live keys.");
+  p.sample("ntkd_dictionary_budget_points", u(budget_sum));
+  p.family("ntkd_dictionary_size_max", "gauge", "Largest dictionary of any live key.");
+  p.sample("ntkd_dictionary_size_max", u(dict_max));
+
+  p.family("ntkd_model_updates_total", "counter", "Samples learned by the live keys' models.");
+  p.sample("ntkd_model_updates_total", u(model.updates()));
+  p.family("ntkd_model_admitted_total", "counter", "Samples admitted into dictionaries.");
+  p.sample("ntkd_model_admitted_total", u(model.admitted()));
+  p.family("ntkd_model_evicted_total", "counter", "Dictionary points evicted (budget).");
+  p.sample("ntkd_model_evicted_total", u(model.evicted()));
+  p.family("ntkd_model_recomputes_total", "counter",
+           "Periodic or drift-triggered kernel recomputations (refactorizations).");
+  p.sample("ntkd_model_recomputes_total", u(model.recomputes()));
+  p.family("ntkd_model_pivot_failures_total", "counter",
+           "Dictionary appends refused by the Cholesky factor.");
+  p.sample("ntkd_model_pivot_failures_total", u(model.pivot_failures()));
+  if (st.drift_max) {
+    p.family("ntkd_model_drift_max", "gauge",
+             "Largest factor drift |LL'-K|/|K| over the keys, at the last snapshot export.");
+    p.sample("ntkd_model_drift_max", *st.drift_max);
+  }
+
+  p.family("ntkd_series_values_total", "counter",
+           "Stream values by outcome, summed over the live keys.");
+  p.sample("ntkd_series_values_total", {{"outcome", "offered"}}, u(series.observations()));
+  p.sample("ntkd_series_values_total", {{"outcome", "accepted"}}, u(series.accepted()));
+  p.sample("ntkd_series_values_total", {{"outcome", "missing"}}, u(series.missing()));
+  p.sample("ntkd_series_values_total", {{"outcome", "duplicate"}}, u(series.duplicates()));
+  p.sample("ntkd_series_values_total", {{"outcome", "out_of_order"}}, u(series.out_of_order()));
+  p.sample("ntkd_series_values_total", {{"outcome", "scored"}}, u(series.scored()));
+  p.family("ntkd_series_gaps_total", "counter", "Sequence-number gaps seen.");
+  p.sample("ntkd_series_gaps_total", u(series.gaps()));
+  p.family("ntkd_anomalies_total", "counter", "Observations flagged as anomalies.");
+  p.sample("ntkd_anomalies_total", u(series.anomalies()));
+  p.family("ntkd_anomalies_excluded_total", "counter",
+           "Flagged observations kept out of the model.");
+  p.sample("ntkd_anomalies_excluded_total", u(series.excluded()));
+
+  // Snapshots.
+  p.family("ntkd_snapshot_restored_keys", "gauge", "Keys restored from a snapshot at start.");
+  p.sample("ntkd_snapshot_restored_keys", u(st.restored_keys));
+  p.family("ntkd_snapshots_written_total", "counter", "Snapshots written.");
+  p.sample("ntkd_snapshots_written_total", u(st.snapshots_written));
+  p.family("ntkd_snapshot_failures_total", "counter", "Snapshot writes that failed.");
+  p.sample("ntkd_snapshot_failures_total", u(st.snapshot_failures));
+  if (st.last_snapshot_unix_seconds) {
+    p.family("ntkd_snapshot_last_success_timestamp_seconds", "gauge",
+             "When the last snapshot was written (or restored at start), Unix seconds.");
+    p.sample("ntkd_snapshot_last_success_timestamp_seconds", *st.last_snapshot_unix_seconds);
+    p.family("ntkd_snapshot_age_seconds", "gauge",
+             "Seconds since the last snapshot was written (or restored at start).");
+    p.sample("ntkd_snapshot_age_seconds",
+             std::max(0.0, st.now_unix_seconds - *st.last_snapshot_unix_seconds));
+  }
+  p.family("ntkd_snapshot_duration_seconds", "gauge", "Duration of the last snapshot write.");
+  p.sample("ntkd_snapshot_duration_seconds", st.last_snapshot_duration_seconds);
+  p.family("ntkd_snapshot_keys", "gauge", "Keys in the last snapshot written.");
+  p.sample("ntkd_snapshot_keys", u(st.last_snapshot_keys));
+  p.family("ntkd_snapshot_bytes", "gauge", "Size of the last snapshot written.");
+  p.sample("ntkd_snapshot_bytes", u(st.last_snapshot_bytes));
+
+  p.family("ntkd_config_reloads_total", "counter", "SIGHUP config reloads, by result.");
+  p.sample("ntkd_config_reloads_total", {{"result", "ok"}}, u(st.reloads_ok));
+  p.sample("ntkd_config_reloads_total", {{"result", "failed"}}, u(st.reloads_failed));
+  return p.text();
+}
+
+}  // namespace ntk::daemon

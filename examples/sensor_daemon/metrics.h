@@ -1,0 +1,66 @@
+// ntkd's Prometheus metrics, in the text exposition format 0.0.4
+// (https://prometheus.io/docs/instrumenting/exposition_formats/): for each family a
+// "# HELP" and a "# TYPE" line, then its samples "name{label="value",...} number".
+//
+// Everything is aggregated over keys: no metric has a label per stream key, so the number
+// of series stays fixed however many keys the daemon holds.
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "ntk/v1/response.pb.h"
+
+namespace ntk::daemon {
+
+// Builds one exposition. Families must be declared before their samples, each once.
+class PromText {
+ public:
+  using Labels = std::initializer_list<std::pair<std::string_view, std::string_view>>;
+  // type: counter, gauge, histogram, summary or untyped.
+  void family(std::string_view name, std::string_view type, std::string_view help);
+  void sample(std::string_view name, Labels labels, double value);
+  void sample(std::string_view name, double value) { sample(name, {}, value); }
+  const std::string& text() const { return out_; }
+
+ private:
+  std::string out_;
+};
+
+// A label value with \ " and newline escaped as the format requires.
+std::string prom_escape_label(std::string_view value);
+// A sample value: shortest round-trip decimal; integers below 2^53 without exponent;
+// +Inf, -Inf, NaN.
+std::string prom_number(double value);
+
+// What the daemon itself knows, besides the server's counters and key stats.
+struct DaemonStatus {
+  std::string version;
+  double start_time_unix_seconds = 0;
+  double now_unix_seconds = 0;
+  bool ready = false;
+  std::uint64_t restored_keys = 0;
+  // Snapshots: the last success (written, or restored at start), counts, last write.
+  std::optional<double> last_snapshot_unix_seconds;
+  std::uint64_t snapshots_written = 0;
+  std::uint64_t snapshot_failures = 0;
+  double last_snapshot_duration_seconds = 0;
+  std::uint64_t last_snapshot_keys = 0;
+  std::uint64_t last_snapshot_bytes = 0;
+  // Largest model drift measure over the keys at the last snapshot export.
+  std::optional<double> drift_max;
+  std::uint64_t reloads_ok = 0;
+  std::uint64_t reloads_failed = 0;
+};
+
+// The whole exposition: server counters (requests, responses, errors by code for every
+// ErrorCode, connections, bytes), the key aggregates from `stats` (keys, dictionary
+// sizes, model and series counters, anomalies), the snapshot state and ntkd_build_info.
+std::string render_metrics(const v1::Stats& stats, const DaemonStatus& status);
+
+}  // namespace ntk::daemon

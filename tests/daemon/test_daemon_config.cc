@@ -1,0 +1,217 @@
+// ntkd's command line and config file: values read, flags overriding the file, and every
+// error naming its flag or FILE:LINE:COLUMN.
+#include <doctest/doctest.h>
+
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "daemon_config.h"
+#include "log.h"
+#include "temp_dir.h"
+
+namespace {
+
+using ntk::daemon::ConfigError;
+using ntk::daemon::DaemonOptions;
+using ntk::test::TempDir;
+
+DaemonOptions args(std::vector<std::string> a) {
+  a.insert(a.begin(), "ntkd");
+  std::vector<const char*> argv;
+  for (const auto& s : a) argv.push_back(s.c_str());
+  return ntk::daemon::parse_daemon_args(static_cast<int>(argv.size()), argv.data());
+}
+
+std::string args_error(std::vector<std::string> a) {
+  try {
+    args(std::move(a));
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string write_file(const TempDir& dir, const std::string& name, const std::string& text) {
+  const auto p = dir / name;
+  std::ofstream(p) << text;
+  return p.string();
+}
+
+std::string load_error(const std::string& path) {
+  try {
+    ntk::daemon::load_config_file(path);
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("config file: every field read") {
+  TempDir dir;
+  const auto path = write_file(dir, "ntkd.textproto", R"(# a comment
+tcp_listen: "127.0.0.1:0"
+tcp_listen: "[::1]:7420"
+udp_listen: "127.0.0.1:0"
+threads: 3
+defaults { series { lags: 16 model { budget: 32 kernel { spec: "rbf:lengthscale=0.5" } } } }
+overrides { key_prefix: "fx/" config { tick_value: TICK_VALUE_LOG_RETURN } }
+snapshot_dir: "/var/lib/ntkd"
+snapshot_interval_seconds: 60
+metrics_listen: "127.0.0.1:9464"
+max_keys: 5000
+)");
+  const auto c = ntk::daemon::load_config_file(path);
+  REQUIRE(c.tcp_listen_size() == 2);
+  CHECK(c.tcp_listen(1) == "[::1]:7420");
+  CHECK(c.udp_listen(0) == "127.0.0.1:0");
+  CHECK(c.threads() == 3u);
+  CHECK(c.defaults().series().lags() == 16);
+  CHECK(c.defaults().series().model().budget() == 32);
+  CHECK(c.defaults().series().model().kernel().spec() == "rbf:lengthscale=0.5");
+  REQUIRE(c.overrides_size() == 1);
+  CHECK(c.overrides(0).config().tick_value() == ntk::v1::TICK_VALUE_LOG_RETURN);
+  CHECK(c.snapshot_dir() == "/var/lib/ntkd");
+  CHECK(c.snapshot_interval_seconds() == 60u);
+  CHECK(c.metrics_listen() == "127.0.0.1:9464");
+  CHECK(c.max_keys() == 5000u);
+}
+
+TEST_CASE("flags override the file") {
+  TempDir dir;
+  const auto path = write_file(dir, "ntkd.textproto",
+                               "tcp_listen: \"127.0.0.1:7000\"\nudp_listen: \"127.0.0.1:7001\"\n"
+                               "metrics_listen: \"127.0.0.1:7002\"\nsnapshot_dir: \"/a\"\n"
+                               "threads: 4\nsnapshot_interval_seconds: 10\n");
+  auto o = args({"--config", path, "--listen", "127.0.0.1:0", "--listen=[::1]:0", "--udp",
+                 "0.0.0.0:0", "--metrics", "", "--snapshot-dir", "/b", "--threads", "1",
+                 "--snapshot-interval=0", "--port-file", "/tmp/p", "--log-level", "debug"});
+  const auto c = ntk::daemon::resolve_config(o);
+  REQUIRE(c.tcp_listen_size() == 2);
+  CHECK(c.tcp_listen(0) == "127.0.0.1:0");
+  CHECK(c.tcp_listen(1) == "[::1]:0");
+  REQUIRE(c.udp_listen_size() == 1);
+  CHECK(c.udp_listen(0) == "0.0.0.0:0");
+  CHECK(c.metrics_listen().empty());
+  CHECK(c.snapshot_dir() == "/b");
+  CHECK(c.threads() == 1u);
+  CHECK(c.has_snapshot_interval_seconds());
+  CHECK(c.snapshot_interval_seconds() == 0u);
+  CHECK(*o.port_file == "/tmp/p");
+  CHECK(o.log_level == ntk::daemon::Level::kDebug);
+
+  // Without flags the file's values stand; without a file, the defaults (unset fields).
+  const auto f = ntk::daemon::resolve_config(args({"--config", path}));
+  CHECK(f.tcp_listen(0) == "127.0.0.1:7000");
+  CHECK(f.metrics_listen() == "127.0.0.1:7002");
+  const auto none = ntk::daemon::resolve_config(args({}));
+  CHECK(none.tcp_listen_size() == 0);
+  CHECK(!none.has_threads());
+  CHECK(args({"--help"}).help);
+  CHECK(args({"--version"}).version);
+}
+
+TEST_CASE("command-line errors name the flag") {
+  CHECK(args_error({"--bogus"}) == "--bogus: unknown option (see --help)");
+  CHECK(args_error({"--listen"}) == "--listen: missing value");
+  CHECK(args_error({"--listen", "localhost"}) ==
+        "--listen: expected HOST:PORT or [IPv6]:PORT, got \"localhost\"");
+  CHECK(args_error({"--udp", "127.0.0.1:70000"}) ==
+        "--udp: expected HOST:PORT with a port in [0, 65535], got \"127.0.0.1:70000\"");
+  CHECK(args_error({"--threads", "0"}) == "--threads: must be >= 1, got 0");
+  CHECK(args_error({"--threads", "-1"}) ==
+        "--threads: expected a non-negative integer, got \"-1\"");
+  CHECK(args_error({"--snapshot-interval", "5s"}) ==
+        "--snapshot-interval: expected a non-negative integer, got \"5s\"");
+  CHECK(args_error({"--log-level", "loud"}) ==
+        "--log-level: unknown log level \"loud\" (debug, info, warning, error)");
+  CHECK(args_error({"--port-file="}) == "--port-file: empty path");
+}
+
+TEST_CASE("config errors: FILE:LINE:COLUMN and the reason") {
+  TempDir dir;
+  // Syntax: a string where a number belongs (line 2, at the value).
+  auto p = write_file(dir, "a.textproto", "tcp_listen: \"127.0.0.1:0\"\nthreads: \"two\"\n");
+  CHECK(load_error(p) == p + ":2:10: Expected integer, got: \"two\"");
+  // An unknown field.
+  p = write_file(dir, "b.textproto", "\n\ntreads: 2\n");
+  CHECK(load_error(p) ==
+        p + ":3:7: Message type \"ntk.v1.ServerConfig\" has no field named \"treads\".");
+  // An unknown enum value.
+  p = write_file(dir, "c.textproto",
+                 "overrides {\n  key_prefix: \"x\"\n  config { tick_value: TICK_VALUE_NOPE }\n}\n");
+  CHECK(load_error(p) == p + ":3:40: Unknown enumeration value of \"TICK_VALUE_NOPE\" for field "
+                             "\"tick_value\".");
+  // Unbalanced braces: the error is at the end of the input.
+  p = write_file(dir, "d.textproto", "defaults { series { lags: 3 }\n");
+  CHECK(load_error(p).rfind(p + ":2:1: ", 0) == 0);
+
+  // Values refused after parsing point at the offending field.
+  p = write_file(dir, "e.textproto",
+                 "threads: 2\ndefaults {\n  series {\n    warmup: 10\n    lags: 0\n  }\n}\n");
+  CHECK(load_error(p) == p + ":5:5: defaults: series: lags must be in [1, 4096], got 0");
+  p = write_file(dir, "f.textproto",
+                 "defaults { series { lags: 4 } }\n"
+                 "overrides {\n  key_prefix: \"fx/\"\n  config {\n    series {\n"
+                 "      model { budget: 0 }\n    }\n  }\n}\n");
+  CHECK(load_error(p) == p + ":6:15: overrides[0] (key_prefix \"fx/\"): model: budget must be >= "
+                             "1, got 0");
+  p = write_file(dir, "g.textproto",
+                 "defaults {\n  series { model { kernel { spec: \"ntk:depth=-1\" } } }\n}\n");
+  CHECK(load_error(p) == p + ":2:29: defaults: kernel spec: depth must be >= 0, got -1");
+  p = write_file(dir, "h.textproto", "tcp_listen: \"127.0.0.1:0\"\ntcp_listen: \"nohost\"\n");
+  CHECK(load_error(p) == p + ":2:1: tcp_listen: expected HOST:PORT or [IPv6]:PORT, got \"nohost\"");
+  p = write_file(dir, "i.textproto", "metrics_listen: \"127.0.0.1:99999\"\n");
+  CHECK(load_error(p) == p + ":1:1: metrics_listen: expected HOST:PORT with a port in [0, 65535], "
+                             "got \"127.0.0.1:99999\"");
+  p = write_file(dir, "j.textproto", "\noverrides { config { } }\n");
+  CHECK(load_error(p) == p + ":2:1: overrides[0]: key_prefix must not be empty");
+  p = write_file(dir, "k.textproto", "threads: 0\n");
+  CHECK(load_error(p) == p + ":1:1: threads must be >= 1, got 0");
+
+  CHECK(load_error((dir / "missing.textproto").string()) ==
+        (dir / "missing.textproto").string() + ": cannot open the config file");
+}
+
+TEST_CASE("host:port parsing") {
+  auto hp = ntk::daemon::parse_host_port("127.0.0.1:7420");
+  CHECK(hp.host == "127.0.0.1");
+  CHECK(hp.port == 7420);
+  hp = ntk::daemon::parse_host_port("[::1]:0");
+  CHECK(hp.host == "::1");
+  CHECK(hp.port == 0);
+  hp = ntk::daemon::parse_host_port("localhost:65535");
+  CHECK(hp.port == 65535);
+  for (const char* bad : {"", ":80", "host:", "::1:80", "[::1]80", "h:8x", "h:-1", "[::1]"}) {
+    CHECK_THROWS_AS(ntk::daemon::parse_host_port(bad), std::invalid_argument);
+  }
+}
+
+TEST_CASE("logfmt lines") {
+  using ntk::daemon::format_log_line;
+  using ntk::daemon::Level;
+  CHECK(format_log_line("2026-01-02T03:04:05.000006Z", Level::kInfo, "ready",
+                        {{"tcp", "127.0.0.1:7420"}, {"keys", "3"}}) ==
+        "ts=2026-01-02T03:04:05.000006Z level=info msg=ready tcp=127.0.0.1:7420 keys=3");
+  CHECK(format_log_line("T", Level::kError, "snapshot refused",
+                        {{"reason", "checksum \"bad\"\nx=1"}, {"empty", ""}}) ==
+        "ts=T level=error msg=\"snapshot refused\" reason=\"checksum \\\"bad\\\"\\nx=1\" "
+        "empty=\"\"");
+  CHECK(ntk::daemon::logfmt_value("a\\b") == "\"a\\\\b\"");
+  CHECK(ntk::daemon::logfmt_value(std::string("\x01", 1)) == "\"\\x01\"");
+  CHECK(ntk::daemon::parse_level("warn") == Level::kWarning);
+}
+
+TEST_CASE("the shipped example config loads") {
+  const auto c =
+      ntk::daemon::load_config_file(NTK_SOURCE_DIR "/examples/sensor_daemon/ntkd.textproto");
+  CHECK(c.tcp_listen(0) == "127.0.0.1:7420");
+  CHECK(c.udp_listen(0) == "127.0.0.1:7421");
+  CHECK(c.defaults().series().model().budget() == 64);
+  REQUIRE(c.overrides_size() == 1);
+  CHECK(c.overrides(0).key_prefix() == "fx/");
+  CHECK(c.snapshot_interval_seconds() == 300u);
+  CHECK(c.metrics_listen() == "127.0.0.1:9464");
+}

@@ -1,0 +1,456 @@
+// ntkd run as users run it: a child process on loopback port 0, fed over TCP.
+//
+// The oracle for every prediction is core/series run in-process on the same values with
+// the configuration the daemon reports for the key: predictions must be bit-identical,
+// before and after a restart from a snapshot (clean SIGTERM, kill -9, a corrupted newest
+// snapshot), which is what "continues from the snapshot" means.
+#include <doctest/doctest.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "daemon_harness.h"
+#include "ntk/core/series.h"
+#include "ntk/stream/convert.h"
+#include "prom_parse.h"
+#include "temp_dir.h"
+
+namespace {
+
+namespace v1 = ntk::v1;
+using ntk::test::Client;
+using ntk::test::Process;
+using ntk::test::TempDir;
+
+constexpr std::uint64_t kT0 = 1700000000000000000ull;
+constexpr std::uint64_t kStep = 1000000000ull;  // 1 s
+
+// A deterministic series with structure to learn: two tones and a little noise.
+std::vector<double> make_series(int n) {
+  std::mt19937_64 rng(12345);
+  std::normal_distribution<double> noise(0.0, 0.05);
+  std::vector<double> y(static_cast<std::size_t>(n));
+  for (int t = 0; t < n; ++t) {
+    y[static_cast<std::size_t>(t)] = std::sin(0.21 * t) + 0.5 * std::sin(0.047 * t) + noise(rng);
+  }
+  return y;
+}
+
+struct Daemon {
+  TempDir& dir;
+  std::vector<std::string> extra_args;
+  std::vector<std::string> env;
+  std::unique_ptr<Process> process;
+  ntk::test::Ports ports;
+
+  void start(const std::string& log_name) {
+    std::vector<std::string> argv = {NTK_NTKD_BIN,
+                                     "--listen",
+                                     "127.0.0.1:0",
+                                     "--metrics",
+                                     "127.0.0.1:0",
+                                     "--snapshot-dir",
+                                     (dir / "snapshots").string(),
+                                     "--snapshot-interval",
+                                     "0",
+                                     "--threads",
+                                     "2",
+                                     "--port-file",
+                                     (dir / "ports").string()};
+    argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+    std::filesystem::remove(dir / "ports");  // a killed daemon's file would be stale
+    process = std::make_unique<Process>(argv, dir / log_name, env);
+    ports = ntk::test::wait_for_ports(*process, dir / "ports");
+  }
+  std::uint16_t tcp() const { return ports.port("tcp"); }
+  std::uint16_t metrics() const { return ports.port("metrics"); }
+  int stop() {
+    process->signal(SIGTERM);
+    return process->wait_exit();
+  }
+};
+
+// The reference: the key's resolved config, the same values, in-process.
+class Reference {
+ public:
+  explicit Reference(const v1::KeyConfig& resolved)
+      : predictor_(ntk::stream::resolve_key_config(resolved).series) {}
+  ntk::Outcome observe(std::uint64_t seq, double value) {
+    return predictor_.observe(seq, kT0 + seq * kStep, value);
+  }
+
+ private:
+  ntk::SeriesPredictor predictor_;
+};
+
+v1::KeyConfig resolved_config(Client& c, const std::string& key) {
+  v1::Request r;
+  r.mutable_control()->mutable_stats()->set_key(key);
+  const v1::Response resp = c.call(r);
+  REQUIRE(resp.has_stats());
+  REQUIRE(resp.stats().keys_size() == 1);
+  return resp.stats().keys(0).config();
+}
+
+// Sends values[from, to) as key `key` (pipelined) and checks every answer against ref.
+void feed_and_check(Client& c, Reference& ref, const std::string& key,
+                    const std::vector<double>& values, std::uint64_t from, std::uint64_t to) {
+  std::vector<v1::Request> batch;
+  for (std::uint64_t i = from; i < to; ++i) {
+    batch.push_back(ntk::test::sensor_reading(key, i, kT0 + i * kStep, values[i]));
+  }
+  c.send_all(batch);
+  int scored = 0;
+  for (std::uint64_t i = from; i < to; ++i) {
+    const v1::Response resp = c.receive();
+    INFO("seq ", i);
+    REQUIRE(resp.seq() == i);
+    REQUIRE(resp.key() == key);
+    REQUIRE(resp.has_prediction());
+    const v1::Prediction& p = resp.prediction();
+    const ntk::Outcome o = ref.observe(i, values[i]);
+    REQUIRE(p.status() == (o.status == ntk::OutcomeStatus::kScored
+                               ? v1::Prediction::STATUS_SCORED
+                               : v1::Prediction::STATUS_WARMING_UP));
+    REQUIRE(p.has_mean() == o.has_prediction);
+    if (o.has_prediction) {
+      // Bit-identical, not close: the same arithmetic on the same state.
+      REQUIRE(p.mean() == o.mean);
+      REQUIRE(p.variance() == o.sd * o.sd);
+      REQUIRE(std::sqrt(p.variance()) == o.sd);
+    }
+    if (o.status == ntk::OutcomeStatus::kScored) {
+      REQUIRE(p.z() == o.z);
+      ++scored;
+    }
+    REQUIRE(p.anomaly() == o.anomaly);
+    REQUIRE(p.learned() == o.learned);
+  }
+  if (to - from > 50) CHECK(scored > 0);
+}
+
+std::vector<std::filesystem::path> snapshot_files(const TempDir& dir) {
+  std::vector<std::filesystem::path> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir / "snapshots")) {
+    if (e.path().extension() == ".ntks") out.push_back(e.path());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+v1::Request snapshot_request() {
+  v1::Request r;
+  r.mutable_control()->mutable_snapshot();
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("lifecycle: port 0, feed, SIGTERM, restart from the snapshot, identical predictions") {
+  TempDir dir;
+  const std::vector<double> y = make_series(400);
+
+  // sd_notify: a datagram socket standing in for systemd.
+  const std::string notify_path = (dir / "notify.sock").string();
+  const int notify_fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, notify_path.c_str(), sizeof addr.sun_path - 1);
+  REQUIRE(::bind(notify_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  auto next_notification = [&] {
+    pollfd p{notify_fd, POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 30000) == 1);
+    char buf[256];
+    const ssize_t n = ::recv(notify_fd, buf, sizeof buf, 0);
+    REQUIRE(n > 0);
+    return std::string(buf, static_cast<std::size_t>(n));
+  };
+
+  Daemon d{dir, {}, {"NOTIFY_SOCKET=" + notify_path}, nullptr, {}};
+  d.start("first.log");
+  CHECK(next_notification() == "READY=1\nSTATUS=listening");
+  CHECK(d.tcp() != 0);
+  CHECK(ntk::test::http_get(d.metrics(), "/readyz") == std::make_pair(200, std::string("ready\n")));
+  CHECK(ntk::test::http_get(d.metrics(), "/livez") == std::make_pair(200, std::string("ok\n")));
+  std::optional<Reference> ref;
+  {
+    Client c(d.tcp());
+    // The first value creates the key; its resolved config drives the reference.
+    c.send(ntk::test::sensor_reading("s1", 0, kT0, y[0]));
+    REQUIRE(c.receive().has_prediction());
+    ref.emplace(resolved_config(c, "s1"));
+    ref->observe(0, y[0]);
+    feed_and_check(c, *ref, "s1", y, 1, 250);
+  }
+  CHECK(d.stop() == 0);
+  CHECK(next_notification() == "STOPPING=1\nSTATUS=draining");
+  const std::string log1 = d.process->log();
+  CHECK(log1.find("msg=\"snapshot written\" reason=shutdown") != std::string::npos);
+  CHECK(log1.find("level=info msg=draining signal=SIGTERM") != std::string::npos);
+  CHECK(!std::filesystem::exists(dir / "ports"));  // removed at a clean exit
+  REQUIRE(snapshot_files(dir).size() == 1);
+
+  // The same directory again: the model, its counters and the last seq come back.
+  d.start("second.log");
+  CHECK(next_notification() == "READY=1\nSTATUS=listening");
+  const std::string log2 = d.process->log();
+  CHECK(log2.find("msg=\"snapshot restored\"") != std::string::npos);
+  CHECK(log2.find(" keys=1 ") != std::string::npos);
+  {
+    Client c(d.tcp());
+    // The last applied seq survived: 249 again is a duplicate.
+    const v1::Response dup =
+        c.call(ntk::test::sensor_reading("s1", 249, kT0 + 249 * kStep, y[249]));
+    REQUIRE(dup.has_error());
+    CHECK(dup.error().code() == v1::ERROR_CODE_DUPLICATE_SEQ);
+    feed_and_check(c, *ref, "s1", y, 250, 400);
+  }
+  const auto metrics =
+      ntk::test::parse_prometheus(ntk::test::http_get(d.metrics(), "/metrics").second);
+  CHECK(metrics.at("ntkd_snapshot_restored_keys") == 1);
+  CHECK(d.stop() == 0);
+  ::close(notify_fd);
+}
+
+TEST_CASE("kill -9: predictions continue from the last snapshot") {
+  TempDir dir;
+  const std::vector<double> y = make_series(300);
+  Daemon d{dir, {}, {}, nullptr, {}};
+  d.start("first.log");
+  std::optional<Reference> ref;
+  std::optional<Reference> lost;  // the state that was never saved
+  {
+    Client c(d.tcp());
+    c.send(ntk::test::sensor_reading("k", 0, kT0, y[0]));
+    REQUIRE(c.receive().has_prediction());
+    ref.emplace(resolved_config(c, "k"));
+    ref->observe(0, y[0]);
+    feed_and_check(c, *ref, "k", y, 1, 150);
+    // A snapshot on request: the Ack comes once it is durable.
+    const v1::Response ack = c.call(snapshot_request());
+    REQUIRE(ack.has_ack());
+    CHECK(ack.ack().keys_affected() == 1u);
+    CHECK(std::filesystem::exists(ack.ack().snapshot_path()));
+    // More values after the snapshot: answered, then lost with the process.
+    lost.emplace(*ref);
+    feed_and_check(c, *lost, "k", y, 150, 200);
+  }
+  d.process->signal(SIGKILL);
+  CHECK(d.process->wait_exit() == 128 + SIGKILL);
+  // The port file of the killed daemon is stale; a new start replaces it.
+  d.start("second.log");
+  {
+    Client c(d.tcp());
+    // The restored key resumes after seq 149: values 150.. are new to it again.
+    feed_and_check(c, *ref, "k", y, 150, 300);
+  }
+  CHECK(d.stop() == 0);
+}
+
+TEST_CASE("a corrupt or truncated newest snapshot is refused and the previous one is used") {
+  TempDir dir;
+  const std::vector<double> y = make_series(260);
+  Daemon d{dir, {}, {}, nullptr, {}};
+  d.start("first.log");
+  std::optional<Reference> at100;
+  {
+    Client c(d.tcp());
+    c.send(ntk::test::sensor_reading("c", 0, kT0, y[0]));
+    REQUIRE(c.receive().has_prediction());
+    at100.emplace(resolved_config(c, "c"));
+    at100->observe(0, y[0]);
+    feed_and_check(c, *at100, "c", y, 1, 100);
+    REQUIRE(c.call(snapshot_request()).has_ack());  // generation 1: 100 values
+    Reference later = *at100;
+    feed_and_check(c, later, "c", y, 100, 180);
+  }
+  CHECK(d.stop() == 0);  // generation 2: 180 values
+  auto files = snapshot_files(dir);
+  REQUIRE(files.size() == 2);
+
+  SUBCASE("a flipped byte") {
+    std::string bytes = ntk::test::slurp(files[1]);
+    bytes[bytes.size() / 2] = static_cast<char>(bytes[bytes.size() / 2] ^ 0x01);
+    std::ofstream(files[1], std::ios::binary | std::ios::trunc) << bytes;
+  }
+  SUBCASE("a torn write") {
+    const std::string bytes = ntk::test::slurp(files[1]);
+    std::ofstream(files[1], std::ios::binary | std::ios::trunc)
+        << bytes.substr(0, bytes.size() / 3);
+  }
+  d.start("second.log");
+  const std::string log = d.process->log();
+  CHECK(log.find("level=error msg=\"snapshot refused\" path=" + files[1].string()) !=
+        std::string::npos);
+  const bool says_why = log.find("checksum mismatch") != std::string::npos ||
+                        log.find("truncated") != std::string::npos;
+  CHECK(says_why);
+  CHECK(log.find("msg=\"snapshot restored\" path=" + files[0].string()) != std::string::npos);
+  {
+    Client c(d.tcp());
+    feed_and_check(c, *at100, "c", y, 100, 260);  // continues from 100, not 180
+  }
+  CHECK(d.stop() == 0);
+}
+
+TEST_CASE("metrics: scraped over HTTP and parsed; counters match the traffic") {
+  TempDir dir;
+  const std::vector<double> y = make_series(120);
+  Daemon d{dir, {}, {}, nullptr, {}};
+  d.start("ntkd.log");
+  {
+    Client c(d.tcp());
+    std::vector<v1::Request> batch;
+    for (std::uint64_t i = 0; i < 120; ++i) {
+      batch.push_back(
+          ntk::test::sensor_reading(i % 2 ? "odd" : "even", i / 2, kT0 + i * kStep, y[i]));
+    }
+    c.send_all(batch);
+    for (int i = 0; i < 120; ++i) REQUIRE(c.receive().has_prediction());
+    // One bad request of each of two kinds, answered with their codes.
+    v1::Request nan = ntk::test::sensor_reading("odd", 999, kT0, std::nan(""));
+    CHECK(c.call(nan).error().code() == v1::ERROR_CODE_NON_FINITE_VALUE);
+    CHECK(c.call(ntk::test::sensor_reading("odd", 3, kT0, 1.0)).error().code() ==
+          v1::ERROR_CODE_OUT_OF_ORDER_SEQ);
+  }
+  const auto [status, body] = ntk::test::http_get(d.metrics(), "/metrics");
+  REQUIRE(status == 200);
+  const auto e = ntk::test::parse_prometheus(body);
+  CHECK(e.at("ntkd_keys") == 2);
+  CHECK(e.at("ntkd_requests_total") == 122);
+  CHECK(e.at("ntkd_frames_total{transport=\"tcp\"}") == 122);
+  CHECK(e.at("ntkd_errors_total{code=\"NON_FINITE_VALUE\"}") == 1);
+  CHECK(e.at("ntkd_errors_total{code=\"OUT_OF_ORDER_SEQ\"}") == 1);
+  CHECK(e.at("ntkd_errors_total{code=\"MALFORMED_MESSAGE\"}") == 0);
+  CHECK(e.at("ntkd_series_values_total{outcome=\"offered\"}") == 121);  // + the out-of-order one
+  CHECK(e.at("ntkd_series_values_total{outcome=\"out_of_order\"}") == 1);
+  CHECK(e.at("ntkd_dictionary_points") > 0);
+  CHECK(e.at("ntkd_dictionary_size_max") <= 64);
+  CHECK(e.at("ntkd_ready") == 1);
+  CHECK(e.at("ntkd_snapshot_restored_keys") == 0);
+  CHECK(e.has("ntkd_build_info{format=\"ntk.v1\",protobuf=\"3.21.12\",version=\"0.1.0\"}"));
+  CHECK(ntk::test::http_get(d.metrics(), "/nope").first == 404);
+  CHECK(d.stop() == 0);
+}
+
+TEST_CASE("SIGHUP reloads the key defaults for new keys; a bad reload keeps the old ones") {
+  TempDir dir;
+  const auto config = dir / "ntkd.textproto";
+  std::ofstream(config) << "defaults { series { lags: 4 } }\n";
+  Daemon d{dir, {"--config", config.string()}, {}, nullptr, {}};
+  d.start("ntkd.log");
+  Client c(d.tcp());
+  REQUIRE(c.call(ntk::test::sensor_reading("before", 0, kT0, 1.0)).has_prediction());
+  CHECK(resolved_config(c, "before").series().lags() == 4);
+
+  auto reloads = [&](const char* result) {
+    const auto e = ntk::test::parse_prometheus(ntk::test::http_get(d.metrics(), "/metrics").second);
+    return e.at(std::string("ntkd_config_reloads_total{result=\"") + result + "\"}");
+  };
+  auto wait_reloads = [&](const char* result, double n) {
+    const auto deadline = std::chrono::steady_clock::now() + ntk::test::kTimeout;
+    while (reloads(result) < n) {
+      REQUIRE(std::chrono::steady_clock::now() < deadline);
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  };
+  std::ofstream(config, std::ios::trunc) << "defaults { series { lags: 6 } }\n";
+  d.process->signal(SIGHUP);
+  wait_reloads("ok", 1);
+  REQUIRE(c.call(ntk::test::sensor_reading("after", 0, kT0, 1.0)).has_prediction());
+  CHECK(resolved_config(c, "after").series().lags() == 6);
+  CHECK(resolved_config(c, "before").series().lags() == 4);  // existing keys keep theirs
+
+  std::ofstream(config, std::ios::trunc) << "defaults { series { lags: 0 } }\n";
+  d.process->signal(SIGHUP);
+  wait_reloads("failed", 1);
+  REQUIRE(c.call(ntk::test::sensor_reading("later", 0, kT0, 1.0)).has_prediction());
+  CHECK(resolved_config(c, "later").series().lags() == 6);
+  CHECK(d.process->log().find("msg=\"config reload failed: keeping the running config\"") !=
+        std::string::npos);
+  CHECK(d.stop() == 0);
+}
+
+TEST_CASE("start-up failures: bad config (2), bad flag (2), --help (0), busy port or dir (1)") {
+  TempDir dir;
+  auto run = [&](std::vector<std::string> args, const std::string& log) {
+    args.insert(args.begin(), NTK_NTKD_BIN);
+    Process p(args, dir / log);
+    const int status = p.wait_exit();
+    return std::make_pair(status, p.log());
+  };
+  const auto bad = dir / "bad.textproto";
+  std::ofstream(bad) << "threads: 2\ndefaults {\n  series { horizon: 0 }\n}\n";
+  auto [status, out] = run({"--config", bad.string()}, "bad.log");
+  CHECK(status == 2);
+  CHECK(out ==
+        "ntkd: " + bad.string() + ":3:12: defaults: series: horizon must be in [1, 4096], got 0\n");
+
+  std::ofstream(dir / "syntax.textproto") << "tcp_listen: 127.0.0.1\n";
+  std::tie(status, out) = run({"--config", (dir / "syntax.textproto").string()}, "syntax.log");
+  CHECK(status == 2);
+  CHECK(out == "ntkd: " + (dir / "syntax.textproto").string() +
+                   ":1:18: Already saw decimal point or exponent; can't have another one.\n");
+
+  std::tie(status, out) = run({"--listen", "nowhere"}, "flag.log");
+  CHECK(status == 2);
+  CHECK(out == "ntkd: --listen: expected HOST:PORT or [IPv6]:PORT, got \"nowhere\"\n");
+
+  std::tie(status, out) = run({"--help"}, "help.log");
+  CHECK(status == 0);
+  CHECK(out.rfind("usage: ntkd [options]", 0) == 0);
+
+  // A port that is taken, and a snapshot directory held by a running daemon.
+  Daemon d{dir, {}, {}, nullptr, {}};
+  d.start("running.log");
+  std::tie(status, out) = run({"--listen", "127.0.0.1:" + std::to_string(d.tcp())}, "busy.log");
+  CHECK(status == 1);
+  CHECK(out.find("level=error msg=fatal") != std::string::npos);
+  std::tie(status, out) = run(
+      {"--listen", "127.0.0.1:0", "--snapshot-dir", (dir / "snapshots").string()}, "locked.log");
+  CHECK(status == 1);
+  CHECK(out.find("in use by another process") != std::string::npos);
+  CHECK(d.stop() == 0);
+}
+
+TEST_CASE("periodic snapshots and UDP ingest") {
+  TempDir dir;
+  Daemon d{dir, {"--snapshot-interval", "1", "--udp", "127.0.0.1:0"}, {}, nullptr, {}};
+  d.start("ntkd.log");
+  REQUIRE(d.ports.addresses.count("udp") == 1);
+  const std::uint16_t udp = d.ports.port("udp");
+  CHECK(udp != 0);
+  // One Request per datagram, no length prefix.
+  const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  sockaddr_in to{};
+  to.sin_family = AF_INET;
+  to.sin_port = htons(udp);
+  to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  for (std::uint64_t i = 0; i < 5; ++i) {
+    const std::string bytes =
+        ntk::test::sensor_reading("udp-key", i, kT0 + i * kStep, 0.5 * static_cast<double>(i))
+            .SerializeAsString();
+    REQUIRE(::sendto(fd, bytes.data(), bytes.size(), 0, reinterpret_cast<sockaddr*>(&to),
+                     sizeof to) == static_cast<ssize_t>(bytes.size()));
+  }
+  ::close(fd);
+  // Readiness polls, not sleeps: the datagrams are counted, then a periodic snapshot
+  // (every second) holds the key.
+  const auto deadline = std::chrono::steady_clock::now() + ntk::test::kTimeout;
+  for (;;) {
+    const auto e = ntk::test::parse_prometheus(ntk::test::http_get(d.metrics(), "/metrics").second);
+    if (e.at("ntkd_frames_total{transport=\"udp\"}") == 5 && e.at("ntkd_keys") == 1 &&
+        e.at("ntkd_snapshots_written_total") >= 1 && e.at("ntkd_snapshot_keys") == 1) {
+      CHECK(e.at("ntkd_snapshot_age_seconds") < 60);
+      break;
+    }
+    REQUIRE(std::chrono::steady_clock::now() < deadline);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  CHECK(d.process->log().find("msg=\"snapshot written\" reason=periodic") != std::string::npos);
+  CHECK(d.stop() == 0);
+}

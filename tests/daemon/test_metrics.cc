@@ -1,0 +1,214 @@
+// ntkd's metrics: the exposition parses under an independent reader of the 0.0.4 text
+// format, its aggregates equal sums computed here from the same key stats, no series is
+// per key; and the HTTP endpoint answers as HTTP/1.1 should.
+#include <doctest/doctest.h>
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/read_until.hpp>
+#include <boost/asio/streambuf.hpp>
+#include <boost/asio/write.hpp>
+#include <cmath>
+#include <set>
+#include <string>
+
+#include "http_server.h"
+#include "metrics.h"
+#include "prom_parse.h"
+
+namespace {
+
+namespace v1 = ntk::v1;
+using ntk::test::parse_prometheus;
+
+v1::Stats make_stats(int keys) {
+  v1::Stats s;
+  v1::ServerCounters* c = s.mutable_server();
+  c->set_connections_accepted(7);
+  c->set_connections_open(2);
+  c->set_tcp_frames(1000);
+  c->set_udp_datagrams(30);
+  c->set_requests(1030);
+  c->set_responses(1029);
+  c->set_bytes_received(123456);
+  c->set_bytes_sent(654321);
+  c->set_keys(static_cast<std::uint64_t>(keys));
+  auto* e = c->add_errors();
+  e->set_code(v1::ERROR_CODE_DUPLICATE_SEQ);
+  e->set_count(5);
+  e = c->add_errors();
+  e->set_code(v1::ERROR_CODE_NON_FINITE_VALUE);
+  e->set_count(2);
+  for (int i = 0; i < keys; ++i) {
+    v1::KeyStats* k = s.add_keys();
+    k->set_key("sensor-\"" + std::to_string(i) + "\"\n");  // hostile names must not leak
+    k->set_dictionary_size(static_cast<std::uint32_t>(10 + i));
+    k->mutable_config()->mutable_series()->mutable_model()->set_budget(64);
+    k->mutable_model()->set_updates(100u + static_cast<std::uint64_t>(i));
+    k->mutable_model()->set_recomputes(static_cast<std::uint64_t>(i % 3));
+    k->mutable_counters()->set_observations(200u + static_cast<std::uint64_t>(i));
+    k->mutable_counters()->set_anomalies(static_cast<std::uint64_t>(i % 2));
+    k->mutable_counters()->set_duplicates(1);
+  }
+  return s;
+}
+
+ntk::daemon::DaemonStatus make_status() {
+  ntk::daemon::DaemonStatus st;
+  st.version = "0.1.0";
+  st.start_time_unix_seconds = 1700000000.5;
+  st.now_unix_seconds = 1700000100.0;
+  st.ready = true;
+  st.restored_keys = 3;
+  st.last_snapshot_unix_seconds = 1700000040.0;
+  st.snapshots_written = 4;
+  st.snapshot_failures = 1;
+  st.last_snapshot_duration_seconds = 0.0125;
+  st.drift_max = 3.5e-13;
+  st.reloads_ok = 2;
+  return st;
+}
+
+// One HTTP/1.1 exchange on an open socket; returns the raw response (headers and body).
+std::string exchange(boost::asio::ip::tcp::socket& s, const std::string& request,
+                     bool expect_body = true) {
+  boost::asio::write(s, boost::asio::buffer(request));
+  boost::asio::streambuf buf;
+  boost::asio::read_until(s, buf, "\r\n\r\n");
+  std::string data(boost::asio::buffers_begin(buf.data()), boost::asio::buffers_end(buf.data()));
+  const auto header_end = data.find("\r\n\r\n") + 4;
+  std::string headers = data.substr(0, header_end);
+  std::size_t length = 0;
+  const auto cl = headers.find("Content-Length: ");
+  if (cl != std::string::npos) length = std::stoul(headers.substr(cl + 16));
+  std::string body = data.substr(header_end);
+  if (expect_body && body.size() < length) {
+    std::string more(length - body.size(), '\0');
+    boost::asio::read(s, boost::asio::buffer(more));
+    body += more;
+  }
+  return headers + body;
+}
+
+}  // namespace
+
+TEST_CASE("metrics: the exposition parses and its numbers are the aggregates") {
+  const v1::Stats stats = make_stats(5);
+  const auto e = parse_prometheus(ntk::daemon::render_metrics(stats, make_status()));
+
+  CHECK(e.types.at("ntkd_build_info") == "gauge");
+  CHECK(e.at("ntkd_build_info{format=\"ntk.v1\",protobuf=\"3.21.12\",version=\"0.1.0\"}") == 1);
+  CHECK(e.at("ntkd_requests_total") == 1030);
+  CHECK(e.at("ntkd_responses_total") == 1029);
+  CHECK(e.at("ntkd_frames_total{transport=\"tcp\"}") == 1000);
+  CHECK(e.at("ntkd_frames_total{transport=\"udp\"}") == 30);
+  CHECK(e.at("ntkd_connections_open") == 2);
+  CHECK(e.at("ntkd_received_bytes_total") == 123456);
+  CHECK(e.at("ntkd_errors_total{code=\"DUPLICATE_SEQ\"}") == 5);
+  CHECK(e.at("ntkd_errors_total{code=\"NON_FINITE_VALUE\"}") == 2);
+  CHECK(e.at("ntkd_errors_total{code=\"TOO_MANY_KEYS\"}") == 0);
+  CHECK(!e.has("ntkd_errors_total{code=\"UNSPECIFIED\"}"));
+  // Every error code of the protocol has its series.
+  int codes = 0;
+  for (const auto& [k, v] : e.samples) codes += k.rfind("ntkd_errors_total{", 0) == 0;
+  CHECK(codes == v1::ErrorCode_descriptor()->value_count() - 1);
+
+  // Aggregates recomputed from the key stats: sizes 10..14, updates 100..104, ...
+  CHECK(e.at("ntkd_keys") == 5);
+  CHECK(e.at("ntkd_dictionary_points") == 10 + 11 + 12 + 13 + 14);
+  CHECK(e.at("ntkd_dictionary_size_max") == 14);
+  CHECK(e.at("ntkd_dictionary_budget_points") == 5 * 64);
+  CHECK(e.at("ntkd_model_updates_total") == 100 + 101 + 102 + 103 + 104);
+  CHECK(e.at("ntkd_model_recomputes_total") == 0 + 1 + 2 + 0 + 1);
+  CHECK(e.at("ntkd_anomalies_total") == 2);
+  CHECK(e.at("ntkd_series_values_total{outcome=\"offered\"}") == 200 + 201 + 202 + 203 + 204);
+  CHECK(e.at("ntkd_series_values_total{outcome=\"duplicate\"}") == 5);
+  CHECK(e.at("ntkd_model_drift_max") == 3.5e-13);
+
+  CHECK(e.at("ntkd_ready") == 1);
+  CHECK(e.at("ntkd_start_time_seconds") == 1700000000.5);
+  CHECK(e.at("ntkd_snapshot_age_seconds") == 60);
+  CHECK(e.at("ntkd_snapshots_written_total") == 4);
+  CHECK(e.at("ntkd_snapshot_failures_total") == 1);
+  CHECK(e.at("ntkd_snapshot_duration_seconds") == 0.0125);
+  CHECK(e.at("ntkd_config_reloads_total{result=\"ok\"}") == 2);
+
+  // Conventions: counters end in _total, every family has HELP, no key names leak.
+  for (const auto& [family, type] : e.types) {
+    if (type == "counter") CHECK(family.size() > 6);
+    if (type == "counter") CHECK(family.substr(family.size() - 6) == "_total");
+    CHECK(e.help.count(family) == 1);
+  }
+  for (const auto& [k, v] : e.samples) CHECK(k.find("sensor-") == std::string::npos);
+}
+
+TEST_CASE("metrics: the set of series does not grow with the number of keys") {
+  auto names = [](int keys) {
+    std::set<std::string> out;
+    for (const auto& [k, v] :
+         parse_prometheus(ntk::daemon::render_metrics(make_stats(keys), make_status())).samples) {
+      out.insert(k);
+    }
+    return out;
+  };
+  CHECK(names(1) == names(200));
+  // Without a snapshot yet, the age is absent rather than made up.
+  auto st = make_status();
+  st.last_snapshot_unix_seconds.reset();
+  st.drift_max.reset();
+  const auto e = parse_prometheus(ntk::daemon::render_metrics(make_stats(0), st));
+  CHECK(!e.has("ntkd_snapshot_age_seconds"));
+  CHECK(e.at("ntkd_dictionary_size_max") == 0);
+}
+
+TEST_CASE("prometheus number and label formatting") {
+  using ntk::daemon::prom_number;
+  CHECK(prom_number(0) == "0");
+  CHECK(prom_number(12345678901234.0) == "12345678901234");
+  CHECK(prom_number(0.1) == "0.1");
+  CHECK(prom_number(1e300) == "1e+300");
+  CHECK(prom_number(INFINITY) == "+Inf");
+  CHECK(prom_number(-INFINITY) == "-Inf");
+  CHECK(prom_number(NAN) == "NaN");
+  CHECK(ntk::daemon::prom_escape_label("a\"b\\c\nd") == "a\\\"b\\\\c\\nd");
+}
+
+TEST_CASE("http endpoint: GET, HEAD, 404, 405, keep-alive") {
+  int calls = 0;
+  ntk::daemon::HttpServer http("127.0.0.1:0", [&](std::string_view path) {
+    ++calls;
+    if (path == "/metrics") {
+      return ntk::daemon::HttpReply{200, "text/plain; version=0.0.4; charset=utf-8", "m 1\n"};
+    }
+    if (path == "/boom") throw std::runtime_error("kaput");
+    return ntk::daemon::HttpReply{404, "text/plain; charset=utf-8", "nope\n"};
+  });
+  http.start();
+  REQUIRE(http.port() != 0);
+  CHECK(http.bound_address() == "127.0.0.1:" + std::to_string(http.port()));
+
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::socket s(io);
+  s.connect({boost::asio::ip::make_address("127.0.0.1"), http.port()});
+  std::string r = exchange(s, "GET /metrics?x=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+  CHECK(r.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  CHECK(r.find("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n") != std::string::npos);
+  CHECK(r.substr(r.size() - 4) == "m 1\n");
+  // Same connection (keep-alive): a HEAD has the length but no body.
+  r = exchange(s, "HEAD /metrics HTTP/1.1\r\nHost: t\r\n\r\n", false);
+  CHECK(r.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  CHECK(r.find("Content-Length: 4\r\n") != std::string::npos);
+  CHECK(r.substr(r.size() - 4) == "\r\n\r\n");
+  r = exchange(s, "GET /elsewhere HTTP/1.1\r\nHost: t\r\n\r\n");
+  CHECK(r.rfind("HTTP/1.1 404 Not Found\r\n", 0) == 0);
+  r = exchange(s, "POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n");
+  CHECK(r.rfind("HTTP/1.1 405 Method Not Allowed\r\n", 0) == 0);
+  CHECK(r.find("Allow: GET, HEAD\r\n") != std::string::npos);
+  r = exchange(s, "GET /boom HTTP/1.1\r\nHost: t\r\n\r\n");
+  CHECK(r.rfind("HTTP/1.1 500 Internal Server Error\r\n", 0) == 0);
+  CHECK(r.find("internal error: kaput") != std::string::npos);
+  CHECK(calls == 4);  // the 405 never reached the handler
+  http.stop();
+  http.stop();  // idempotent
+}

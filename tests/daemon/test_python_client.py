@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""The Python client against a real ntkd (run by ctest).
+
+    test_python_client.py --ntkd BIN --ntk-client BIN --client-dir DIR
+
+DIR holds ntk_client.py and the generated ntk/v1/*_pb2.py (the build's
+examples/protobuf_client/python). Checks: the varint writer/reader against protobuf's own
+encoder and decoder; a pipelined round trip whose predictions equal, bit for bit, those
+ntk-client (C++) gets for the same values under another key; stats, snapshot and error
+codes; a clean SIGTERM.
+"""
+
+import argparse
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+
+ARGS = None
+
+
+def wait_for_file(path, proc, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if proc.poll() is not None:
+            raise RuntimeError("ntkd exited with %s before listening" % proc.returncode)
+        if time.monotonic() > deadline:
+            raise RuntimeError("ntkd did not write its port file in time")
+        time.sleep(0.01)
+    with open(path) as f:
+        return dict(line.strip().split("=", 1) for line in f if "=" in line)
+
+
+class Varints(unittest.TestCase):
+    def test_against_protobuf_internal_codec(self):
+        from google.protobuf.internal import decoder, encoder
+        values = [0, 1, 127, 128, 300, 16383, 16384, 2**31 - 1, 2**32, 2**63, 2**64 - 1]
+        rng = random.Random(7)
+        values += [rng.getrandbits(rng.randint(1, 64)) for _ in range(500)]
+        for v in values:
+            enc = ntk_client.encode_varint(v)
+            self.assertEqual(enc, encoder._VarintBytes(v))
+            self.assertEqual(ntk_client.decode_varint(enc + b"\x99", 0), (v, len(enc)))
+            self.assertEqual(decoder._DecodeVarint(enc, 0), (v, len(enc)))
+        self.assertEqual(ntk_client.encode_varint(300), b"\xac\x02")
+        self.assertEqual(len(ntk_client.encode_varint(2**64 - 1)), 10)
+        self.assertIsNone(ntk_client.decode_varint(b"\xac", 0))  # truncated
+        with self.assertRaises(ValueError):
+            ntk_client.decode_varint(b"\xff" * 11, 0)  # longer than 10 bytes
+        with self.assertRaises(ValueError):
+            ntk_client.decode_varint(b"\xff" * 9 + b"\x7f", 0)  # above 2**64 - 1
+        with self.assertRaises(ValueError):
+            ntk_client.encode_varint(-1)
+
+    def test_frame_reader_any_chunking(self):
+        msgs = []
+        for i in range(50):
+            r = ntk_client.request_pb2.Request()
+            r.seq = i
+            r.sensor_reading.sensor_id = "k" * (i * 7)
+            r.sensor_reading.value = i / 3.0
+            msgs.append(r)
+        stream = b"".join(ntk_client.encode_varint(m.ByteSize()) + m.SerializeToString()
+                          for m in msgs)
+        rng = random.Random(3)
+        reader = ntk_client.FrameReader()
+        got = []
+        pos = 0
+        while pos < len(stream):
+            n = rng.randint(1, 40)
+            reader.feed(stream[pos:pos + n])
+            pos += n
+            while True:
+                frame = reader.next_frame()
+                if frame is None:
+                    break
+                r = ntk_client.request_pb2.Request()
+                r.ParseFromString(frame)
+                got.append(r)
+        self.assertEqual(got, msgs)
+        self.assertEqual(reader.pending_bytes(), 0)
+
+
+class RoundTrip(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory(prefix="ntk-py-")
+        cls.ports_file = os.path.join(cls.tmp.name, "ports")
+        cls.log = open(os.path.join(cls.tmp.name, "ntkd.log"), "w")
+        cls.ntkd = subprocess.Popen(
+            [ARGS.ntkd, "--listen", "127.0.0.1:0", "--port-file", cls.ports_file,
+             "--snapshot-dir", os.path.join(cls.tmp.name, "snapshots"),
+             "--snapshot-interval", "0"],
+            stdout=cls.log, stderr=subprocess.STDOUT)
+        ports = wait_for_file(cls.ports_file, cls.ntkd)
+        cls.host, cls.port = ports["tcp"].rsplit(":", 1)
+        cls.port = int(cls.port)
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.ntkd.poll() is None:
+            cls.ntkd.kill()
+            cls.ntkd.wait()
+        cls.log.close()
+        cls.tmp.cleanup()
+
+    def test_1_predictions_equal_the_cpp_client(self):
+        values = [math.sin(0.25 * t) + 0.3 * math.cos(0.061 * t) for t in range(200)]
+        values[120] = None  # a missing measurement
+        with ntk_client.Client(self.host, self.port) as c:
+            for seq, v in enumerate(values):  # pipelined: all sent before reading
+                c.send(ntk_client.Client.reading("py", seq, v, 1_700_000_000 * 10**9 + seq))
+            answers = [c.receive() for _ in values]
+        self.assertEqual([a.seq for a in answers], list(range(200)))
+        self.assertTrue(all(a.key == "py" and a.HasField("prediction") for a in answers))
+        status = [a.prediction.status for a in answers]
+        self.assertEqual(status[0], ntk_client.response_pb2.Prediction.STATUS_WARMING_UP)
+        self.assertEqual(status[120], ntk_client.response_pb2.Prediction.STATUS_MISSING)
+        scored = [a for a in answers
+                  if a.prediction.status == ntk_client.response_pb2.Prediction.STATUS_SCORED]
+        self.assertGreater(len(scored), 150)
+        for a in scored:
+            p = a.prediction
+            self.assertGreater(p.variance, 0.0)
+            # z is (value - mean) / sd, computed by the daemon.
+            self.assertAlmostEqual(p.z, (p.value - p.mean) / math.sqrt(p.variance), delta=1e-9)
+
+        # The C++ client, same values and times, another key: the same numbers exactly.
+        # Times go through text as whole seconds, for both clients.
+        text = "".join("%d,%s\n" % (1_700_000_000 + i, "" if v is None else repr(v))
+                       for i, v in enumerate(values))
+        with ntk_client.Client(self.host, self.port) as c:
+            for seq, v in enumerate(values):
+                c.send(ntk_client.Client.reading("py2", seq, v, (1_700_000_000 + seq) * 10**9))
+            py2 = [c.receive() for _ in values]
+        out = subprocess.run(
+            [ARGS.ntk_client, "--connect", "%s:%d" % (self.host, self.port), "send",
+             "--key", "cc"], input=text, capture_output=True, text=True, timeout=60, check=True)
+        lines = out.stdout.strip().split("\n")
+        self.assertEqual(lines[0], "seq,key,status,value,mean,sd,z,anomaly")
+        self.assertEqual(len(lines), 201)
+        compared = 0
+        for a, line in zip(py2, lines[1:]):
+            seq, key, st, value, mean, sd, z, anomaly = line.split(",")
+            self.assertEqual((int(seq), key), (a.seq, "cc"))
+            p = a.prediction
+            if p.HasField("mean"):
+                self.assertEqual(float(mean), p.mean)  # bit-identical doubles
+                self.assertEqual(float(sd), math.sqrt(p.variance))
+                compared += 1
+            else:
+                self.assertEqual(mean, "")
+            if p.HasField("z"):
+                self.assertEqual(float(z), p.z)
+            self.assertEqual(int(anomaly), 1 if p.anomaly else 0)
+        self.assertGreater(compared, 150)
+
+    def test_2_stats_snapshot_and_errors(self):
+        with ntk_client.Client(self.host, self.port) as c:
+            s = c.stats(key="py")
+            self.assertTrue(s.HasField("stats"))
+            k = s.stats.keys[0]
+            self.assertEqual(k.key, "py")
+            self.assertEqual(k.counters.observations, 200)
+            self.assertEqual(k.counters.missing, 1)
+            self.assertEqual(k.score.n, k.counters.scored)
+            self.assertEqual(k.last_seq, 199)
+
+            ack = c.snapshot()
+            self.assertTrue(ack.HasField("ack"), ack)
+            self.assertEqual(ack.ack.keys_affected, 3)
+            with open(ack.ack.snapshot_path, "rb") as f:
+                head = f.read(8)
+            self.assertIn(b"\x0dNTKS", head)  # the header's fixed32 magic
+
+            bad = c.observe("py", 500, float("nan"))
+            self.assertEqual(bad.error.code, ntk_client.response_pb2.ERROR_CODE_NON_FINITE_VALUE)
+            self.assertEqual(bad.seq, 500)
+            dup = c.observe("py", 199, 1.0)
+            self.assertEqual(dup.error.code, ntk_client.response_pb2.ERROR_CODE_DUPLICATE_SEQ)
+            unknown = c.stats(key="nope")
+            self.assertEqual(unknown.error.code, ntk_client.response_pb2.ERROR_CODE_UNKNOWN_KEY)
+            conf = c.configure("tuned", lags=3, budget=16, kernel="rbf:lengthscale=0.7")
+            self.assertTrue(conf.HasField("ack"), conf)
+            c.observe("tuned", 0, 1.0)
+            cfg = c.stats(key="tuned").stats.keys[0].config.series
+            self.assertEqual((cfg.lags, cfg.model.budget), (3, 16))
+            self.assertEqual(cfg.model.kernel.type, ntk_client.config_pb2.KERNEL_TYPE_RBF)
+            self.assertEqual(cfg.model.kernel.lengthscale, 0.7)
+
+    def test_3_sigterm_drains_and_exits_0(self):
+        self.ntkd.send_signal(signal.SIGTERM)
+        self.assertEqual(self.ntkd.wait(timeout=30), 0)
+        with open(os.path.join(self.tmp.name, "ntkd.log")) as f:
+            log = f.read()
+        self.assertIn('msg="snapshot written" reason=shutdown', log)
+        self.assertFalse(os.path.exists(self.ports_file))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--ntkd", required=True)
+    parser.add_argument("--ntk-client", required=True)
+    parser.add_argument("--client-dir", required=True)
+    ARGS, rest = parser.parse_known_args()
+    sys.path.insert(0, ARGS.client_dir)
+    import ntk_client  # noqa: E402  (the module under test, beside its generated code)
+    ntk_client._import_generated(ARGS.client_dir)
+    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
