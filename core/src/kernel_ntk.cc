@@ -27,13 +27,24 @@
 //   [1e-140, 1e140], in which case they come from |u - v|^2 and |u + v|^2 (O(d) for that
 //   point only; near-duplicate points are rare).
 //   relu: sigma = sqrt(sigma^2), the angle from the half-angle tangent
-//     t = sigma / (1 + |rho|) in [0, 1] (Cephes atan, branch-free), 1 - rho = sigma t for
-//     rho >= 0, and 1 - c = (1 - rho) - (sigma - theta rho) / pi. The latter difference
-//     loses relative accuracy eps/theta for small theta, which perturbs the next angle by
-//     only ~eps absolutely (sigma' ~ theta), so no series is needed here.
+//     t = sigma / (1 + |rho|) in [0, 1] (simd::atan_unit_ratio: one division and a
+//     polynomial, branch-free, within 2 ulp), 1 - rho = sigma t for rho >= 0, and
+//     1 - c = (1 - rho) - (sigma - theta rho) / pi. The latter difference loses relative
+//     accuracy eps/theta for small theta, which perturbs the next angle by only ~eps
+//     absolutely (sigma' ~ theta), so no series is needed here.
 //   erf:  xi = sqrt(e1 e2) rho, D / ((1+2q11)(1+2q22)) = f1 + e1 (f2 + e2 sigma^2).
 //   gelu: Delta^2 / ((1+q11)(1+q22)) = g1 + k1 (g2 + k2 sigma^2), alpha =
 //     atan2(rho sqrt(k1 k2), Delta~), and the README's Shat, Sdot divided through.
+//   Loop structure (ntk_chunk): the points go in chunks of row_loop.h's kChunkPackets
+//   packets, and a chunk goes layer by layer, its state (rho, sigma^2, sqrt(q11 q22),
+//   Theta) in small arrays over the chunk: each layer is then a loop of independent packet
+//   iterations, whose long dependency chains (sqrt, division, polynomial) the CPU
+//   overlaps; x's per-layer cache values are broadcast once per chunk and layer, the
+//   per-layer bodies are forced inline, and the exact input path is checked once per
+//   chunk. Per packet and layer, relu costs one sqrt, one division and ~90 other packet
+//   operations (BENCHMARKS.md, "Kernels", for what bounds it).
+#include "detail/kernel_ntk.h"
+
 #include <algorithm>
 #include <cassert>
 #include <cmath>
@@ -41,7 +52,6 @@
 #include <stdexcept>
 #include <string>
 
-#include "detail/kernel_ntk.h"
 #include "detail/row_loop.h"
 #include "detail/simd.h"
 
@@ -213,8 +223,7 @@ Cov dense_after(const NtkLayer& layer, const Moments& m) {
 struct InputCosines {
   double c, omc, sin2;
 };
-InputCosines exact_input_cosines(const double* x, const double* y, Index d, double nx,
-                                 double ny) {
+InputCosines exact_input_cosines(const double* x, const double* y, Index d, double nx, double ny) {
   if (!(nx > 0.0) || !(ny > 0.0)) return {0.0, 1.0, 1.0};
   double dm2 = 0.0;
   double dp2 = 0.0;
@@ -261,9 +270,11 @@ struct PostState {
   Packet c, omc, sin2, shat12, sdot;
 };
 
-// Input layer correlations of the block's points with x.
+// Input layer correlations of the block's points with x from the GEMV; *need marks the
+// lanes whose 1 - c^2 is within the GEMV's rounding bound of 0, or whose norm is outside
+// the safe range (every lane when x's norm is): exact_input_lanes() redoes those.
 template <typename Block>
-PostState input_cosines(const RowContext& ctx, const Block& blk) {
+PostState input_cosines(const RowContext& ctx, const Block& blk, Packet* need) {
   using namespace simd;
   const Packet one = set1(1.0);
   const Packet n1 = blk.col(NtkKernel::kColNorm);
@@ -272,12 +283,16 @@ PostState input_cosines(const RowContext& ctx, const Block& blk) {
   s.c = clamp(mul(mul(blk.dot(), inv1), set1(ctx.xc[NtkKernel::kColInvNorm])), set1(-1.0), one);
   s.omc = sub(one, s.c);
   s.sin2 = mul(s.omc, add(one, s.c));
-  // Lanes whose 1 - c^2 is within the GEMV's rounding bound of 0, or whose norm is outside
-  // the safe range, are recomputed from the unit vectors.
-  Packet need = mask_or(lt_or_nan(s.sin2, set1(ctx.sin2_floor)),
-                        mask_or(lt_or_nan(n1, set1(kSafeNormLo)), lt(set1(kSafeNormHi), n1)));
-  if (ctx.x_unsafe) need = lt(set1(0.0), one);  // every lane
-  if (!any(need)) return s;
+  *need = mask_or(lt_or_nan(s.sin2, set1(ctx.sin2_floor)),
+                  mask_or(lt_or_nan(n1, set1(kSafeNormLo)), lt(set1(kSafeNormHi), n1)));
+  if (ctx.x_unsafe) *need = lt(set1(0.0), one);  // every lane
+  return s;
+}
+
+// The lanes of `need` recomputed from the unit vectors (O(d) each; rare).
+template <typename Block>
+void exact_input_lanes(const RowContext& ctx, const Block& blk, const Packet& need, PostState& s) {
+  using namespace simd;
   const LaneFlags flags(need);
   double cb[kLanes], ob[kLanes], sb[kLanes];
   storeu(cb, s.c);
@@ -288,7 +303,8 @@ PostState input_cosines(const RowContext& ctx, const Block& blk) {
     if (!flags.set[l]) continue;
     const Index i = blk.point(l);
     const double ni = ctx.caches[NtkKernel::kColNorm * ctx.cache_ld + i];
-    const InputCosines e = exact_input_cosines(ctx.points + i * ctx.points_ld, ctx.x, ctx.d, ni, nx);
+    const InputCosines e =
+        exact_input_cosines(ctx.points + i * ctx.points_ld, ctx.x, ctx.d, ni, nx);
     cb[l] = e.c;
     ob[l] = e.omc;
     sb[l] = e.sin2;
@@ -296,58 +312,74 @@ PostState input_cosines(const RowContext& ctx, const Block& blk) {
   s.c = loadu(cb);
   s.omc = loadu(ob);
   s.sin2 = loadu(sb);
-  return s;
 }
 
-// Dense layer k applied to inputs with correlation (c, 1 - c, 1 - c^2).
-template <typename Block>
-PairState dense_block(const RowContext& ctx, const Block& blk, int k, const PostState& in) {
-  using namespace simd;
-  const NtkKernel& kn = *ctx.kernel;
-  const Index col = kn.dense_col(k);
-  const Packet sq1 = blk.col(col);
-  const Packet a1 = blk.col(col + 1);
-  const Packet b1 = blk.col(col + 2);
+// x's cached values of Dense layer k, broadcast once per chunk of packets (per-row
+// constants of the packet loops).
+struct DenseX {
+  Index col;
+  Packet sqx, ax, bx, zx;
+  bool degenerate;  // the layer has no bias: q_k = 0 is possible
+};
+
+DenseX dense_x(const RowContext& ctx, int k) {
+  const Index col = ctx.kernel->dense_col(k);
   const double* xd = ctx.xc + col;
-  const Packet ax = set1(xd[1]);
-  const Packet bx = set1(xd[2]);
-  const Packet aa = mul(a1, ax);
-  const Packet bb = mul(b1, bx);
-  const Packet cross = sub(mul(a1, bx), mul(b1, ax));
+  return {col,
+          simd::set1(xd[0]),
+          simd::set1(xd[1]),
+          simd::set1(xd[2]),
+          simd::set1(xd[3]),
+          ctx.kernel->layers()[static_cast<std::size_t>(k)].may_degenerate};
+}
+
+// Dense layer k (x's side in dx) applied to inputs with correlation (c, 1 - c, 1 - c^2).
+template <typename Block>
+[[gnu::always_inline]] inline PairState dense_block(const DenseX& dx, const Block& blk,
+                                                    const PostState& in) {
+  using namespace simd;
+  const Packet sq1 = blk.col(dx.col);
+  const Packet a1 = blk.col(dx.col + 1);
+  const Packet b1 = blk.col(dx.col + 2);
+  const Packet aa = mul(a1, dx.ax);
+  const Packet bb = mul(b1, dx.bx);
+  const Packet cross = sub(mul(a1, dx.bx), mul(b1, dx.ax));
   PairState s;
   s.rho = madd(aa, in.c, bb);
   // sigma^2 = aa^2 (1 - c^2) + (a1 b2 - a2 b1)^2 + 2 aa bb (1 - c)
   s.sig2 = madd(mul(aa, aa), in.sin2, madd(cross, cross, mul(add(aa, aa), mul(bb, in.omc))));
-  if (kn.layers()[k].may_degenerate) {
+  if (dx.degenerate) {
     // A zero-variance point: the pair's angle is pi/2 (NT's convention), i.e. rho = 0
     // (a = b = 0 there) and sigma^2 >= 1 (clamped to 1 by the activation).
-    s.sig2 = add(s.sig2, add(blk.col(col + 3), set1(xd[3])));
+    s.sig2 = add(s.sig2, add(blk.col(dx.col + 3), dx.zx));
   }
-  s.qq = mul(sq1, set1(xd[0]));
+  s.qq = mul(sq1, dx.sqx);
   return s;
 }
 
-PostState relu_block(const PairState& s) {
+[[gnu::always_inline]] inline PostState relu_block(const PairState& s) {
   using namespace simd;
   const Packet zero = set1(0.0);
   const Packet one = set1(1.0);
   const Packet pi = set1(kPi);
   const Packet sig = sqrt(clamp(s.sig2, zero, one));
   const Packet rho = clamp(s.rho, set1(-1.0), one);
-  // phi = 2 atan(sigma / (1 + |rho|)) is theta for rho >= 0 and pi - theta otherwise.
+  // phi = 2 atan(sigma / (1 + |rho|)) is theta for rho >= 0 and pi - theta otherwise; the
+  // half-angle tangent is in [0, 1], so one division and a polynomial give it.
   Packet t;
   Packet reduced;
-  const Packet half = atan_ratio(sig, add(one, abs(rho)), &t, &reduced);
+  const Packet half = atan_unit_ratio(sig, add(one, abs(rho)), &t, &reduced);
   const Packet phi = add(half, half);
   const Packet pos = le(zero, rho);
-  const Packet theta = select(pos, phi, sub(pi, phi));
-  const Packet pmt = select(pos, sub(pi, phi), phi);  // pi - theta
+  const Packet pi_minus_phi = sub(pi, phi);
+  const Packet theta = select(pos, phi, pi_minus_phi);
+  const Packet pmt = select(pos, pi_minus_phi, phi);  // pi - theta
   PostState o;
   o.sdot = mul(pmt, set1(kInvTwoPi));
   // c = J(theta)/pi = (sin theta + (pi - theta) cos theta) / pi
   const Packet c = mul(madd(pmt, rho, sig), set1(kInvPi));
   // 1 - rho = sigma tan(theta/2) for rho >= 0 where t = tan(theta/2) was not reduced.
-  const Packet omr = select(reduced, sub(one, rho), select(pos, mul(sig, t), sub(one, rho)));
+  const Packet omr = select(mask_andnot(pos, reduced), mul(sig, t), sub(one, rho));
   // 1 - c = (1 - rho) - (sin theta - theta cos theta) / pi
   const Packet smtc = madd(sub(zero, theta), rho, sig);
   o.c = clamp(c, zero, one);
@@ -367,7 +399,8 @@ void finish_smooth(PostState& o, const Packet& isv1, double isvx) {
 }
 
 template <typename Block>
-PostState erf_block(const RowContext& ctx, const Block& blk, int l, const PairState& s) {
+[[gnu::always_inline]] inline PostState erf_block(const RowContext& ctx, const Block& blk, int l,
+                                                  const PairState& s) {
   using namespace simd;
   const Index col = ctx.kernel->act_col(l);
   const Packet se1 = blk.col(col);
@@ -388,7 +421,8 @@ PostState erf_block(const RowContext& ctx, const Block& blk, int l, const PairSt
 }
 
 template <typename Block>
-PostState gelu_block(const RowContext& ctx, const Block& blk, int l, const PairState& s) {
+[[gnu::always_inline]] inline PostState gelu_block(const RowContext& ctx, const Block& blk, int l,
+                                                   const PairState& s) {
   using namespace simd;
   const Index col = ctx.kernel->act_col(l);
   const Packet sk1 = blk.col(col);
@@ -412,59 +446,99 @@ PostState gelu_block(const RowContext& ctx, const Block& blk, int l, const PairS
   o.shat12 = mul(s.qq, madd(rho, set1(0.25), mul(madd(rho, alpha, frac), set1(kInvTwoPi))));
   // Sdot = 1/4 + alpha/(2pi) + y/(2pi Delta~) (g1 g2/Delta~^2 + g1 + g2)
   const Packet bracket = madd(g12, mul(idt, idt), add(g1, gx));
-  o.sdot = madd(mul(mul(y, idt), set1(kInvTwoPi)), bracket,
-                madd(alpha, set1(kInvTwoPi), set1(0.25)));
+  o.sdot =
+      madd(mul(mul(y, idt), set1(kInvTwoPi)), bracket, madd(alpha, set1(kInvTwoPi), set1(0.25)));
   finish_smooth(o, blk.col(col + 4), xa[4]);
   return o;
 }
 
-template <Activation A, Track T, typename Block>
-void ntk_block(const RowContext& ctx, const Block& blk) {
+// One chunk of npk <= kChunkPackets packets (block_at(p) is the block of packet p), layer
+// by layer: the state between layers lives in small arrays over the chunk
+// (structure of arrays), so that each layer is a loop of independent packet iterations
+// whose long dependency chains (sqrt, division, polynomial) the CPU overlaps; per-row
+// constants are broadcast once per chunk and layer.
+template <Activation A, Track T, typename BlockAt>
+void ntk_chunk(const RowContext& ctx, int npk, const BlockAt& block_at) {
   using namespace simd;
+  constexpr int K = kChunkPackets;
   const NtkKernel& kn = *ctx.kernel;
   const std::vector<NtkLayer>& layers = kn.layers();
   const int depth = kn.params().depth;
-  const PostState in = input_cosines(ctx, blk);
-  PairState s = dense_block(ctx, blk, 0, in);
-  Packet theta = set1(0.0);
-  if constexpr (T == Track::kNtkParam) {
-    theta = mul(s.qq, s.rho);
-  } else if constexpr (T == Track::kStandardParam) {
-    // Theta_1 = x.y + [bias] with x.y = |x||y| c.
-    const Packet xy = mul(mul(blk.col(NtkKernel::kColNorm), set1(ctx.xc[NtkKernel::kColNorm])),
-                          clamp(in.c, set1(-1.0), set1(1.0)));
-    theta = add(xy, set1(layers[0].bias_ntk));
+  Packet rho[K], sig2[K], qq[K], theta[K];
+  {
+    PostState in[K];
+    Packet need[K];
+    Packet any_need = set1(0.0);
+    for (int p = 0; p < npk; ++p) {
+      in[p] = input_cosines(ctx, block_at(p), &need[p]);
+      any_need = mask_or(any_need, need[p]);
+    }
+    if (any(any_need)) {
+      for (int p = 0; p < npk; ++p) {
+        if (any(need[p])) exact_input_lanes(ctx, block_at(p), need[p], in[p]);
+      }
+    }
+    const DenseX dx = dense_x(ctx, 0);
+    const Packet norm_x = set1(ctx.xc[NtkKernel::kColNorm]);
+    const Packet bias0 = set1(layers[0].bias_ntk);
+    for (int p = 0; p < npk; ++p) {
+      const auto blk = block_at(p);
+      const PairState s = dense_block(dx, blk, in[p]);
+      rho[p] = s.rho;
+      sig2[p] = s.sig2;
+      qq[p] = s.qq;
+      if constexpr (T == Track::kNtkParam) {
+        theta[p] = mul(s.qq, s.rho);
+      } else if constexpr (T == Track::kStandardParam) {
+        // Theta_1 = x.y + [bias] with x.y = |x||y| c.
+        const Packet xy = mul(mul(blk.col(NtkKernel::kColNorm), norm_x), in[p].c);
+        theta[p] = add(xy, bias0);
+      }
+    }
   }
   for (int l = 0; l < depth; ++l) {
-    PostState post;
-    if constexpr (A == Activation::kRelu) {
-      post = relu_block(s);
-    } else if constexpr (A == Activation::kErf) {
-      post = erf_block(ctx, blk, l, s);
-    } else {
-      post = gelu_block(ctx, blk, l, s);
-    }
     const NtkLayer& next = layers[static_cast<std::size_t>(l) + 1];
-    s = dense_block(ctx, blk, l + 1, post);
-    if constexpr (T == Track::kNtkParam) {
-      // Theta' = Sigma' + s^2 Sdot Theta
-      theta = madd(mul(set1(next.s2), post.sdot), theta, mul(s.qq, s.rho));
-    } else if constexpr (T == Track::kStandardParam) {
-      // Theta' = n Shat + s^2 Sdot Theta + [bias]
-      theta = madd(mul(set1(next.s2), post.sdot), theta,
-                   madd(set1(next.width_in), post.shat12, set1(next.bias_ntk)));
+    const DenseX dx = dense_x(ctx, l + 1);
+    const Packet s2 = set1(next.s2);
+    const Packet width = set1(next.width_in);
+    const Packet bias = set1(next.bias_ntk);
+    for (int p = 0; p < npk; ++p) {
+      const auto blk = block_at(p);
+      const PairState s{rho[p], sig2[p], qq[p]};
+      PostState post;
+      if constexpr (A == Activation::kRelu) {
+        post = relu_block(s);
+      } else if constexpr (A == Activation::kErf) {
+        post = erf_block(ctx, blk, l, s);
+      } else {
+        post = gelu_block(ctx, blk, l, s);
+      }
+      const PairState n = dense_block(dx, blk, post);
+      rho[p] = n.rho;
+      sig2[p] = n.sig2;
+      qq[p] = n.qq;
+      if constexpr (T == Track::kNtkParam) {
+        // Theta' = Sigma' + s^2 Sdot Theta
+        theta[p] = madd(mul(s2, post.sdot), theta[p], mul(n.qq, n.rho));
+      } else if constexpr (T == Track::kStandardParam) {
+        // Theta' = n Shat + s^2 Sdot Theta + [bias]
+        theta[p] = madd(mul(s2, post.sdot), theta[p], madd(width, post.shat12, bias));
+      }
     }
   }
-  if constexpr (T == Track::kNngp) {
-    blk.store(mul(s.qq, s.rho));
-  } else {
-    blk.store(theta);
+  for (int p = 0; p < npk; ++p) {
+    if constexpr (T == Track::kNngp) {
+      block_at(p).store(mul(qq[p], rho[p]));
+    } else {
+      block_at(p).store(theta[p]);
+    }
   }
 }
 
 template <Activation A, Track T>
 void ntk_row(const RowContext& ctx, const RowSource& src, Index m) {
-  for_each_block(src, m, [&](const auto& blk) { ntk_block<A, T>(ctx, blk); });
+  for_each_chunk(src, m,
+                 [&](int npk, const auto& block_at) { ntk_chunk<A, T>(ctx, npk, block_at); });
 }
 
 template <Activation A>
@@ -660,7 +734,8 @@ double NtkKernel::self(Eigen::Ref<const Eigen::VectorXd> /*x*/,
 void NtkKernel::row(const Eigen::Ref<const RowMatrixXd>& points,
                     const Eigen::Ref<const Eigen::MatrixXd>& caches,
                     Eigen::Ref<const Eigen::VectorXd> x, Eigen::Ref<const Eigen::VectorXd> x_cache,
-                    Eigen::Ref<Eigen::VectorXd> out, Eigen::Ref<Eigen::MatrixXd> /*scratch*/) const {
+                    Eigen::Ref<Eigen::VectorXd> out,
+                    Eigen::Ref<Eigen::MatrixXd> /*scratch*/) const {
   const Index m = points.rows();
   assert(points.cols() == x.size() && caches.rows() == m && caches.cols() == cache_size_ &&
          x_cache.size() == cache_size_ && out.size() == m);
@@ -687,10 +762,9 @@ void NtkKernel::row(const Eigen::Ref<const RowMatrixXd>& points,
                  !(nx >= kSafeNormLo && nx <= kSafeNormHi),
                  this};
   const RowSource src{out.data(), caches.data(), caches.outerStride()};
-  const Track track = p_.output == KernelOutput::kNngp ? Track::kNngp
-                      : p_.parameterization == Parameterization::kStandard
-                          ? Track::kStandardParam
-                          : Track::kNtkParam;
+  const Track track = p_.output == KernelOutput::kNngp                     ? Track::kNngp
+                      : p_.parameterization == Parameterization::kStandard ? Track::kStandardParam
+                                                                           : Track::kNtkParam;
   switch (p_.activation) {
     case Activation::kRelu:
       return ntk_row_for<Activation::kRelu>(track, ctx, src, m);

@@ -17,10 +17,13 @@
 //   - exact relations: depth 0 is the linear kernel, relu depth 1 the arc-cosine kernel
 //     of Cho & Saul, bias-free relu kernels are homogeneous of degree 2, bias-free erf
 //     kernels are odd; closed forms of rbf, polynomial and linear;
-//   - row(): any M (packet tails), strided inputs, writes exactly M values, allocates
-//     nothing (counting global operator new and, where the linker supports --wrap,
-//     malloc/calloc/realloc, so that Eigen temporaries would be caught too);
-//   - simd::atan_ratio against std::atan2 (the one transcendental the row path adds).
+//   - row(): any M (packet tails, chunk boundaries), strided inputs, writes exactly M
+//     values, allocates nothing (counting global operator new and, where the linker
+//     supports --wrap, malloc/calloc/realloc, so that Eigen temporaries would be caught);
+//   - simd::atan_ratio and simd::atan_unit_ratio against atan2 (the transcendentals the
+//     row path adds);
+//   - rbf row(): duplicates of points of norm 1e150, where the row path's |x - y|^2 is all
+//     rounding, still give the variance.
 #include <doctest/doctest.h>
 
 #include <Eigen/Eigenvalues>
@@ -40,6 +43,7 @@
 #include <string>
 #include <vector>
 
+#include "detail/row_loop.h"
 #include "detail/simd.h"
 #include "ntk/core/kernel.h"
 
@@ -746,6 +750,23 @@ TEST_CASE("bias-free erf kernels are odd: k(x, -y) = -k(x, y)") {
   }
 }
 
+TEST_CASE("rbf row(): duplicates of points of norm 1e150 give the variance") {
+  // |x_i|^2 + |x|^2 - 2 x_i.x is pure rounding (~1e284) for a duplicate of a huge point,
+  // so exp of it is 0 unless the row path recomputes such entries from the differences.
+  for (const Index d : {Index{8}, Index{64}}) {
+    CAPTURE(d);
+    const RowMatrixXd X = 1e150 * gaussian_points(16, d, 47);
+    const auto k = ntk::make_kernel("rbf:lengthscale=1,variance=2");
+    const MatrixXd R = row_matrix(*k, X, X);
+    for (Index i = 0; i < X.rows(); ++i) {
+      CHECK(R(i, i) == 2.0);
+      for (Index j = 0; j < X.rows(); ++j) {
+        CHECK(std::abs(R(i, j) - (*k)(X.row(i).transpose(), X.row(j).transpose())) <= 1e-13);
+      }
+    }
+  }
+}
+
 TEST_CASE("rbf, polynomial and linear: hand-computed values") {
   VectorXd x(2), y(2);
   x << 1.0, 2.0;
@@ -786,7 +807,17 @@ TEST_CASE("rbf, polynomial and linear: hand-computed values") {
 }
 
 TEST_CASE("row(): any M, strided inputs, exactly M values written") {
-  const RowMatrixXd X = gaussian_points(2 * ntk::detail::simd::kLanes + 3, kDim, 23);
+  // M: every packet tail (0 .. 2 kLanes + 3), and around the chunk boundaries of the NTK
+  // row loop (chunks of kChunkPackets packets, a partial chunk, a tail packet after them).
+  constexpr Index kLanes = ntk::detail::simd::kLanes;
+  constexpr Index kChunk = ntk::detail::kChunkPackets * kLanes;
+  std::vector<Index> sizes;
+  for (Index m = 0; m <= 2 * kLanes + 3; ++m) sizes.push_back(m);
+  for (const Index m :
+       {kChunk - 1, kChunk, kChunk + 1, kChunk + kLanes + 1, 2 * kChunk + 2 * kLanes + 3}) {
+    if (m > sizes.back()) sizes.push_back(m);
+  }
+  const RowMatrixXd X = gaussian_points(sizes.back(), kDim, 23);
   const RowMatrixXd Q = adversarial_points();
   for (const std::string& text : all_specs()) {
     CAPTURE(text);
@@ -795,8 +826,8 @@ TEST_CASE("row(): any M, strided inputs, exactly M values written") {
     const double tol = tolerance(k.spec());
     const MatrixXd all_caches = k.prepare_all(X);
     VectorXd xc(k.cache_size());
-    // M = 0 .. rows: every packet tail, via the leading rows of the stored set.
-    for (Index m = 0; m <= X.rows(); ++m) {
+    // Via the leading rows of the stored set.
+    for (const Index m : sizes) {
       CAPTURE(m);
       VectorXd buf = VectorXd::Constant(m + 4, 12345.0);
       MatrixXd scratch(m, k.scratch_cols());
@@ -965,4 +996,65 @@ TEST_CASE("simd::atan_ratio agrees with std::atan2 to a few ulp") {
   }
   MESSAGE("atan_ratio: max relative error " << worst << " (" << worst / 2.220446049250313e-16
                                             << " eps)");
+}
+
+TEST_CASE("simd::atan_unit_ratio (relu row loop) agrees with atan2 to 2 ulp on [0, 1]") {
+  // The relu half-angle tangent n / d is in [0, 1]: random ratios, dense near 0 (relative
+  // accuracy), around the reduction point tan(pi/8) and near 1, and exact edge cases.
+  using namespace ntk::detail::simd;
+  const double tan_pi_8 = 0.41421356237309504880;
+  std::vector<std::pair<double, double>> cases = {{0.0, 1.0},
+                                                  {1.0, 1.0},
+                                                  {2.0, 2.0},
+                                                  {5e-324, 1.0},
+                                                  {1e-300, 2.0},
+                                                  {tan_pi_8, 1.0},
+                                                  {std::nextafter(tan_pi_8, 1.0), 1.0},
+                                                  {std::nextafter(tan_pi_8, 0.0), 1.0},
+                                                  {std::nextafter(1.0, 0.0), 1.0},
+                                                  {1.0, std::nextafter(1.0, 2.0)}};
+  std::mt19937_64 rng(43);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  std::uniform_real_distribution<double> den(1.0, 2.0);  // relu: d = 1 + |rho|
+  for (int i = 0; i < 40000; ++i) {
+    const double d = den(rng);
+    double t = unit(rng);
+    if (i % 4 == 1) t = std::pow(10.0, -20.0 * unit(rng));            // small angles
+    if (i % 4 == 2) t = tan_pi_8 * (1.0 + 1e-3 * (unit(rng) - 0.5));  // reduction point
+    if (i % 4 == 3) t = 1.0 - 1e-3 * unit(rng);                       // near pi/4
+    cases.emplace_back(t * d <= d ? t * d : d, d);
+  }
+  double worst = 0.0;
+  for (std::size_t c = 0; c + kLanes <= cases.size(); c += kLanes) {
+    double n[kLanes], d[kLanes], r[kLanes], xs[kLanes], red[kLanes];
+    for (int l = 0; l < kLanes; ++l) {
+      n[l] = cases[c + static_cast<std::size_t>(l)].first;
+      d[l] = cases[c + static_cast<std::size_t>(l)].second;
+    }
+    Packet x, reduced;
+    storeu(r, atan_unit_ratio(loadu(n), loadu(d), &x, &reduced));
+    storeu(xs, x);
+    storeu(red, reduced);
+    for (int l = 0; l < kLanes; ++l) {
+      CAPTURE(n[l]);
+      CAPTURE(d[l]);
+      const long double ref = std::atan2(static_cast<long double>(n[l]), d[l]);
+      if (ref == 0) {
+        CHECK(r[l] == 0.0);
+        continue;
+      }
+      const double err = static_cast<double>(std::abs(r[l] - ref) / ref);
+      worst = std::max(worst, err);
+      CHECK(err <= 2 * std::numeric_limits<double>::epsilon());
+      // Where the ratio was not range-reduced, the polynomial's argument is n / d itself.
+      if (n[l] <= tan_pi_8 * d[l]) {
+        CHECK(std::bit_cast<std::uint64_t>(red[l]) == 0);
+        CHECK(xs[l] == n[l] / d[l]);
+      } else {
+        CHECK(std::bit_cast<std::uint64_t>(red[l]) != 0);
+      }
+    }
+  }
+  MESSAGE("atan_unit_ratio: max relative error " << worst << " (" << worst / 2.220446049250313e-16
+                                                 << " eps)");
 }

@@ -5,8 +5,12 @@
 // at 0. Its absolute error is at most about (d + 3) eps (|x_i|^2 + |x|^2), so the kernel's
 // is k (d + 3) eps (|x_i|^2 + |x|^2) / (2 lengthscale^2); wherever that bound exceeds
 // 5e-14 variance (near-identical points far from the origin, relative to the
-// lengthscale) the entry is recomputed from the differences. Every entry of row() is
-// thus within ~5e-14 variance of the exact value (plus exp's own rounding).
+// lengthscale) the entry is recomputed from the differences, and so is every entry whose
+// exponent is uncertain by more than 0.5, (d + 3) eps (|x_i|^2 + |x|^2) / (2 lengthscale^2)
+// > 0.5, where the bound above no longer linearizes (e.g. a duplicate of a point of norm
+// 1e150, whose computed |x - y|^2 is all rounding and whose computed k may be 0 instead
+// of variance). Every entry of row() is thus within ~5e-14 variance of the exact value
+// (plus exp's own rounding).
 //
 // THREAD SAFETY: immutable after construction.
 #pragma once

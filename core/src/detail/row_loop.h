@@ -69,6 +69,28 @@ void for_each_block(const RowSource& src, Eigen::Index m, Body&& body) {
   if (i < m) body(TailBlock(src, i, static_cast<int>(m - i)));
 }
 
+// Chunks of packets, for loops that run in stages over several packets (structure of
+// arrays over a chunk, so that the stages' iterations are independent and overlap).
+inline constexpr int kChunkPackets = 8;
+
+// Calls body(npk, block_at) for chunks covering points 0..m-1 in order: block_at(p), for
+// 0 <= p < npk <= kChunkPackets, is the block of the chunk's p-th packet. The full packets
+// come in chunks of up to kChunkPackets FullBlocks; a last, partial packet comes alone, as
+// a chunk of one TailBlock.
+template <typename Body>
+void for_each_chunk(const RowSource& src, Eigen::Index m, Body&& body) {
+  constexpr Eigen::Index kStep = Eigen::Index{kChunkPackets} * simd::kLanes;
+  const Eigen::Index full = m / simd::kLanes * simd::kLanes;
+  for (Eigen::Index i = 0; i < full; i += kStep) {
+    const int npk = static_cast<int>(std::min(kStep, full - i) / simd::kLanes);
+    body(npk, [&src, i](int p) { return FullBlock(src, i + Eigen::Index{p} * simd::kLanes); });
+  }
+  if (full < m) {
+    const int count = static_cast<int>(m - full);
+    body(1, [&src, full, count](int /*p*/) { return TailBlock(src, full, count); });
+  }
+}
+
 // The lanes of a mask as booleans.
 struct LaneFlags {
   bool set[simd::kLanes];

@@ -52,10 +52,16 @@ inline Packet lt_or_nan(const Packet& a, const Packet& b) {
 }
 inline Packet mask_and(const Packet& a, const Packet& b) { return Eigen::internal::pand(a, b); }
 inline Packet mask_or(const Packet& a, const Packet& b) { return Eigen::internal::por(a, b); }
+// a and not b.
+inline Packet mask_andnot(const Packet& a, const Packet& b) {
+  return Eigen::internal::pandnot(a, b);
+}
 // mask lanes: a, other lanes: b.
 inline Packet select(const Packet& mask, const Packet& a, const Packet& b) {
   return Eigen::internal::pselect(mask, a, b);
 }
+// mask lanes: a, other lanes: +0 (one AND where select needs a blend).
+inline Packet keep(const Packet& mask, const Packet& a) { return Eigen::internal::pand(mask, a); }
 // True when any lane of the mask is set.
 inline bool any(const Packet& mask) {
   return Eigen::internal::predux_max(select(mask, set1(1.0), set1(0.0))) > 0.0;
@@ -117,6 +123,66 @@ inline Packet atan_ratio(const Packet& n, const Packet& d, Packet* reduced_x = n
   if (reduced_x != nullptr) *reduced_x = x;
   if (mid_or_big != nullptr) *mid_or_big = mid;
   return add(base, add(r, extra));
+}
+
+// atan(n / d) for 0 <= n <= d, d > 0: an angle in [0, pi/4], with relative accuracy, from
+// ONE division and a polynomial (no rational function), for the relu row loop, where the
+// half-angle tangent of an angle in [0, pi/2] is always in [0, 1].
+//   Reduction: for n > tan(pi/8) d, atan(n/d) = pi/4 + atan((n - d)/(n + d)), so the
+//   polynomial only sees |x| <= tan(pi/8) = 0.4142.
+//   Polynomial: atan(x) = x + x z g(z), z = x^2, with g of degree 10 interpolating
+//   (atan(sqrt z)/sqrt z - 1)/z at the 11 Chebyshev nodes of [0, tan(pi/8)^2]
+//   (mpmath, 60 digits; coefficients rounded to double).
+//   Approximation error: g is analytic except for the branch point z = -1, i.e. inside the
+//   Bernstein ellipse E_25 of [0, A], A = tan(pi/8)^2 (E_25.3 passes through -1), where
+//   |g| <= M = 1.95 (max over the boundary, mpmath). The Chebyshev interpolation bound
+//   4 M 25^-11 / 24 gives |g - p| <= 1.4e-16, so |atan(x) - (x + x z p)| / atan(x) <=
+//   A 1.4e-16 / (1 - A/3) = 2.5e-17; rounding the coefficients to double adds at most
+//   A eps/2 sum_j |c_j| A^j < 7e-18: approximation error < 3.2e-17 = 0.15 eps (measured
+//   on a 4000-point grid with the rounded coefficients: 7.1e-18).
+//   Rounding: x carries 0.5 ulp (1.5 ulp for the reduced quotient), the correction
+//   x z g(z) is at most 5.7% of x, so its own few-ulp error costs < 0.3 ulp, and the final
+//   add 0.5 ulp: within 2 ulp of atan(n/d) in all (with or without FMA), which
+//   test_kernel_properties checks against long double atan2 (measured: 1.5 eps).
+//   x_out (optional): the quotient the polynomial saw, n / d exactly where reduced_out
+//   (optional, a mask) is false.
+inline Packet atan_unit_ratio(const Packet& n, const Packet& d, Packet* x_out = nullptr,
+                              Packet* reduced_out = nullptr) {
+  constexpr double kG0 = -0.3333333333333333;
+  constexpr double kG1 = 0.1999999999999552;
+  constexpr double kG2 = -0.14285714284666542;
+  constexpr double kG3 = 0.11111111015256361;
+  constexpr double kG4 = -0.09090904578123903;
+  constexpr double kG5 = 0.07692183190826087;
+  constexpr double kG6 = -0.06664511447381948;
+  constexpr double kG7 = 0.0585814891280221;
+  constexpr double kG8 = -0.0508544973794026;
+  constexpr double kG9 = 0.03923165829558719;
+  constexpr double kG10 = -0.01917688711906226;
+  constexpr double kTanPiOver8 = 0.41421356237309504880;
+  constexpr double kPiOver4 = 7.85398163397448309616e-1;
+  constexpr double kMoreBits = 3.061616997868382943065e-17;  // pi/4 - double(pi/4)
+
+  const Packet reduced = lt(mul(set1(kTanPiOver8), d), n);
+  // Selections by masking (one AND each): num = n - d, den = n + d where reduced.
+  const Packet num = sub(n, keep(reduced, d));
+  const Packet den = add(d, keep(reduced, n));
+  const Packet x = div(num, den);
+  const Packet z = mul(x, x);
+  Packet g = madd(set1(kG10), z, set1(kG9));
+  g = madd(g, z, set1(kG8));
+  g = madd(g, z, set1(kG7));
+  g = madd(g, z, set1(kG6));
+  g = madd(g, z, set1(kG5));
+  g = madd(g, z, set1(kG4));
+  g = madd(g, z, set1(kG3));
+  g = madd(g, z, set1(kG2));
+  g = madd(g, z, set1(kG1));
+  g = madd(g, z, set1(kG0));
+  const Packet r = madd(mul(x, z), g, add(x, keep(reduced, set1(kMoreBits))));
+  if (x_out != nullptr) *x_out = x;
+  if (reduced_out != nullptr) *reduced_out = reduced;
+  return add(keep(reduced, set1(kPiOver4)), r);
 }
 
 // atan2(y, x) for x >= 0 (any sign of y; not both zero): an angle in [-pi/2, pi/2].

@@ -12,9 +12,14 @@
 //   for stax.serial(Dense, Act, ..., Dense) (input kernel x.x'/d; see
 //   tests/golden/README.md), evaluated with a cancellation-free formulation that keeps
 //   the determinant of every 2x2 layer covariance without subtracting nearly equal
-//   numbers, so values are accurate to ~1e-15 relative to sqrt(k(x,x) k(x',x')).
-//   No NaN ever leaves a kernel for finite inputs (zero vectors, identical and
-//   antipodal points, huge and tiny norms included).
+//   numbers, so values are accurate to ~1e-15 relative to sqrt(k(x,x) k(x',x'))
+//   (GELU: 1e-11, degrading to ~2e-8 at norms ~1e150 for depth >= 2; see
+//   core/src/detail/kernel_ntk.h).
+//   No NaN ever leaves a kernel for finite inputs of norm at most 1e150 (zero vectors,
+//   identical and antipodal points, subnormal to 1e150 norms included). Beyond about
+//   1e154 the values themselves overflow double (w^2 |x|^2 / d for the NTK kernels,
+//   |x|^2 for linear and polynomial), and inf or NaN may come out: callers that accept
+//   unbounded inputs must scale them (standardized inputs are the intended use).
 //
 // THREAD SAFETY
 //   Immutable after construction: all const methods may be called concurrently.
