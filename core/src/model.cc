@@ -210,6 +210,13 @@ struct OnlineGP::Impl {
         invalid("input component " + std::to_string(i) + " is not finite: " + num(x(i)));
       }
     }
+    // The kernels are defined (no NaN, no overflow) for norms up to 1e150 (kernel.h).
+    // x.norm() overflows to inf, and is refused, for larger finite inputs.
+    const double norm = x.norm();
+    if (!(norm <= kMaxMagnitude)) {
+      invalid("input norm " + num(norm) + " is above 1e150" +
+              " (standardize the inputs)");
+    }
   }
 
   // DESIGN §4 step 2, with the forgetting of step 1 applied virtually when lambda < 1:
@@ -426,6 +433,9 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   // Validate before touching anything: the strong guarantee.
   s.check_input(x);
   if (!std::isfinite(y)) invalid("target is not finite: " + num(y));
+  if (std::abs(y) > kMaxMagnitude) {
+    invalid("target " + num(y) + " is above 1e150 in magnitude");
+  }
 
   UpdateResult result;
   const double lambda = s.config.forgetting;

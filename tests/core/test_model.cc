@@ -256,7 +256,23 @@ TEST_CASE("strong guarantee: bad input throws with the value and leaves the stat
   CHECK_THROWS_WITH_AS(gp.update(VectorXd::Zero(4), 1.0),
                        doctest::Contains("dimension 4, expected 3"), std::invalid_argument);
   CHECK_THROWS_AS(gp.predict(VectorXd::Zero(2)), std::invalid_argument);
+  // Finite but beyond the kernels' range: x.norm() overflows for the first, not the second.
+  VectorXd huge = xs[0];
+  huge(2) = 1e300;
+  CHECK_THROWS_WITH_AS(gp.update(huge, 1.0), doctest::Contains("input norm inf is above 1e150"),
+                       std::invalid_argument);
+  huge(2) = 2e150;
+  CHECK_THROWS_WITH_AS(gp.update(huge, 1.0), doctest::Contains("input norm 2e+150 is above 1e150"),
+                       std::invalid_argument);
+  CHECK_THROWS_AS(gp.predict(huge), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(gp.update(xs[0], -1e200), doctest::Contains("is above 1e150 in magnitude"),
+                       std::invalid_argument);
   check_bitwise_equal(gp.export_state(), before);
+  // The boundary itself is accepted.
+  huge.setZero();
+  huge(0) = 1e150;
+  CHECK_NOTHROW(gp.update(huge, 1e150));
+  CHECK(std::isfinite(gp.predict(xs[1]).mean));
 }
 
 TEST_CASE("config validation names the field and value") {

@@ -49,6 +49,11 @@
 
 namespace ntk {
 
+// Largest input norm and target magnitude update()/predict() accept: the kernels are
+// free of overflow and NaN up to input norms of 1e150 (kernel.h). Larger values are
+// refused with std::invalid_argument, like NaN, and leave the model unchanged.
+inline constexpr double kMaxMagnitude = 1e150;
+
 // What happens when an admitted sample would exceed the budget.
 enum class EvictionPolicy {
   // KRLS-T's criterion: drop the basis whose removal changes the posterior mean least,
