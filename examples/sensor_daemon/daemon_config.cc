@@ -226,7 +226,7 @@ options:
   --snapshot-dir DIR       where snapshots are written and restored from
   --snapshot-interval S    seconds between periodic snapshots (0: only at shutdown and
                            on request; default 300)
-  --threads N              I/O and model threads (default 2)
+  --threads N              I/O and model threads (default: the number of CPU cores)
   --port-file FILE         write the bound addresses (tcp=, udp=, metrics= lines) once
                            listening, e.g. when port 0 was asked for
   --log-level LEVEL        debug, info, warning or error (default info)

@@ -92,8 +92,6 @@ class Snapshotter {
     header.set_writer(std::string("ntkd ") + kVersion);
     *header.mutable_config() = config_;
     for (const auto& p : models.configured_prefixes) *header.add_configured_prefixes() = p;
-    double drift = 0;
-    for (const auto& k : models.keys) drift = std::max(drift, k.series().model().last_drift());
     try {
       const auto path = store_.write(header, models.keys);
       const double seconds =
@@ -106,7 +104,6 @@ class Snapshotter {
         s.last_snapshot_duration_seconds = seconds;
         s.last_snapshot_keys = models.keys.size();
         s.last_snapshot_bytes = ec ? 0 : bytes;
-        s.drift_max = drift;
       });
       log(Level::kInfo, "snapshot written",
           {{"reason", reason},

@@ -116,8 +116,14 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
   p.family("ntkd_frames_total", "counter", "Request frames (TCP) and datagrams (UDP) received.");
   p.sample("ntkd_frames_total", {{"transport", "tcp"}}, u(c.tcp_frames()));
   p.sample("ntkd_frames_total", {{"transport", "udp"}}, u(c.udp_datagrams()));
-  p.family("ntkd_requests_total", "counter", "Requests decoded, TCP and UDP.");
-  p.sample("ntkd_requests_total", u(c.requests()));
+  // By payload kind only (no unlabelled total: sum() over the family is the total).
+  p.family("ntkd_requests_total", "counter",
+           "Requests decoded, TCP and UDP, by payload kind (none: no payload).");
+  p.sample("ntkd_requests_total", {{"kind", "observation"}}, u(c.requests_observation()));
+  p.sample("ntkd_requests_total", {{"kind", "sensor_reading"}}, u(c.requests_sensor_reading()));
+  p.sample("ntkd_requests_total", {{"kind", "market_tick"}}, u(c.requests_market_tick()));
+  p.sample("ntkd_requests_total", {{"kind", "control"}}, u(c.requests_control()));
+  p.sample("ntkd_requests_total", {{"kind", "none"}}, u(c.requests_no_payload()));
   p.family("ntkd_responses_total", "counter", "Responses sent.");
   p.sample("ntkd_responses_total", u(c.responses()));
   p.family("ntkd_received_bytes_total", "counter", "Bytes received from clients.");
@@ -139,14 +145,32 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
              it == errors.end() ? 0.0 : u(it->second));
   }
 
+  // Update latency: the server's per-bucket counts made cumulative, as Prometheus wants.
+  const v1::LatencyHistogram& h = c.update_latency();
+  p.family("ntkd_update_latency_seconds", "histogram",
+           "Time a shard spends in a key's observe (prediction and model update), per value "
+           "learned.");
+  std::uint64_t cumulative = 0;
+  for (int b = 0; b < h.upper_bounds_seconds_size(); ++b) {
+    if (b < h.counts_size()) cumulative += h.counts(b);
+    p.sample("ntkd_update_latency_seconds_bucket", {{"le", prom_number(h.upper_bounds_seconds(b))}},
+             u(cumulative));
+  }
+  for (int b = h.upper_bounds_seconds_size(); b < h.counts_size(); ++b) cumulative += h.counts(b);
+  p.sample("ntkd_update_latency_seconds_bucket", {{"le", "+Inf"}}, u(cumulative));
+  p.sample("ntkd_update_latency_seconds_sum", h.sum_seconds());
+  p.sample("ntkd_update_latency_seconds_count", u(cumulative));
+
   // Keys and models, aggregated over the live keys.
   std::uint64_t dict_sum = 0, dict_max = 0, budget_sum = 0;
+  double drift_max = 0;
   v1::ModelCounters model;
   v1::SeriesCounters series;
   for (const v1::KeyStats& k : stats.keys()) {
     dict_sum += k.dictionary_size();
     dict_max = std::max<std::uint64_t>(dict_max, k.dictionary_size());
     budget_sum += static_cast<std::uint64_t>(std::max(0, k.config().series().model().budget()));
+    drift_max = std::max(drift_max, k.last_drift());
     model.set_updates(model.updates() + k.model().updates());
     model.set_admitted(model.admitted() + k.model().admitted());
     model.set_evicted(model.evicted() + k.model().evicted());
@@ -185,11 +209,9 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
   p.family("ntkd_model_pivot_failures_total", "counter",
            "Dictionary appends refused by the Cholesky factor.");
   p.sample("ntkd_model_pivot_failures_total", u(model.pivot_failures()));
-  if (st.drift_max) {
-    p.family("ntkd_model_drift_max", "gauge",
-             "Largest factor drift |LL'-K|/|K| over the keys, at the last snapshot export.");
-    p.sample("ntkd_model_drift_max", *st.drift_max);
-  }
+  p.family("ntkd_model_drift_max", "gauge",
+           "Largest last measured factor drift |LL'-K|/|K| over the live keys (0: none yet).");
+  p.sample("ntkd_model_drift_max", drift_max);
 
   p.family("ntkd_series_values_total", "counter",
            "Stream values by outcome, summed over the live keys.");

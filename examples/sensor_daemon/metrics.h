@@ -52,15 +52,14 @@ struct DaemonStatus {
   double last_snapshot_duration_seconds = 0;
   std::uint64_t last_snapshot_keys = 0;
   std::uint64_t last_snapshot_bytes = 0;
-  // Largest model drift measure over the keys at the last snapshot export.
-  std::optional<double> drift_max;
   std::uint64_t reloads_ok = 0;
   std::uint64_t reloads_failed = 0;
 };
 
-// The whole exposition: server counters (requests, responses, errors by code for every
-// ErrorCode, connections, bytes), the key aggregates from `stats` (keys, dictionary
-// sizes, model and series counters, anomalies), the snapshot state and ntkd_build_info.
+// The whole exposition: server counters (requests by kind, responses, errors by code for
+// every ErrorCode, connections, bytes, the update latency histogram), the key aggregates
+// from `stats` (keys, dictionary sizes, model and series counters, the largest last drift,
+// anomalies), the snapshot state and ntkd_build_info.
 std::string render_metrics(const v1::Stats& stats, const DaemonStatus& status);
 
 }  // namespace ntk::daemon

@@ -2,6 +2,7 @@
 #include "keyspace.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <stdexcept>
@@ -102,6 +103,30 @@ double tick_value(const v1::MarketTick& t, v1::TickValue mode,
 // ---------------------------------------------------------------------------------------
 // Counters
 
+RequestKind request_kind(const v1::Request& request) {
+  switch (request.payload_case()) {
+    case v1::Request::kObservation:
+      return RequestKind::kObservation;
+    case v1::Request::kSensorReading:
+      return RequestKind::kSensorReading;
+    case v1::Request::kMarketTick:
+      return RequestKind::kMarketTick;
+    case v1::Request::kControl:
+      return RequestKind::kControl;
+    case v1::Request::PAYLOAD_NOT_SET:
+      break;
+  }
+  return RequestKind::kNoPayload;
+}
+
+void LatencyHistogram::record(std::uint64_t nanos) {
+  constexpr auto r = std::memory_order_relaxed;
+  const auto bound = std::lower_bound(kUpperBoundsNanos.begin(), kUpperBoundsNanos.end(), nanos);
+  auto& bucket = counts[static_cast<std::size_t>(bound - kUpperBoundsNanos.begin())];
+  bucket.store(bucket.load(r) + 1, r);
+  sum_nanos.store(sum_nanos.load(r) + nanos, r);
+}
+
 void Counters::count_error(v1::ErrorCode code) {
   const int i = static_cast<int>(code);
   if (i >= 0 && i < kErrorCodes)
@@ -116,7 +141,14 @@ v1::ServerCounters Counters::to_proto() const {
   c.set_connections_open(connections_open.load(r));
   c.set_tcp_frames(tcp_frames.load(r));
   c.set_udp_datagrams(udp_datagrams.load(r));
-  c.set_requests(requests.load(r));
+  const auto kind = [&](RequestKind k) { return requests[static_cast<std::size_t>(k)].load(r); };
+  c.set_requests_no_payload(kind(RequestKind::kNoPayload));
+  c.set_requests_observation(kind(RequestKind::kObservation));
+  c.set_requests_sensor_reading(kind(RequestKind::kSensorReading));
+  c.set_requests_market_tick(kind(RequestKind::kMarketTick));
+  c.set_requests_control(kind(RequestKind::kControl));
+  c.set_requests(c.requests_no_payload() + c.requests_observation() + c.requests_sensor_reading() +
+                 c.requests_market_tick() + c.requests_control());
   c.set_responses(responses.load(r));
   c.set_bytes_received(bytes_received.load(r));
   c.set_bytes_sent(bytes_sent.load(r));
@@ -128,6 +160,25 @@ v1::ServerCounters Counters::to_proto() const {
     e->set_code(static_cast<v1::ErrorCode>(i));
     e->set_count(n);
   }
+  // Per-bucket counts of the shards, summed; count derived from them so that it always
+  // equals the buckets' total (a shard may be between its bucket and sum updates).
+  std::array<std::uint64_t, LatencyHistogram::kBuckets> counts{};
+  std::uint64_t sum_nanos = 0;
+  for (const LatencyHistogram& h : shard_latency) {
+    for (std::size_t b = 0; b < counts.size(); ++b) counts[b] += h.counts[b].load(r);
+    sum_nanos += h.sum_nanos.load(r);
+  }
+  v1::LatencyHistogram* latency = c.mutable_update_latency();
+  std::uint64_t total = 0;
+  for (const std::uint64_t bound : LatencyHistogram::kUpperBoundsNanos) {
+    latency->add_upper_bounds_seconds(static_cast<double>(bound) / 1e9);  // exact: 1e-06 ...
+  }
+  for (const std::uint64_t n : counts) {
+    latency->add_counts(n);
+    total += n;
+  }
+  latency->set_sum_seconds(static_cast<double>(sum_nanos) / 1e9);
+  latency->set_count(total);
   return c;
 }
 
@@ -305,7 +356,10 @@ void set_error(v1::Response& response, v1::ErrorCode code, std::string message,
 // Shard
 
 Shard::Shard(const ConfigTable& configs, Counters& counters, std::size_t max_keys)
-    : configs_(configs), counters_(counters), max_keys_(max_keys) {}
+    : configs_(configs),
+      counters_(counters),
+      latency_(counters.add_shard_latency()),
+      max_keys_(max_keys) {}
 
 Shard::Entry* Shard::entry_for(const std::string& key, v1::KeySnapshot::Kind kind, int feature_dim,
                                v1::ErrorCode& code, std::string& message) {
@@ -359,6 +413,12 @@ Shard::Entry* Shard::entry_for(const std::string& key, v1::KeySnapshot::Kind kin
   }
 }
 
+void Shard::record_latency(std::chrono::steady_clock::time_point start) {
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  latency_.record(static_cast<std::uint64_t>(std::max<std::int64_t>(
+      0, std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count())));
+}
+
 void Shard::erase(const std::string& key) {
   if (entries_.erase(key) > 0) counters_.keys.fetch_sub(1, std::memory_order_relaxed);
 }
@@ -367,7 +427,9 @@ v1::ErrorCode Shard::observe_scalar(Entry& entry, const std::string& key,
                                     const std::optional<std::uint64_t>& seq, std::uint64_t time,
                                     double value, v1::Prediction* prediction,
                                     std::string& message) {
+  const auto start = std::chrono::steady_clock::now();
   const Outcome o = entry.predictor.observe(seq, time, value);
+  if (o.learned) record_latency(start);
   if (o.status == OutcomeStatus::kDuplicate || o.status == OutcomeStatus::kOutOfOrder) {
     const bool duplicate = o.status == OutcomeStatus::kDuplicate;
     message = "seq " + std::to_string(*seq) + " of key " + quoted(key) +
@@ -413,9 +475,11 @@ void Shard::handle_observation(const v1::Request& request, v1::Response& respons
   const std::optional<std::uint64_t> seq =
       request.has_seq() ? std::optional<std::uint64_t>(request.seq()) : std::nullopt;
   const Eigen::Map<const Eigen::VectorXd> x(o.features().data(), o.features_size());
+  const auto start = std::chrono::steady_clock::now();
   const Outcome out =
       e->predictor.observe(seq, o.time_unix_nano(), x,
                            o.has_target() ? std::optional<double>(o.target()) : std::nullopt);
+  if (out.learned) record_latency(start);
   if (out.status == OutcomeStatus::kDuplicate || out.status == OutcomeStatus::kOutOfOrder) {
     const bool duplicate = out.status == OutcomeStatus::kDuplicate;
     return set_error(
@@ -545,6 +609,7 @@ void Shard::fill_key_stats(const std::string& key, const Entry& e, v1::KeyStats*
   *out->mutable_counters() = stream::to_proto(e.predictor.counters());
   *out->mutable_score() = stream::to_proto(e.predictor.score());
   *out->mutable_model() = stream::to_proto(e.predictor.model().counters());
+  out->set_last_drift(e.predictor.model().last_drift());
 }
 
 void Shard::collect_stats(std::string_view prefix, std::vector<v1::KeyStats>& out) const {

@@ -8,8 +8,10 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -27,6 +29,34 @@
 
 namespace ntk::stream::detail {
 
+// Request kinds counted by Counters::requests: the payload a decoded request carries.
+enum class RequestKind : std::size_t {
+  kNoPayload,
+  kObservation,
+  kSensorReading,
+  kMarketTick,
+  kControl,
+};
+inline constexpr std::size_t kRequestKinds = 5;
+RequestKind request_kind(const v1::Request& request);
+
+// Update latencies of one shard (ServerCounters.update_latency): fixed buckets, counted in
+// nanoseconds. One writer, its shard's strand, which updates with a relaxed load and store
+// (no read-modify-write, no lock); readers on any thread load relaxed and sum the shards.
+struct LatencyHistogram {
+  // Bucket upper bounds: 1 2 5 10 20 50 100 200 500 us, 1 2 5 10 ms; then +Inf.
+  static constexpr std::array<std::uint64_t, 13> kUpperBoundsNanos = {
+      1'000,   2'000,   5'000,     10'000,    20'000,    50'000,    100'000,
+      200'000, 500'000, 1'000'000, 2'000'000, 5'000'000, 10'000'000};
+  static constexpr std::size_t kBuckets = kUpperBoundsNanos.size() + 1;
+
+  // requires: called only by the owning shard (single writer).
+  void record(std::uint64_t nanos);
+
+  std::array<std::atomic<std::uint64_t>, kBuckets> counts{};  // per bucket
+  std::atomic<std::uint64_t> sum_nanos{0};
+};
+
 // Server-wide counters (relaxed atomics: totals, not synchronization).
 struct Counters {
   static constexpr int kErrorCodes = v1::ErrorCode_ARRAYSIZE;
@@ -36,7 +66,8 @@ struct Counters {
   std::atomic<std::uint64_t> connections_open{0};
   std::atomic<std::uint64_t> tcp_frames{0};
   std::atomic<std::uint64_t> udp_datagrams{0};
-  std::atomic<std::uint64_t> requests{0};
+  // Decoded requests by RequestKind; ServerCounters.requests is their sum.
+  std::array<std::atomic<std::uint64_t>, kRequestKinds> requests{};
   std::atomic<std::uint64_t> responses{0};
   std::atomic<std::uint64_t> bytes_received{0};
   std::atomic<std::uint64_t> bytes_sent{0};
@@ -44,7 +75,17 @@ struct Counters {
   std::array<std::atomic<std::uint64_t>, kErrorCodes> errors{};
 
   void count_error(v1::ErrorCode code);
+  void count_requests(RequestKind kind, std::uint64_t n = 1) {
+    requests[static_cast<std::size_t>(kind)].fetch_add(n, std::memory_order_relaxed);
+  }
+  // A new shard's histogram, owned here (stable address). Called while no thread reads the
+  // counters (the server adds its shards when it is constructed).
+  LatencyHistogram& add_shard_latency() { return shard_latency.emplace_back(); }
+  // Sums the shards' histograms into update_latency.
   v1::ServerCounters to_proto() const;
+
+ private:
+  std::deque<LatencyHistogram> shard_latency;
 };
 
 // ServerOptions::defaults / overrides and the Control.Configure prefixes: what a new key
@@ -142,6 +183,8 @@ class Shard {
   Entry* entry_for(const std::string& key, v1::KeySnapshot::Kind kind, int feature_dim,
                    v1::ErrorCode& code, std::string& message);
   void erase(const std::string& key);
+  // Adds the time since `start` to the shard's update-latency histogram.
+  void record_latency(std::chrono::steady_clock::time_point start);
 
   // Feeds one value to a scalar stream and writes the Prediction or Error into the
   // result's parts. Returns the error code (UNSPECIFIED when a prediction was written).
@@ -157,6 +200,7 @@ class Shard {
 
   const ConfigTable& configs_;
   Counters& counters_;
+  LatencyHistogram& latency_;  // owned by counters_; written only here
   std::size_t max_keys_;
   std::unordered_map<std::string, Entry> entries_;
   std::unordered_map<std::string, v1::KeyConfig> key_configs_;

@@ -25,6 +25,7 @@
 #include "ntk/stream/server.h"
 
 #include <algorithm>
+#include <array>
 #include <boost/asio.hpp>
 #include <chrono>
 #include <condition_variable>
@@ -382,6 +383,9 @@ class Server::Impl::Session final : public Owner {
   std::size_t capacity() const { return slots_.size(); }
   std::uint32_t index(std::uint64_t n) const { return static_cast<std::uint32_t>(n % capacity()); }
   bool ring_full() const { return next_ - head_ >= capacity(); }
+  void count_request(const v1::Request& request) {
+    ++uncounted_requests_[static_cast<std::size_t>(detail::request_kind(request))];
+  }
   void mark_ready(std::uint32_t id) {
     ready_[id] = true;
     ++uncounted_responses_;
@@ -393,9 +397,12 @@ class Server::Impl::Session final : public Owner {
     if (uncounted_responses_ > 0)
       c.responses.fetch_add(uncounted_responses_, std::memory_order_relaxed);
     if (uncounted_frames_ > 0) c.tcp_frames.fetch_add(uncounted_frames_, std::memory_order_relaxed);
-    if (uncounted_requests_ > 0)
-      c.requests.fetch_add(uncounted_requests_, std::memory_order_relaxed);
-    uncounted_responses_ = uncounted_frames_ = uncounted_requests_ = 0;
+    for (std::size_t k = 0; k < detail::kRequestKinds; ++k) {
+      if (uncounted_requests_[k] == 0) continue;
+      c.count_requests(static_cast<detail::RequestKind>(k), uncounted_requests_[k]);
+      uncounted_requests_[k] = 0;
+    }
+    uncounted_responses_ = uncounted_frames_ = 0;
   }
 
   void do_read() {
@@ -484,12 +491,12 @@ class Server::Impl::Session final : public Owner {
         continue;
       }
       if (auto error = decode_request(r.frame, s.request)) {
-        if (error->code != v1::ERROR_CODE_MALFORMED_MESSAGE) ++uncounted_requests_;
+        if (error->code != v1::ERROR_CODE_MALFORMED_MESSAGE) count_request(s.request);
         impl_.inline_error(*this, id, error->code, std::move(error->message));
         mark_ready(id);
         continue;
       }
-      ++uncounted_requests_;
+      count_request(s.request);
       if (impl_.route(*this, id, batches_)) mark_ready(id);
     }
     flush_counters();
@@ -652,7 +659,8 @@ class Server::Impl::Session final : public Owner {
   bool lingering_ = false;
   bool closed_ = false;
   bool partial_ = false;  // the decoder holds an incomplete frame
-  std::uint64_t uncounted_responses_ = 0, uncounted_frames_ = 0, uncounted_requests_ = 0;
+  std::uint64_t uncounted_responses_ = 0, uncounted_frames_ = 0;
+  std::array<std::uint64_t, detail::kRequestKinds> uncounted_requests_{};  // by RequestKind
   Clock::time_point last_activity_, partial_since_, write_started_, linger_deadline_;
 };
 
@@ -728,12 +736,12 @@ class Server::Impl::UdpPort final : public Owner {
     } else if (auto error =
                    decode_request(std::span<const std::uint8_t>(buffer_.data(), n), s.request)) {
       if (error->code != v1::ERROR_CODE_MALFORMED_MESSAGE) {
-        impl_.counters.requests.fetch_add(1, std::memory_order_relaxed);
+        impl_.counters.count_requests(detail::request_kind(s.request));
       }
       impl_.inline_error(*this, id, error->code, std::move(error->message));
       answered(id);
     } else {
-      impl_.counters.requests.fetch_add(1, std::memory_order_relaxed);
+      impl_.counters.count_requests(detail::request_kind(s.request));
       if (impl_.route(*this, id, batches_)) answered(id);
       impl_.post_batches(shared_from_this(), batches_);
     }

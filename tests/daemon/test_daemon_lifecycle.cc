@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -300,8 +301,12 @@ TEST_CASE("a corrupt or truncated newest snapshot is refused and the previous on
 TEST_CASE("metrics: scraped over HTTP and parsed; counters match the traffic") {
   TempDir dir;
   const std::vector<double> y = make_series(120);
-  Daemon d{dir, {}, {}, nullptr, {}};
+  // Frequent refactorizations: every key measures its drift several times.
+  const auto config = dir / "ntkd.textproto";
+  std::ofstream(config) << "defaults { series { model { recompute_every: 10 } } }\n";
+  Daemon d{dir, {"--config", config.string()}, {}, nullptr, {}};
   d.start("ntkd.log");
+  v1::Stats stats;
   {
     Client c(d.tcp());
     std::vector<v1::Request> batch;
@@ -316,17 +321,97 @@ TEST_CASE("metrics: scraped over HTTP and parsed; counters match the traffic") {
     CHECK(c.call(nan).error().code() == v1::ERROR_CODE_NON_FINITE_VALUE);
     CHECK(c.call(ntk::test::sensor_reading("odd", 3, kT0, 1.0)).error().code() ==
           v1::ERROR_CODE_OUT_OF_ORDER_SEQ);
+    // Other kinds: 3 observations (one key), 2 market ticks, 1 request without payload, and
+    // the Control below.
+    for (std::uint64_t i = 0; i < 3; ++i) {
+      v1::Request r;
+      r.set_seq(i);
+      r.mutable_observation()->set_key("obs");
+      r.mutable_observation()->set_time_unix_nano(kT0 + i * kStep);
+      r.mutable_observation()->add_features(0.5 * static_cast<double>(i));
+      r.mutable_observation()->set_target(y[i]);
+      REQUIRE(c.call(r).has_prediction());
+    }
+    for (std::uint64_t i = 0; i < 2; ++i) {
+      v1::Request r;
+      r.set_seq(i);
+      r.mutable_market_tick()->set_symbol("tick");
+      r.mutable_market_tick()->set_time_unix_nano(kT0 + i * kStep);
+      r.mutable_market_tick()->set_price(100.0 + static_cast<double>(i));
+      REQUIRE(c.call(r).has_prediction());
+    }
+    v1::Request empty;
+    empty.set_seq(1);
+    CHECK(c.call(empty).error().code() == v1::ERROR_CODE_MISSING_FIELD);
+    v1::Request all;
+    all.mutable_control()->mutable_stats()->set_key_prefix("");
+    const v1::Response r = c.call(all);
+    REQUIRE(r.has_stats());
+    stats = r.stats();
   }
   const auto [status, body] = ntk::test::http_get(d.metrics(), "/metrics");
   REQUIRE(status == 200);
   const auto e = ntk::test::parse_prometheus(body);
-  CHECK(e.at("ntkd_keys") == 2);
-  CHECK(e.at("ntkd_requests_total") == 122);
-  CHECK(e.at("ntkd_frames_total{transport=\"tcp\"}") == 122);
+  CHECK(e.at("ntkd_keys") == 4);
+  CHECK(!e.has("ntkd_requests_total"));
+  CHECK(e.at("ntkd_requests_total{kind=\"sensor_reading\"}") == 122);
+  CHECK(e.at("ntkd_requests_total{kind=\"observation\"}") == 3);
+  CHECK(e.at("ntkd_requests_total{kind=\"market_tick\"}") == 2);
+  CHECK(e.at("ntkd_requests_total{kind=\"control\"}") == 1);
+  CHECK(e.at("ntkd_requests_total{kind=\"none\"}") == 1);
+  // The kinds add up to the server's total (as the Stats answer counted it, itself included).
+  const v1::ServerCounters& sc = stats.server();
+  CHECK(sc.requests() == 129);
+  CHECK(sc.requests_observation() + sc.requests_sensor_reading() + sc.requests_market_tick() +
+            sc.requests_control() + sc.requests_no_payload() ==
+        sc.requests());
+  CHECK(e.at("ntkd_frames_total{transport=\"tcp\"}") == 129);
   CHECK(e.at("ntkd_errors_total{code=\"NON_FINITE_VALUE\"}") == 1);
   CHECK(e.at("ntkd_errors_total{code=\"OUT_OF_ORDER_SEQ\"}") == 1);
   CHECK(e.at("ntkd_errors_total{code=\"MALFORMED_MESSAGE\"}") == 0);
-  CHECK(e.at("ntkd_series_values_total{outcome=\"offered\"}") == 121);  // + the out-of-order one
+  CHECK(e.at("ntkd_errors_total{code=\"MISSING_FIELD\"}") == 1);
+
+  // Update latency: one observation per value learned, so its count is the number of model
+  // updates (the sum over the keys' ModelCounters); buckets cumulative and monotone.
+  std::uint64_t updates = 0, recomputes = 0;
+  double drift_max = 0;
+  for (const v1::KeyStats& k : stats.keys()) {
+    updates += k.model().updates();
+    recomputes += k.model().recomputes();
+    drift_max = std::max(drift_max, k.last_drift());
+  }
+  REQUIRE(updates > 50);  // 4 keys, warm-up and lags excluded
+  CHECK(e.types.at("ntkd_update_latency_seconds") == "histogram");
+  CHECK(e.at("ntkd_update_latency_seconds_count") == static_cast<double>(updates));
+  CHECK(e.at("ntkd_model_updates_total") == static_cast<double>(updates));
+  CHECK(sc.update_latency().count() == updates);
+  std::vector<std::pair<double, double>> buckets;  // (le, cumulative count)
+  for (const auto& [series, value] : e.samples) {
+    const std::string prefix = "ntkd_update_latency_seconds_bucket{le=\"";
+    if (series.rfind(prefix, 0) != 0) continue;
+    const std::string le = series.substr(prefix.size(), series.size() - prefix.size() - 2);
+    buckets.emplace_back(le == "+Inf" ? INFINITY : std::stod(le), value);
+  }
+  std::sort(buckets.begin(), buckets.end());
+  REQUIRE(buckets.size() == 14);  // 1 us .. 10 ms, +Inf
+  CHECK(buckets.front().first == 1e-6);
+  CHECK(buckets[12].first == 1e-2);
+  for (std::size_t b = 1; b < buckets.size(); ++b)
+    CHECK(buckets[b].second >= buckets[b - 1].second);
+  CHECK(buckets.back().second == static_cast<double>(updates));
+  CHECK(e.at("ntkd_update_latency_seconds_sum") > 0);
+  // Per-bucket counts of the proto, summed, are the cumulative buckets.
+  std::uint64_t cumulative = 0;
+  for (int b = 0; b < sc.update_latency().counts_size(); ++b) {
+    cumulative += sc.update_latency().counts(b);
+  }
+  CHECK(cumulative == sc.update_latency().count());
+
+  // Drift: measured at the keys' refactorizations and rendered live (no snapshot yet).
+  CHECK(recomputes > 0);
+  CHECK(e.at("ntkd_snapshots_written_total") == 0);
+  CHECK(e.at("ntkd_model_drift_max") == drift_max);
+  CHECK(e.at("ntkd_series_values_total{outcome=\"offered\"}") == 121 + 3 + 2);  // + out-of-order
   CHECK(e.at("ntkd_series_values_total{outcome=\"out_of_order\"}") == 1);
   CHECK(e.at("ntkd_dictionary_points") > 0);
   CHECK(e.at("ntkd_dictionary_size_max") <= 64);

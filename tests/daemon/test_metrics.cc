@@ -30,6 +30,17 @@ v1::Stats make_stats(int keys) {
   c->set_tcp_frames(1000);
   c->set_udp_datagrams(30);
   c->set_requests(1030);
+  c->set_requests_observation(400);
+  c->set_requests_sensor_reading(600);
+  c->set_requests_market_tick(20);
+  c->set_requests_control(7);
+  c->set_requests_no_payload(3);
+  // Per-bucket counts over bounds 1e-6, 1e-5, 1e-4 (and +Inf): cumulative 3, 3, 10, 11.
+  v1::LatencyHistogram* h = c->mutable_update_latency();
+  for (const double b : {1e-6, 1e-5, 1e-4}) h->add_upper_bounds_seconds(b);
+  for (const std::uint64_t n : {3, 0, 7, 1}) h->add_counts(n);
+  h->set_sum_seconds(0.25);
+  h->set_count(11);
   c->set_responses(1029);
   c->set_bytes_received(123456);
   c->set_bytes_sent(654321);
@@ -50,6 +61,7 @@ v1::Stats make_stats(int keys) {
     k->mutable_counters()->set_observations(200u + static_cast<std::uint64_t>(i));
     k->mutable_counters()->set_anomalies(static_cast<std::uint64_t>(i % 2));
     k->mutable_counters()->set_duplicates(1);
+    k->set_last_drift(i == 2 ? 3.5e-13 : 1e-15 * i);  // the largest is not the last key's
   }
   return s;
 }
@@ -65,7 +77,6 @@ ntk::daemon::DaemonStatus make_status() {
   st.snapshots_written = 4;
   st.snapshot_failures = 1;
   st.last_snapshot_duration_seconds = 0.0125;
-  st.drift_max = 3.5e-13;
   st.reloads_ok = 2;
   return st;
 }
@@ -99,7 +110,25 @@ TEST_CASE("metrics: the exposition parses and its numbers are the aggregates") {
 
   CHECK(e.types.at("ntkd_build_info") == "gauge");
   CHECK(e.at("ntkd_build_info{format=\"ntk.v1\",protobuf=\"3.21.12\",version=\"0.1.0\"}") == 1);
-  CHECK(e.at("ntkd_requests_total") == 1030);
+  CHECK(!e.has("ntkd_requests_total"));  // by kind only: no unlabelled total to double-count
+  CHECK(e.at("ntkd_requests_total{kind=\"observation\"}") == 400);
+  CHECK(e.at("ntkd_requests_total{kind=\"sensor_reading\"}") == 600);
+  CHECK(e.at("ntkd_requests_total{kind=\"market_tick\"}") == 20);
+  CHECK(e.at("ntkd_requests_total{kind=\"control\"}") == 7);
+  CHECK(e.at("ntkd_requests_total{kind=\"none\"}") == 3);
+  double by_kind = 0;
+  for (const auto& [k, v] : e.samples) {
+    if (k.rfind("ntkd_requests_total{", 0) == 0) by_kind += v;
+  }
+  CHECK(by_kind == 1030);
+  // The histogram: cumulative buckets, le of the bounds as written, _count = +Inf bucket.
+  CHECK(e.types.at("ntkd_update_latency_seconds") == "histogram");
+  CHECK(e.at("ntkd_update_latency_seconds_bucket{le=\"1e-06\"}") == 3);
+  CHECK(e.at("ntkd_update_latency_seconds_bucket{le=\"1e-05\"}") == 3);
+  CHECK(e.at("ntkd_update_latency_seconds_bucket{le=\"1e-04\"}") == 10);
+  CHECK(e.at("ntkd_update_latency_seconds_bucket{le=\"+Inf\"}") == 11);
+  CHECK(e.at("ntkd_update_latency_seconds_count") == 11);
+  CHECK(e.at("ntkd_update_latency_seconds_sum") == 0.25);
   CHECK(e.at("ntkd_responses_total") == 1029);
   CHECK(e.at("ntkd_frames_total{transport=\"tcp\"}") == 1000);
   CHECK(e.at("ntkd_frames_total{transport=\"udp\"}") == 30);
@@ -156,10 +185,15 @@ TEST_CASE("metrics: the set of series does not grow with the number of keys") {
   // Without a snapshot yet, the age is absent rather than made up.
   auto st = make_status();
   st.last_snapshot_unix_seconds.reset();
-  st.drift_max.reset();
-  const auto e = parse_prometheus(ntk::daemon::render_metrics(make_stats(0), st));
+  v1::Stats empty = make_stats(0);
+  empty.mutable_server()->clear_update_latency();
+  const auto e = parse_prometheus(ntk::daemon::render_metrics(empty, st));
   CHECK(!e.has("ntkd_snapshot_age_seconds"));
   CHECK(e.at("ntkd_dictionary_size_max") == 0);
+  CHECK(e.at("ntkd_model_drift_max") == 0);  // no key: nothing drifted
+  // A server that sent no buckets still renders a valid histogram (everything in +Inf).
+  CHECK(e.at("ntkd_update_latency_seconds_bucket{le=\"+Inf\"}") == 0);
+  CHECK(e.at("ntkd_update_latency_seconds_count") == 0);
 }
 
 TEST_CASE("prometheus number and label formatting") {

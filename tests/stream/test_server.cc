@@ -599,15 +599,27 @@ TEST_CASE("UDP ingest: one Request per datagram") {
     if (t % 10 == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   socket.send_to(asio::buffer(std::string("\x0a\xff\xff", 3)), target);  // not a Request
+  socket.send_to(asio::buffer(std::string()), target);  // an empty Request: no payload
   v1::Control::GetStats scope;
   scope.set_key("udp/temp");
   REQUIRE(eventually([&] {
     const v1::Stats s = server.stats(scope);
     return s.keys_size() == 1 && s.keys(0).counters().observations() == 50 &&
-           error_count(s.server(), v1::ERROR_CODE_MALFORMED_MESSAGE) == 1;
+           error_count(s.server(), v1::ERROR_CODE_MALFORMED_MESSAGE) == 1 &&
+           error_count(s.server(), v1::ERROR_CODE_MISSING_FIELD) == 1;
   }));
   const v1::Stats s = server.stats(scope);
-  CHECK(s.server().udp_datagrams() == 51);
+  CHECK(s.server().udp_datagrams() == 52);
+  // Requests by kind, counted at decoding (the unparseable datagram is not a request).
+  CHECK(s.server().requests() == 51);
+  CHECK(s.server().requests_sensor_reading() == 50);
+  CHECK(s.server().requests_no_payload() == 1);
+  CHECK(s.server().requests_observation() + s.server().requests_market_tick() +
+            s.server().requests_control() ==
+        0);
+  // One update-latency observation per sample the model learned.
+  CHECK(s.keys(0).model().updates() == oracle.model().counters().updates);
+  CHECK(s.server().update_latency().count() == s.keys(0).model().updates());
   CHECK(s.keys(0).last_seq() == 50);
   CHECK(s.keys(0).counters().scored() == oracle.counters().scored);
   CHECK(s.keys(0).score().sum_squared_error() == oracle.score().sum_squared_error);

@@ -168,7 +168,9 @@ class Server {
   std::uint16_t port(std::size_t i = 0) const;
   std::uint16_t udp_port(std::size_t i = 0) const;
 
-  // Server counters (non-blocking, from atomics; `keys` is the live key count).
+  // Server counters (non-blocking, from atomics; `keys` is the live key count). requests
+  // is the sum of the per-kind counts; update_latency sums the shards' histograms, each
+  // written only on its shard's strand and read here with relaxed loads.
   v1::ServerCounters counters() const;
 
   // What Control.GetStats answers: the counters, and the KeyStats of the keys in scope
