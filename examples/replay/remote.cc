@@ -134,34 +134,6 @@ Outcome outcome_of(const v1::Response& r, double sent) {
                            "' with something other than a prediction or an error");
 }
 
-SeriesCounters counters_from(const v1::SeriesCounters& c) {
-  SeriesCounters s;
-  s.observations = c.observations();
-  s.accepted = c.accepted();
-  s.missing = c.missing();
-  s.imputed = c.imputed();
-  s.duplicates = c.duplicates();
-  s.out_of_order = c.out_of_order();
-  s.gaps = c.gaps();
-  s.skipped_seq = c.skipped_seq();
-  s.warming_up = c.warming_up();
-  s.scored = c.scored();
-  s.anomalies = c.anomalies();
-  s.excluded = c.excluded();
-  s.updates = c.updates();
-  return s;
-}
-
-PrequentialScore score_from(const v1::PrequentialScore& p) {
-  PrequentialScore s;
-  s.n = p.n();
-  s.sum_squared_error = p.sum_squared_error();
-  s.sum_absolute_error = p.sum_absolute_error();
-  s.sum_nlpd = p.sum_nlpd();
-  s.covered = p.covered();
-  return s;
-}
-
 StreamSummary stream_summary(Session& session, const std::string& key, const std::string& name) {
   v1::Request r;
   r.mutable_control()->mutable_stats()->set_key(key);
@@ -173,7 +145,7 @@ StreamSummary stream_summary(Session& session, const std::string& key, const std
     throw std::runtime_error("ntkd: no stats for key '" + key + "'");
   }
   const v1::KeyStats& k = resp.stats().keys(0);
-  return {name, counters_from(k.counters()), score_from(k.score())};
+  return {name, stream::from_proto(k.counters()), stream::from_proto(k.score())};
 }
 
 // Sleeps until the data time `t_ns` is due at `speed` x the recorded pace.

@@ -253,6 +253,8 @@ RunningMoments from_proto(const v1::RunningMoments& m) {
   return out;
 }
 
+}  // namespace
+
 SeriesCounters from_proto(const v1::SeriesCounters& c) {
   SeriesCounters out;
   out.observations = c.observations();
@@ -280,8 +282,6 @@ PrequentialScore from_proto(const v1::PrequentialScore& s) {
   out.covered = s.covered();
   return out;
 }
-
-}  // namespace
 
 // ---------------------------------------------------------------------------------------
 // Configs

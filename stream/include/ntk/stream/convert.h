@@ -64,7 +64,9 @@ SeriesState from_proto(const v1::SeriesState& state);
 v1::ModelState to_proto(const ModelState& state);
 ModelState from_proto(const v1::ModelState& state);
 v1::SeriesCounters to_proto(const SeriesCounters& counters);
+SeriesCounters from_proto(const v1::SeriesCounters& counters);
 v1::PrequentialScore to_proto(const PrequentialScore& score);
+PrequentialScore from_proto(const v1::PrequentialScore& score);
 v1::ModelCounters to_proto(const ModelCounters& counters);
 
 }  // namespace ntk::stream
