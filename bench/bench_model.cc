@@ -10,7 +10,6 @@
 //   build-bench/bench/bench_model --benchmark_min_time=0.2
 #include <benchmark/benchmark.h>
 #include <dlib/svm.h>
-
 #include <unistd.h>
 
 #include <cstdio>
@@ -62,7 +61,8 @@ enum class Path { kAdmit, kReject };
 // ntkstream: steady state at a full dictionary. kAdmit feeds fresh Gaussian points (every
 // one enters and one basis is evicted); kReject feeds copies of dictionary points (the ALD
 // test rejects them; the posterior is still updated).
-void BM_ntk_update(benchmark::State& state, bool ntk_kernel, ntk::EvictionPolicy policy, Path path) {
+void BM_ntk_update(benchmark::State& state, bool ntk_kernel, ntk::EvictionPolicy policy,
+                   Path path) {
   const int M = static_cast<int>(state.range(0));
   ntk::OnlineGP gp(config(M, ntk_kernel, policy), kDim);
   const auto warm = gaussian_points(4 * M, 1);
@@ -146,12 +146,21 @@ void sizes(benchmark::internal::Benchmark* b) {
   b->Unit(benchmark::kMicrosecond);
 }
 
-BENCHMARK_CAPTURE(BM_ntk_update, rbf_minloss_admit, false, ntk::EvictionPolicy::kMinLoss, Path::kAdmit)->Apply(sizes);
-BENCHMARK_CAPTURE(BM_ntk_update, rbf_oldest_admit, false, ntk::EvictionPolicy::kOldest, Path::kAdmit)->Apply(sizes);
-BENCHMARK_CAPTURE(BM_ntk_update, rbf_reject, false, ntk::EvictionPolicy::kMinLoss, Path::kReject)->Apply(sizes);
-BENCHMARK_CAPTURE(BM_ntk_update, ntk_minloss_admit, true, ntk::EvictionPolicy::kMinLoss, Path::kAdmit)->Apply(sizes);
-BENCHMARK_CAPTURE(BM_ntk_update, ntk_oldest_admit, true, ntk::EvictionPolicy::kOldest, Path::kAdmit)->Apply(sizes);
-BENCHMARK_CAPTURE(BM_ntk_update, ntk_reject, true, ntk::EvictionPolicy::kMinLoss, Path::kReject)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_ntk_update, rbf_minloss_admit, false, ntk::EvictionPolicy::kMinLoss,
+                  Path::kAdmit)
+    ->Apply(sizes);
+BENCHMARK_CAPTURE(BM_ntk_update, rbf_oldest_admit, false, ntk::EvictionPolicy::kOldest,
+                  Path::kAdmit)
+    ->Apply(sizes);
+BENCHMARK_CAPTURE(BM_ntk_update, rbf_reject, false, ntk::EvictionPolicy::kMinLoss, Path::kReject)
+    ->Apply(sizes);
+BENCHMARK_CAPTURE(BM_ntk_update, ntk_minloss_admit, true, ntk::EvictionPolicy::kMinLoss,
+                  Path::kAdmit)
+    ->Apply(sizes);
+BENCHMARK_CAPTURE(BM_ntk_update, ntk_oldest_admit, true, ntk::EvictionPolicy::kOldest, Path::kAdmit)
+    ->Apply(sizes);
+BENCHMARK_CAPTURE(BM_ntk_update, ntk_reject, true, ntk::EvictionPolicy::kMinLoss, Path::kReject)
+    ->Apply(sizes);
 BENCHMARK_CAPTURE(BM_ntk_predict, rbf, false)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_ntk_predict, ntk, true)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_dlib_krls, admit, Path::kAdmit)->Apply(sizes);

@@ -1,8 +1,9 @@
 // Linear kernel x.y: the row is the GEMV.
+#include "detail/kernel_linear.h"
+
 #include <stdexcept>
 
 #include "detail/kernel_common.h"
-#include "detail/kernel_linear.h"
 
 namespace ntk::detail {
 

@@ -1,9 +1,10 @@
 // Polynomial kernel (gamma x.y + coef0)^degree.
+#include "detail/kernel_polynomial.h"
+
 #include <cmath>
 #include <stdexcept>
 
 #include "detail/kernel_common.h"
-#include "detail/kernel_polynomial.h"
 #include "detail/row_loop.h"
 #include "detail/simd.h"
 

@@ -69,8 +69,8 @@ int parse_int(std::string_view key, std::string_view value) {
 }
 
 // The keys each kernel type accepts, in canonical (to_string) order.
-constexpr std::array<std::string_view, 7> kNtkKeys = {
-    "activation", "depth", "w_std", "b_std", "parameterization", "width", "output"};
+constexpr std::array<std::string_view, 7> kNtkKeys = {"activation",       "depth", "w_std", "b_std",
+                                                      "parameterization", "width", "output"};
 constexpr std::array<std::string_view, 2> kRbfKeys = {"lengthscale", "variance"};
 constexpr std::array<std::string_view, 3> kPolynomialKeys = {"degree", "gamma", "coef0"};
 
@@ -235,11 +235,12 @@ KernelSpec KernelSpec::parse(std::string_view text) {
              std::string(ntk::to_string(spec.type)));
       }
       if (!type_accepts(spec.type, key)) {
-        fail("key " + quoted(key) + " (value " + quoted(value) + ") does not apply to kernel type " +
-             std::string(ntk::to_string(spec.type)));
+        fail("key " + quoted(key) + " (value " + quoted(value) +
+             ") does not apply to kernel type " + std::string(ntk::to_string(spec.type)));
       }
       for (std::string_view k : seen) {
-        if (k == key) fail("duplicate key " + quoted(key) + " (second value " + quoted(value) + ")");
+        if (k == key)
+          fail("duplicate key " + quoted(key) + " (second value " + quoted(value) + ")");
       }
       seen.push_back(key);
       set_field(spec, key, value);

@@ -214,8 +214,7 @@ struct OnlineGP::Impl {
     // x.norm() overflows to inf, and is refused, for larger finite inputs.
     const double norm = x.norm();
     if (!(norm <= kMaxMagnitude)) {
-      invalid("input norm " + num(norm) + " is above 1e150" +
-              " (standardize the inputs)");
+      invalid("input norm " + num(norm) + " is above 1e150" + " (standardize the inputs)");
     }
   }
 

@@ -18,8 +18,8 @@ namespace ntk::test {
 // noise variance `noise`: mean = k^T (K + (j + noise) I)^{-1} y,
 // var_f = k(x,x) + j - k^T (K + (j + noise) I)^{-1} k.
 inline Prediction exact_gp(const Kernel& kernel, const std::vector<Eigen::VectorXd>& xs,
-                           const std::vector<double>& ys, const Eigen::VectorXd& x,
-                           double noise, double jitter) {
+                           const std::vector<double>& ys, const Eigen::VectorXd& x, double noise,
+                           double jitter) {
   const Eigen::Index n = static_cast<Eigen::Index>(xs.size());
   Prediction p;
   const double kss = kernel(x, x) + jitter;
@@ -124,15 +124,14 @@ class NaiveKrlst {
   }
 
   // The KRLS-T criterion of every basis right now (brute force, explicit inverse).
-  Eigen::VectorXd criterion() const {
-    return (Q_ * mu_).cwiseAbs().cwiseQuotient(Q_.diagonal());
-  }
+  Eigen::VectorXd criterion() const { return (Q_ * mu_).cwiseAbs().cwiseQuotient(Q_.diagonal()); }
   const std::vector<Eigen::VectorXd>& dict() const { return dict_; }
 
  private:
   Eigen::VectorXd kvec(const Eigen::VectorXd& x) const {
     Eigen::VectorXd kb(static_cast<Eigen::Index>(dict_.size()));
-    for (std::size_t i = 0; i < dict_.size(); ++i) kb(static_cast<Eigen::Index>(i)) = (*k_)(dict_[i], x);
+    for (std::size_t i = 0; i < dict_.size(); ++i)
+      kb(static_cast<Eigen::Index>(i)) = (*k_)(dict_[i], x);
     return kb;
   }
   Eigen::MatrixXd gram_jittered() const {
@@ -203,7 +202,9 @@ inline std::vector<double> mackey_glass(int n, double tau = 17.0) {
   const int lag = static_cast<int>(std::lround(tau / dt));
   const int per_sample = 10, transient = 10000;
   std::vector<double> x(static_cast<std::size_t>(lag + 1), 1.2);
-  const auto f = [](double xt, double xd) { return 0.2 * xd / (1.0 + std::pow(xd, 10)) - 0.1 * xt; };
+  const auto f = [](double xt, double xd) {
+    return 0.2 * xd / (1.0 + std::pow(xd, 10)) - 0.1 * xt;
+  };
   std::vector<double> out;
   for (int step = 0; static_cast<int>(out.size()) < n; ++step) {
     const std::size_t t = x.size() - 1;
@@ -227,7 +228,8 @@ inline std::vector<double> lorenz_x(int n) {
   const double dt = 0.01, sigma = 10.0, rho = 28.0, beta = 8.0 / 3.0;
   Eigen::Vector3d s(1.0, 1.0, 1.0);
   const auto f = [&](const Eigen::Vector3d& v) {
-    return Eigen::Vector3d(sigma * (v(1) - v(0)), v(0) * (rho - v(2)) - v(1), v(0) * v(1) - beta * v(2));
+    return Eigen::Vector3d(sigma * (v(1) - v(0)), v(0) * (rho - v(2)) - v(1),
+                           v(0) * v(1) - beta * v(2));
   };
   std::vector<double> out;
   const int transient = 5000, per_sample = 5;

@@ -96,8 +96,10 @@ ntk::detail::NtkParams params_of(const json& c, ntk::KernelOutput output) {
     const json& hw = c.at("hidden_width");
     if (hw.is_array()) {
       // The widths of the hidden layers; a trailing readout width (1) may be listed too.
-      REQUIRE((static_cast<int>(hw.size()) == p.depth || static_cast<int>(hw.size()) == p.depth + 1));
-      for (int l = 0; l < p.depth; ++l) p.width.push_back(hw[static_cast<std::size_t>(l)].get<double>());
+      REQUIRE(
+          (static_cast<int>(hw.size()) == p.depth || static_cast<int>(hw.size()) == p.depth + 1));
+      for (int l = 0; l < p.depth; ++l)
+        p.width.push_back(hw[static_cast<std::size_t>(l)].get<double>());
     } else {
       p.width.assign(static_cast<std::size_t>(p.depth), hw.get<double>());
     }
@@ -165,15 +167,15 @@ TEST_CASE("NTK and NNGP reproduce every golden case through both code paths") {
   for (const json& c : g.at("cases")) {
     const std::string id = c.at("id").get<std::string>();
     CAPTURE(id);
-    const RowMatrixXd X = to_points(g.at("input_sets").at(c.at("input_set").get<std::string>()).at("x"));
+    const RowMatrixXd X =
+        to_points(g.at("input_sets").at(c.at("input_set").get<std::string>()).at("x"));
     for (const ntk::KernelOutput out : {ntk::KernelOutput::kNngp, ntk::KernelOutput::kNtk}) {
       const bool nngp = out == ntk::KernelOutput::kNngp;
       const MatrixXd G = to_matrix(c.at(nngp ? "nngp" : "ntk"));
       const ntk::detail::NtkParams p = params_of(c, out);
       const ntk::detail::NtkKernel k(p);
       const double tol = tolerance(p.activation);
-      const std::string key =
-          c.at("activation").get<std::string>() + (nngp ? " nngp" : " ntk ");
+      const std::string key = c.at("activation").get<std::string>() + (nngp ? " nngp" : " ntk ");
       const double e_scalar = scaled_error(scalar_matrix(k, X), G);
       const double e_row = scaled_error(row_matrix(k, X), G);
       const double e_gram = scaled_error(k.gram(X), G);
@@ -204,7 +206,8 @@ TEST_CASE("uniform golden cases through the public KernelSpec path") {
     s.activation = activation_of(c.at("activation").get<std::string>());
     s.depth = c.at("depth").get<int>();
     s.w_std = c.at("W_std").get<double>();
-    s.b_std = c.at("b_std").is_null() ? std::nullopt : std::optional<double>(c.at("b_std").get<double>());
+    s.b_std =
+        c.at("b_std").is_null() ? std::nullopt : std::optional<double>(c.at("b_std").get<double>());
     if (c.at("parameterization").get<std::string>() == "standard") {
       s.parameterization = ntk::Parameterization::kStandard;
       s.width = c.at("hidden_width").get<int>();
@@ -213,7 +216,8 @@ TEST_CASE("uniform golden cases through the public KernelSpec path") {
     // Round trip through the text form first: the text carries the exact doubles.
     const auto k = ntk::make_kernel(ntk::KernelSpec::parse(s.to_string()));
     CHECK(k->spec() == s);
-    const RowMatrixXd X = to_points(g.at("input_sets").at(c.at("input_set").get<std::string>()).at("x"));
+    const RowMatrixXd X =
+        to_points(g.at("input_sets").at(c.at("input_set").get<std::string>()).at("x"));
     CHECK(scaled_error(row_matrix(*k, X), to_matrix(c.at("ntk"))) <= tolerance(s.activation));
   }
 }
@@ -256,7 +260,8 @@ TEST_CASE("per-layer lists of W_std, b_std and widths are honoured") {
   CHECK(row_matrix(ntk::detail::NtkKernel(q), E)(0, 0) == doctest::Approx(12.25).epsilon(1e-15));
   q.parameterization = ntk::Parameterization::kStandard;
   q.width = {10.0};
-  CHECK(ntk::detail::NtkKernel(q)(e1, e1) == doctest::Approx(10.0 * 2 / 3 + 4.5 + 1).epsilon(1e-15));
+  CHECK(ntk::detail::NtkKernel(q)(e1, e1) ==
+        doctest::Approx(10.0 * 2 / 3 + 4.5 + 1).epsilon(1e-15));
   CHECK(row_matrix(ntk::detail::NtkKernel(q), E)(0, 0) ==
         doctest::Approx(10.0 * 2 / 3 + 4.5 + 1).epsilon(1e-15));
 }
@@ -301,8 +306,9 @@ TEST_CASE("gradient-descent predictions (gd_mse) with the project's kernel") {
   for (const json& c : golden().at("gd_mse")) {
     CAPTURE(c.at("id").get<std::string>());
     const json& kd = c.at("kernel");
-    const ntk::KernelOutput out =
-        kd.at("kernel").get<std::string>() == "nngp" ? ntk::KernelOutput::kNngp : ntk::KernelOutput::kNtk;
+    const ntk::KernelOutput out = kd.at("kernel").get<std::string>() == "nngp"
+                                      ? ntk::KernelOutput::kNngp
+                                      : ntk::KernelOutput::kNtk;
     const ntk::detail::NtkKernel k(params_of(kd, out));
     const RowMatrixXd Xtr = to_points(c.at("x_train"));
     const RowMatrixXd Xte = to_points(c.at("x_test"));

@@ -106,7 +106,8 @@ TEST_CASE("oracle 1: budget >= n, lambda = 1, threshold 0 equals exact GP regres
     std::normal_distribution<double> noise(0.0, 0.2);
     for (const VectorXd& x : xs) {
       const double y = target(x) + noise(rng);
-      const Prediction expect = ntk::test::exact_gp(*kernel, seen, ys, x, c.noise_variance, c.jitter);
+      const Prediction expect =
+          ntk::test::exact_gp(*kernel, seen, ys, x, c.noise_variance, c.jitter);
       const ntk::UpdateResult r = gp.update(x, y);
       check_close(r.prediction, expect, 1e-9);
       CHECK(r.admitted);
@@ -117,8 +118,8 @@ TEST_CASE("oracle 1: budget >= n, lambda = 1, threshold 0 equals exact GP regres
     }
     CHECK(gp.dictionary_size() == 50);
     for (const VectorXd& x : probes) {
-      check_close(gp.predict(x), ntk::test::exact_gp(*kernel, seen, ys, x, c.noise_variance, c.jitter),
-                  1e-9);
+      check_close(gp.predict(x),
+                  ntk::test::exact_gp(*kernel, seen, ys, x, c.noise_variance, c.jitter), 1e-9);
     }
   }
 }
@@ -158,7 +159,9 @@ TEST_CASE("oracle 2: linear kernel equals Bayesian linear regression in closed f
   CHECK(gp.counters().admitted == static_cast<std::uint64_t>(d));
 }
 
-TEST_CASE("oracle 3 and 5: pruning and forgetting equal a naive O(M^3) KRLS-T; evictions by brute force") {
+TEST_CASE(
+    "oracle 3 and 5: pruning and forgetting equal a naive O(M^3) KRLS-T; evictions by brute "
+    "force") {
   for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
     for (const char* spec : kKernels) {
       CAPTURE(spec);
@@ -311,7 +314,8 @@ TEST_CASE("no heap allocation per update once constructed") {
       for (std::size_t t = 0; t < 500; ++t) gp.update(xs[t], ys[t]);
       const long before = g_allocations.load();
       std::uint64_t recomputes = 0;
-      for (std::size_t t = 500; t < xs.size(); ++t) recomputes += gp.update(xs[t], ys[t]).recomputed;
+      for (std::size_t t = 500; t < xs.size(); ++t)
+        recomputes += gp.update(xs[t], ys[t]).recomputed;
       CHECK(g_allocations.load() - before == 0);
       CHECK(recomputes >= 9);
       CHECK(gp.dictionary_size() == c.budget);
@@ -361,7 +365,8 @@ TEST_CASE("import refuses inconsistent states") {
   {
     ntk::ModelState s = good;
     s.factor(4, 4) = -1.0;
-    CHECK_THROWS_WITH_AS(OnlineGP::import_state(s), doctest::Contains("non-positive diagonal at index 4"),
+    CHECK_THROWS_WITH_AS(OnlineGP::import_state(s),
+                         doctest::Contains("non-positive diagonal at index 4"),
                          std::invalid_argument);
   }
   {
@@ -484,7 +489,7 @@ TEST_CASE("oracle 6: chaotic series, 7 lags, M = 100, against RLS AR(7)") {
     if (k.kernel) cc.kernel = ntk::KernelSpec::parse(k.kernel);
     const ChaosResult r = run_chaos(*k.series, cc);
     MESSAGE(std::string(k.name) << ": GP MSE " << r.gp_mse << ", AR(7) MSE " << r.ar_mse << ", "
-                   << db(r.ar_mse / r.gp_mse) << " dB below AR(7)");
+                                << db(r.ar_mse / r.gp_mse) << " dB below AR(7)");
     CHECK(db(r.ar_mse / r.gp_mse) >= k.min_db);
   }
 }

@@ -64,11 +64,11 @@ struct NtkParams {
 
 // Per Dense layer constants, derived once from NtkParams.
 struct NtkLayer {
-  double s = 0.0;         // w_std
-  double s2 = 0.0;        // w_std^2
-  double beta = 0.0;      // b_std, 0 when the layer has no bias parameter
-  double bias_ntk = 0.0;  // [bias_k] of the standard-parameterization NTK: 1 or 0
-  double width_in = 0.0;  // width of the hidden layer feeding the layer (k >= 1)
+  double s = 0.0;               // w_std
+  double s2 = 0.0;              // w_std^2
+  double beta = 0.0;            // b_std, 0 when the layer has no bias parameter
+  double bias_ntk = 0.0;        // [bias_k] of the standard-parameterization NTK: 1 or 0
+  double width_in = 0.0;        // width of the hidden layer feeding the layer (k >= 1)
   bool may_degenerate = false;  // beta == 0: q_k(x, x) = 0 is possible
 };
 

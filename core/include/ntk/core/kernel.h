@@ -47,7 +47,8 @@ class Kernel {
   virtual Eigen::Index scratch_cols() const = 0;
 
   // ensures: cache (size cache_size()) holds the per-point quantities of x.
-  virtual void prepare(Eigen::Ref<const Eigen::VectorXd> x, Eigen::Ref<Eigen::VectorXd> cache) const = 0;
+  virtual void prepare(Eigen::Ref<const Eigen::VectorXd> x,
+                       Eigen::Ref<Eigen::VectorXd> cache) const = 0;
   // ensures: returns k(x, x), given cache = prepare(x).
   virtual double self(Eigen::Ref<const Eigen::VectorXd> x,
                       Eigen::Ref<const Eigen::VectorXd> cache) const = 0;
@@ -67,10 +68,10 @@ class Kernel {
                             Eigen::Ref<const Eigen::VectorXd> y) const = 0;
 
   // Convenience (allocating) forms.
-  double operator()(Eigen::Ref<const Eigen::VectorXd> x) const;  // k(x, x)
-  Eigen::MatrixXd gram(const Eigen::Ref<const RowMatrixXd>& X) const;          // pairwise, symmetric
+  double operator()(Eigen::Ref<const Eigen::VectorXd> x) const;        // k(x, x)
+  Eigen::MatrixXd gram(const Eigen::Ref<const RowMatrixXd>& X) const;  // pairwise, symmetric
   Eigen::MatrixXd cross(const Eigen::Ref<const RowMatrixXd>& X,
-                        const Eigen::Ref<const RowMatrixXd>& Y) const;         // X.rows() x Y.rows()
+                        const Eigen::Ref<const RowMatrixXd>& Y) const;  // X.rows() x Y.rows()
   // Caches of a whole set: M x cache_size().
   Eigen::MatrixXd prepare_all(const Eigen::Ref<const RowMatrixXd>& X) const;
 
