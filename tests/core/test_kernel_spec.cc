@@ -132,9 +132,9 @@ TEST_CASE("keys not given take the documented defaults") {
   const KernelSpec def;
   CHECK(def.type == KernelType::kNtk);
   CHECK(def.activation == Activation::kErf);
-  CHECK(def.depth == 2);
-  CHECK(def.w_std == 1.0);
-  CHECK(def.b_std == std::optional<double>(0.1));
+  CHECK(def.depth == 1);
+  CHECK(def.w_std == 0.7);
+  CHECK(def.b_std == std::optional<double>(0.7));
   CHECK(def.parameterization == Parameterization::kNtk);
   CHECK_FALSE(def.width.has_value());
   CHECK(def.output == KernelOutput::kNtk);
@@ -146,7 +146,7 @@ TEST_CASE("keys not given take the documented defaults") {
 
   CHECK(KernelSpec::parse("ntk") == def);
   CHECK(KernelSpec::parse("ntk").to_string() ==
-        "ntk:activation=erf,depth=2,w_std=1,b_std=0.1,parameterization=ntk,output=ntk");
+        "ntk:activation=erf,depth=1,w_std=0.7,b_std=0.7,parameterization=ntk,output=ntk");
   CHECK(KernelSpec::parse("rbf") == of_type(KernelType::kRbf));
   CHECK(KernelSpec::parse("rbf").to_string() == "rbf:lengthscale=1,variance=1");
   CHECK(KernelSpec::parse("polynomial") == of_type(KernelType::kPolynomial));
@@ -195,7 +195,7 @@ TEST_CASE("parsing: whitespace, key order, b_std none versus 0, numeric forms") 
   const KernelSpec w = KernelSpec::parse("ntk:width=7");
   CHECK(w.width == std::optional<int>(7));
   CHECK(w.to_string() ==
-        "ntk:activation=erf,depth=2,w_std=1,b_std=0.1,parameterization=ntk,width=7,output=ntk");
+        "ntk:activation=erf,depth=1,w_std=0.7,b_std=0.7,parameterization=ntk,width=7,output=ntk");
   // Depth 0 (a single Dense layer) and the deepest accepted network.
   CHECK(KernelSpec::parse("ntk:depth=0").depth == 0);
   CHECK(KernelSpec::parse("ntk:depth=1000").depth == KernelSpec::kMaxDepth);
@@ -206,7 +206,7 @@ TEST_CASE("printing uses shortest round-trip numbers") {
   s.w_std = 0.1 + 0.2;  // 0.30000000000000004: needs all 17 digits
   s.b_std = 1e-300;
   CHECK(s.to_string() ==
-        "ntk:activation=erf,depth=2,w_std=0.30000000000000004,b_std=1e-300,"
+        "ntk:activation=erf,depth=1,w_std=0.30000000000000004,b_std=1e-300,"
         "parameterization=ntk,output=ntk");
   CHECK(KernelSpec::parse(s.to_string()) == s);
 

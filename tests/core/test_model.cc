@@ -464,7 +464,7 @@ double db(double ratio) { return 10.0 * std::log10(ratio); }
 // RBF lengthscale 2 is the hand-tuned one for 7 standardized lags (typical distance
 // sqrt(2*7) ~ 3.7; lengthscale 1 admits nearly every sample and loses 8 dB on
 // Mackey-Glass); the NTK is the untuned default KernelSpec. Measured (this machine):
-// Mackey-Glass RBF 5.7 dB, NTK 5.0 dB; Lorenz RBF 43 dB, NTK 42 dB below AR(7).
+// Mackey-Glass RBF 5.7 dB, NTK 3.3 dB; Lorenz RBF 43 dB, NTK 38 dB below AR(7).
 TEST_CASE("oracle 6: chaotic series, 7 lags, M = 100, against RLS AR(7)") {
   const auto mg = ntk::test::standardized(ntk::test::mackey_glass(3000));
   const auto lz = ntk::test::standardized(ntk::test::lorenz_x(3000));
