@@ -8,7 +8,11 @@
 //   ntk-load [--connect HOST:PORT] [--server-threads 2] [--connections 8] [--keys 1000]
 //            [--dim 7] [--budget 64] [--messages 2000000] [--window 512]
 //            [--rate MSGS_PER_S] [--warmup-fraction 0.2] [--client-threads 1]
-//            [--kernel SPEC] [--model-only]
+//            [--kernel SPEC] [--noise R | --race] [--model-only]
+//
+// Each key runs one model with the noise ratio R (default 0.01): the figures are those of
+// one model update per message. --race gives keys the default noise-ratio race instead
+// (up to four models per key during its first 2000 samples, see core/series.h).
 //
 // --model-only runs the same requests through in-process ntk::SeriesPredictors, one
 // thread, no sockets: the cost of the models alone, to set the server's figures against.
@@ -77,7 +81,9 @@ struct Args {
   double warmup_fraction = 0.2;
   unsigned client_threads = 1;
   int pool = 0;        // frames per connection; 0: 128 per key the connection feeds (>= 4096)
-  std::string kernel;  // empty: the default (NTK, relu, depth 3)
+  std::string kernel;  // empty: the default (NTK, erf, depth 1)
+  double noise = 0.01;
+  bool race = false;  // the default noise-ratio race instead of one model with `noise`
   bool model_only = false;
 };
 
@@ -87,7 +93,8 @@ struct Args {
                "usage: ntk-load [--connect HOST:PORT] [--server-threads T] [--connections N]\n"
                "                [--keys K] [--dim D] [--budget M] [--messages TOTAL]\n"
                "                [--window W] [--rate MSGS_PER_S] [--warmup-fraction F]\n"
-               "                [--client-threads C] [--kernel SPEC] [--model-only]\n",
+               "                [--client-threads C] [--kernel SPEC] [--noise R | --race]\n"
+               "                [--model-only]\n",
                why);
   std::exit(2);
 }
@@ -98,6 +105,10 @@ Args parse(int argc, char** argv) {
     const std::string flag = argv[i];
     if (flag == "--model-only") {
       a.model_only = true;
+      continue;
+    }
+    if (flag == "--race") {
+      a.race = true;
       continue;
     }
     if (i + 1 >= argc) usage(("missing value for " + flag).c_str());
@@ -125,6 +136,8 @@ Args parse(int argc, char** argv) {
         a.warmup_fraction = std::stod(value);
       } else if (flag == "--kernel") {
         a.kernel = value;
+      } else if (flag == "--noise") {
+        a.noise = std::stod(value);
       } else if (flag == "--client-threads") {
         a.client_threads = static_cast<unsigned>(std::stoul(value));
       } else {
@@ -137,7 +150,7 @@ Args parse(int argc, char** argv) {
   if (a.pool == 0) a.pool = std::max(4096, 128 * ((a.keys + a.connections - 1) / a.connections));
   if (a.connections < 1 || a.keys < 1 || a.dim < 1 || a.budget < 1 || a.window < 1 ||
       a.messages < static_cast<std::uint64_t>(a.connections) || a.rate < 0 ||
-      a.warmup_fraction < 0 || a.warmup_fraction >= 1 || a.client_threads < 1) {
+      a.warmup_fraction < 0 || a.warmup_fraction >= 1 || a.client_threads < 1 || !(a.noise > 0)) {
     usage("a value is out of range");
   }
   return a;
@@ -400,6 +413,8 @@ v1::KeyConfig key_config(const Args& a) {
   v1::KeyConfig c;
   c.mutable_series()->mutable_model()->set_budget(a.budget);
   if (!a.kernel.empty()) c.mutable_series()->mutable_model()->mutable_kernel()->set_spec(a.kernel);
+  // A fixed ratio (model.noise_variance without candidates) turns the race off.
+  if (!a.race) c.mutable_series()->mutable_model()->set_noise_variance(a.noise);
   return c;
 }
 
@@ -479,9 +494,10 @@ int main(int argc, char** argv) {
   std::atomic<int> finished{0};
   std::vector<std::shared_ptr<Connection>> connections;
   std::printf(
-      "ntk-load: %d connections x %llu observations (d=%d) over %d keys, budget %d, %s\n",
+      "ntk-load: %d connections x %llu observations (d=%d) over %d keys, budget %d, noise %s, "
+      "%s\n",
       args.connections, static_cast<unsigned long long>(per_connection), args.dim, args.keys,
-      args.budget,
+      args.budget, args.race ? "raced" : std::to_string(args.noise).c_str(),
       args.connect.empty()
           ? ("in-process server, " + std::to_string(args.server_threads) + " threads").c_str()
           : ("server " + args.connect).c_str());

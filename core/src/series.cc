@@ -142,7 +142,48 @@ void SeriesConfig::validate() const {
     invalid("max_excluded_run must be >= 0, got " + std::to_string(max_excluded_run));
   }
   model.validate();
+  if (noise_candidates.size() > static_cast<std::size_t>(kMaxNoiseCandidates)) {
+    invalid("noise_candidates has " + std::to_string(noise_candidates.size()) +
+            " entries, at most " + std::to_string(kMaxNoiseCandidates) + " allowed");
+  }
+  for (std::size_t i = 0; i < noise_candidates.size(); ++i) {
+    const double r = noise_candidates[i];
+    if (!(r > 0.0) || !std::isfinite(r)) {
+      invalid("noise_candidates must be finite and > 0, got " + num(r));
+    }
+    for (std::size_t j = 0; j < i; ++j) {
+      if (noise_candidates[j] == r) invalid("noise_candidates lists " + num(r) + " twice");
+    }
+  }
+  if (selection_samples < 1) {
+    invalid("selection_samples must be >= 1, got " + std::to_string(selection_samples));
+  }
+  if (!(selection_margin > 1.0)) {
+    invalid("selection_margin must be > 1, got " + num(selection_margin));
+  }
 }
+
+namespace {
+
+// The model of one noise candidate: config.model with its noise ratio.
+ModelConfig candidate_config(const SeriesConfig& c, double noise) {
+  ModelConfig m = c.model;
+  m.noise_variance = noise;
+  return m;
+}
+
+std::vector<OnlineGP> make_models(const SeriesConfig& c, int dim) {
+  std::vector<OnlineGP> models;
+  if (c.noise_candidates.empty()) {
+    models.emplace_back(c.model, dim);
+    return models;
+  }
+  models.reserve(c.noise_candidates.size());
+  for (const double r : c.noise_candidates) models.emplace_back(candidate_config(c, r), dim);
+  return models;
+}
+
+}  // namespace
 
 // --- PrequentialScore, RunningMoments ---------------------------------------------------
 
@@ -193,7 +234,10 @@ struct SeriesPredictor::Impl {
   SeriesConfig config;
   int feature_dim;  // 0: scalar-stream mode
   int dim;          // model input dimension
-  OnlineGP model;
+  // The noise-ratio race: models[0] is the leader, sse[i] the sum of squared forecast
+  // errors (original units) of models[i] while more than one races.
+  std::vector<OnlineGP> models;
+  std::vector<double> sse;
 
   // State.
   RunningMoments scaler;
@@ -226,7 +270,8 @@ struct SeriesPredictor::Impl {
       : config((c.validate(), c)),
         feature_dim(fdim),
         dim(input_dim(c, fdim)),
-        model(c.model, dim),
+        models(make_models(c, dim)),
+        sse(models.size(), 0.0),
         feature_scalers(static_cast<std::size_t>(fdim)),
         last_features(VectorXd::Constant(fdim, kNaN)),
         ring_values(static_cast<std::size_t>(fdim > 0 ? 1 : c.lags + c.horizon - 1), 0.0),
@@ -252,6 +297,56 @@ struct SeriesPredictor::Impl {
 
   bool warmed() const {
     return scaler.n >= static_cast<std::uint64_t>(config.warmup) && scaler.m2 > 0.0;
+  }
+
+  const OnlineGP& leader() const { return models.front(); }
+
+  // --- the noise-ratio race ---------------------------------------------------------------
+
+  // Every racing model learns (x, target); returns the leader's result. While several race,
+  // each one's forecast, mapped to original units by to_original(prediction).mean, is
+  // scored against `value` and the race is settled. The models all check the same input
+  // the same way, so either the first update throws (nothing changed) or none does.
+  template <typename ToOriginal>
+  UpdateResult learn(double target, double value, ToOriginal&& to_original_mean) {
+    UpdateResult lead = models[0].update(x, target);
+    if (models.size() == 1) return lead;
+    const double e0 = value - to_original_mean(lead.prediction);
+    sse[0] += e0 * e0;
+    for (std::size_t i = 1; i < models.size(); ++i) {
+      const double e = value - to_original_mean(models[i].update(x, target).prediction);
+      sse[i] += e * e;
+    }
+    settle_race();
+    return lead;
+  }
+
+  // The best candidate leads (ties keep the current leader); far worse ones are dropped,
+  // and all but the leader once selection_samples samples were learned. No allocation:
+  // models move within their vector.
+  void settle_race() {
+    std::size_t best = 0;
+    for (std::size_t i = 1; i < models.size(); ++i) {
+      if (sse[i] < sse[best]) best = i;
+    }
+    if (best != 0) {
+      std::swap(models[0], models[best]);
+      std::swap(sse[0], sse[best]);
+    }
+    const std::uint64_t learned = models[0].counters().updates;
+    const bool done = learned >= static_cast<std::uint64_t>(config.selection_samples);
+    if (!done && learned < static_cast<std::uint64_t>(SeriesConfig::kRaceMinSamples)) return;
+    std::size_t kept = 1;
+    for (std::size_t i = 1; i < models.size(); ++i) {
+      if (done || sse[i] > config.selection_margin * sse[0]) continue;
+      if (kept != i) {
+        std::swap(models[kept], models[i]);
+        std::swap(sse[kept], sse[i]);
+      }
+      ++kept;
+    }
+    models.erase(models.begin() + static_cast<std::ptrdiff_t>(kept), models.end());
+    sse.resize(kept);
   }
 
   // --- sequence numbers -------------------------------------------------------------------
@@ -364,7 +459,7 @@ struct SeriesPredictor::Impl {
   void issue_forecast() {
     if (horizon() == 1 || !warmed() || ring_count < lags()) return;
     embed(0, 0.0);
-    const Prediction p = to_original(model.predict(x), 0);
+    const Prediction p = to_original(leader().predict(x), 0);
     const int cap = pending_capacity();
     pending[static_cast<std::size_t>((pending_head + pending_count) % cap)] = {
         slots - 1 + static_cast<std::uint64_t>(horizon()), p.mean, std::sqrt(p.var_y)};
@@ -404,18 +499,20 @@ struct SeriesPredictor::Impl {
     }
     const double target = ready ? target_of(value, offset) : 0.0;
 
+    // The race scores each candidate's forecast of this value from this sample's lags.
+    const auto original_mean = [&](const Prediction& p) { return to_original(p, offset).mean; };
     if (h == 1) {
       if (ready && !config.exclude_anomalies) {
         // The prediction update() makes before absorbing y is the forecast: no extra pass.
-        const UpdateResult r = model.update(x, target);
+        const UpdateResult r = learn(target, value, original_mean);
         const Prediction p = to_original(r.prediction, 0);
         judge(value, p.mean, std::sqrt(p.var_y), out);
         out.learned = true;
       } else if (ready) {
-        const Prediction p = to_original(model.predict(x), 0);
+        const Prediction p = to_original(leader().predict(x), 0);
         judge(value, p.mean, std::sqrt(p.var_y), out);
         if (!out.excluded) {
-          model.update(x, target);
+          learn(target, value, original_mean);
           out.learned = true;
         }
       }
@@ -424,7 +521,7 @@ struct SeriesPredictor::Impl {
         judge(value, f->mean, f->sd, out);
       }
       if (ready && !out.excluded) {
-        model.update(x, target);
+        learn(target, value, original_mean);
         out.learned = true;
       }
     }
@@ -503,7 +600,7 @@ struct SeriesPredictor::Impl {
     if (!y || y_missing) {
       out.status = y ? OutcomeStatus::kMissing : OutcomeStatus::kUnlabelled;
       if (warmed()) {
-        const Prediction p = features_to_original(model.predict(x));
+        const Prediction p = features_to_original(leader().predict(x));
         out.has_prediction = true;
         out.mean = p.mean;
         out.sd = std::sqrt(p.var_y);
@@ -515,15 +612,16 @@ struct SeriesPredictor::Impl {
     ++counters.accepted;
     if (warmed()) {
       const double target = (value - scaler.mean) / scaler.sd();
+      const auto original_mean = [&](const Prediction& p) { return features_to_original(p).mean; };
       if (!config.exclude_anomalies) {
-        const Prediction p = features_to_original(model.update(x, target).prediction);
+        const Prediction p = features_to_original(learn(target, value, original_mean).prediction);
         judge(value, p.mean, std::sqrt(p.var_y), out);
         out.learned = true;
       } else {
-        const Prediction p = features_to_original(model.predict(x));
+        const Prediction p = features_to_original(leader().predict(x));
         judge(value, p.mean, std::sqrt(p.var_y), out);
         if (!out.excluded) {
-          model.update(x, target);
+          learn(target, value, original_mean);
           out.learned = true;
         }
       }
@@ -550,7 +648,7 @@ struct SeriesPredictor::Impl {
     const double inv_sd = 1.0 / scaler.sd();
     for (int j = 0; j < lags(); ++j) xf(j) = (back(j) - scaler.mean) * inv_sd;
     if (config.time_feature) xf(lags()) = 0.0;
-    return to_original(model.predict(xf), 0);
+    return to_original(leader().predict(xf), 0);
   }
 
   SeriesState export_state() const {
@@ -575,7 +673,13 @@ struct SeriesPredictor::Impl {
     s.excluded_run = excluded_run;
     s.counters = counters;
     s.score = score;
-    s.model = model.export_state();
+    s.model = leader().export_state();
+    if (models.size() > 1) {
+      s.leader_sse = sse[0];
+      for (std::size_t i = 1; i < models.size(); ++i) {
+        s.rivals.push_back({models[i].export_state(), sse[i]});
+      }
+    }
     return s;
   }
 };
@@ -625,7 +729,8 @@ int SeriesPredictor::feature_dim() const { return impl_->feature_dim; }
 int SeriesPredictor::input_dim() const { return impl_->dim; }
 const SeriesCounters& SeriesPredictor::counters() const { return impl_->counters; }
 const PrequentialScore& SeriesPredictor::score() const { return impl_->score; }
-const OnlineGP& SeriesPredictor::model() const { return impl_->model; }
+const OnlineGP& SeriesPredictor::model() const { return impl_->leader(); }
+int SeriesPredictor::racing() const { return static_cast<int>(impl_->models.size()); }
 
 SeriesState SeriesPredictor::export_state() const { return impl_->export_state(); }
 
@@ -673,11 +778,46 @@ SeriesPredictor SeriesPredictor::import_state(const SeriesState& s) {
   }
   check(s.excluded_run >= 0 && s.excluded_run <= std::max(s.config.max_excluded_run, 0),
         "excluded_run " + std::to_string(s.excluded_run) + " out of range");
-  check(s.model.dim == d.dim,
-        "model dimension " + std::to_string(s.model.dim) + ", expected " + std::to_string(d.dim));
-  check(s.model.config == s.config.model, "model configuration differs from config.model");
+  // The leader and the rivals: each a distinct candidate's model, in race order, with the
+  // same number of learned samples (they learn together).
+  const std::size_t racing = 1 + s.rivals.size();
+  check(
+      s.config.noise_candidates.empty() ? racing == 1 : racing <= s.config.noise_candidates.size(),
+      std::to_string(racing) + " racing models for " +
+          std::to_string(s.config.noise_candidates.size()) + " noise candidates");
+  std::vector<bool> used(s.config.noise_candidates.size(), false);
+  const auto check_model = [&](const ModelState& m, double sse, const std::string& what) {
+    check(m.dim == d.dim,
+          what + " dimension " + std::to_string(m.dim) + ", expected " + std::to_string(d.dim));
+    check(std::isfinite(sse) && sse >= 0.0, what + " error sum " + num(sse) + " is invalid");
+    if (s.config.noise_candidates.empty()) {
+      check(m.config == s.config.model, what + " configuration differs from config.model");
+      return;
+    }
+    bool found = false;
+    for (std::size_t i = 0; i < used.size() && !found; ++i) {
+      if (!used[i] && m.config == candidate_config(s.config, s.config.noise_candidates[i])) {
+        used[i] = found = true;
+      }
+    }
+    check(found, what + " configuration is not that of an unused noise candidate");
+    check(m.updates == s.model.updates, what + " learned " + std::to_string(m.updates) +
+                                            " samples, the leader " +
+                                            std::to_string(s.model.updates));
+  };
+  check_model(s.model, s.leader_sse, "model");
+  for (std::size_t i = 0; i < s.rivals.size(); ++i) {
+    check_model(s.rivals[i].model, s.rivals[i].sse, "rival " + std::to_string(i));
+  }
 
-  d.model = OnlineGP::import_state(s.model);
+  d.models.clear();
+  d.sse.clear();
+  d.models.push_back(OnlineGP::import_state(s.model));
+  d.sse.push_back(s.leader_sse);
+  for (const RivalState& r : s.rivals) {
+    d.models.push_back(OnlineGP::import_state(r.model));
+    d.sse.push_back(r.sse);
+  }
   d.scaler = s.scaler;
   d.interval = s.interval;
   d.feature_scalers = s.feature_scalers;

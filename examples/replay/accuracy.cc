@@ -146,7 +146,8 @@ Forecasts ar_rls_forecasts(const std::vector<double>& y, int lags, int warmup) {
 // --- the online predictor ---------------------------------------------------------------------
 
 Forecasts series_forecasts(const std::vector<double>& y, const std::vector<std::int64_t>& times,
-                           const SeriesConfig& config, std::vector<bool>* anomalies) {
+                           const SeriesConfig& config, std::vector<bool>* anomalies,
+                           double* noise) {
   Forecasts f(y.size());
   if (anomalies) anomalies->assign(y.size(), false);
   SeriesPredictor sp(config);
@@ -160,6 +161,7 @@ Forecasts series_forecasts(const std::vector<double>& y, const std::vector<std::
     }
     if (anomalies) (*anomalies)[t] = o.anomaly;
   }
+  if (noise) *noise = sp.model().config().noise_variance;
   return f;
 }
 

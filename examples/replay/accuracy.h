@@ -81,9 +81,11 @@ class RecursiveLeastSquares {
 Forecasts ar_rls_forecasts(const std::vector<double>& y, int lags, int warmup);
 
 // The online predictor over the series: times in nanoseconds (row order; they only feed
-// the elapsed-time feature). anomalies (if not null) gets one flag per row.
+// the elapsed-time feature). anomalies (if not null) gets one flag per row; noise (if not
+// null) the noise ratio forecasts came from at the end (the winner of the noise race).
 Forecasts series_forecasts(const std::vector<double>& y, const std::vector<std::int64_t>& times,
-                           const SeriesConfig& config, std::vector<bool>* anomalies = nullptr);
+                           const SeriesConfig& config, std::vector<bool>* anomalies = nullptr,
+                           double* noise = nullptr);
 
 struct KrrOptions {
   int lags = 8;

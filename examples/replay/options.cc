@@ -31,19 +31,26 @@ double parse_double(std::string_view flag, std::string_view text) {
   return v;
 }
 
-std::vector<std::string> split_names(std::string_view flag, std::string_view text) {
+// Comma-separated items, none empty (`what` names an item in the error).
+std::vector<std::string> split_list(std::string_view flag, std::string_view text,
+                                    const char* what) {
+  const std::string_view whole = text;
   std::vector<std::string> names;
   for (;;) {
     const std::size_t comma = text.find(',');
     const std::string_view name = text.substr(0, comma);
     if (name.empty()) {
-      throw UsageError(std::string(flag) + ": empty column name in '" + std::string(text) + "'");
+      throw UsageError(std::string(flag) + ": empty " + what + " in '" + std::string(whole) + "'");
     }
     names.emplace_back(name);
     if (comma == std::string_view::npos) break;
     text.remove_prefix(comma + 1);
   }
   return names;
+}
+
+std::vector<std::string> split_names(std::string_view flag, std::string_view text) {
+  return split_list(flag, text, "column name");
 }
 
 // Runs f and turns the core's std::invalid_argument into a UsageError naming the flag.
@@ -85,7 +92,11 @@ predictor
   --exclude-anomalies        keep flagged values out of the model
   --include-anomalies        learn from flagged values too
   --forgetting L             forgetting factor in (0, 1] (default 1)
-  --noise R                  noise-to-signal variance ratio (default 0.01)
+  --noise R                  a fixed noise-to-signal variance ratio (default: raced)
+  --noise-candidates R,...   the ratios raced per stream; the best forecaster so far
+                             leads (default 0.01,0.1,0.001,0.0001)
+  --selection-samples N      learned samples until one candidate is left (default 2000)
+  --selection-margin F       drop a candidate F times worse than the leader (default 1.5)
 outputs
   --predictions OUT.csv      time,truth,mean,sd,z,anomaly,row,stream per prediction
   --plot OUT.png             truth, prediction, 95% band and anomalies (gnuplot)
@@ -126,7 +137,21 @@ ReplayOptions parse_replay_args(int argc, const char* const* argv) {
        [&](auto f, auto v) { as_flag(f, [&] { s.missing = parse_missing_policy(v); }); }},
       {"--anomaly-threshold", [&](auto f, auto v) { s.anomaly_threshold = parse_double(f, v); }},
       {"--forgetting", [&](auto f, auto v) { s.model.forgetting = parse_double(f, v); }},
-      {"--noise", [&](auto f, auto v) { s.model.noise_variance = parse_double(f, v); }},
+      {"--noise",
+       [&](auto f, auto v) {
+         s.model.noise_variance = parse_double(f, v);
+         s.noise_candidates.clear();
+       }},
+      {"--noise-candidates",
+       [&](auto f, auto v) {
+         s.noise_candidates.clear();
+         for (const std::string& r : split_list(f, v, "ratio")) {
+           s.noise_candidates.push_back(parse_double(f, r));
+         }
+       }},
+      {"--selection-samples",
+       [&](auto f, auto v) { s.selection_samples = parse_int(f, v, 1, 1 << 30); }},
+      {"--selection-margin", [&](auto f, auto v) { s.selection_margin = parse_double(f, v); }},
       {"--predictions", [&](auto, auto v) { o.predictions_path = std::string(v); }},
       {"--plot", [&](auto, auto v) { o.plot_path = std::string(v); }},
       {"--summary-json", [&](auto, auto v) { o.summary_path = std::string(v); }},

@@ -145,7 +145,8 @@ StreamSummary stream_summary(Session& session, const std::string& key, const std
     throw std::runtime_error("ntkd: no stats for key '" + key + "'");
   }
   const v1::KeyStats& k = resp.stats().keys(0);
-  return {name, stream::from_proto(k.counters()), stream::from_proto(k.score())};
+  return {name, stream::from_proto(k.counters()), stream::from_proto(k.score()), k.noise_variance(),
+          static_cast<int>(k.racing())};
 }
 
 // Sleeps until the data time `t_ns` is due at `speed` x the recorded pace.

@@ -147,7 +147,9 @@ ReplaySummary replay_offline(SeriesCsvReader& reader, const SeriesConfig& config
   if (progress) progress->finish();
   if (summary.rows == 0) throw InputError(reader.path(), 1, "no data rows after the header");
   for (std::size_t k = 0; k < predictors.size(); ++k) {
-    summary.streams.push_back({names[k], predictors[k].counters(), predictors[k].score()});
+    summary.streams.push_back({names[k], predictors[k].counters(), predictors[k].score(),
+                               predictors[k].model().config().noise_variance,
+                               predictors[k].racing()});
   }
   summary.predictor_seconds = std::chrono::duration<double>(in_predictor).count();
   summary.wall_seconds = seconds_since(start);
@@ -306,7 +308,10 @@ std::string summary_json(const ReplaySummary& s, const ReplayOptions& o) {
   j["config"] = {
       {"kernel", c.model.kernel.to_string()},
       {"budget", c.model.budget},
-      {"noise", c.model.noise_variance},
+      {"noise", c.noise_candidates.empty() ? Json(c.model.noise_variance) : Json("race")},
+      {"noise_candidates", c.noise_candidates},
+      {"selection_samples", c.selection_samples},
+      {"selection_margin", c.selection_margin},
       {"forgetting", c.model.forgetting},
       {"lags", c.lags},
       {"horizon", c.horizon},
@@ -322,6 +327,8 @@ std::string summary_json(const ReplaySummary& s, const ReplayOptions& o) {
     Json js;
     js["column"] = st.column;
     metrics(js, st.score);
+    js["noise"] = st.noise;
+    js["racing"] = st.racing;
     const SeriesCounters& n = st.counters;
     js["anomalies"] = n.anomalies;
     js["counters"] = {{"observations", n.observations},

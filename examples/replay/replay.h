@@ -26,6 +26,8 @@ struct StreamSummary {
   std::string column;
   SeriesCounters counters;
   PrequentialScore score;
+  double noise = 0.0;  // the noise ratio forecasts came from at the end (the race's leader)
+  int racing = 1;      // noise candidates still racing at the end
 };
 
 struct ReplaySummary {

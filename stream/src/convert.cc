@@ -391,6 +391,13 @@ SeriesConfig to_series_config(const v1::SeriesConfig& c, const SeriesConfig& bas
   if (c.has_exclude_anomalies()) s.exclude_anomalies = c.exclude_anomalies();
   if (c.has_max_excluded_run()) s.max_excluded_run = c.max_excluded_run();
   if (c.has_model()) s.model = to_model_config(c.model(), s.model);
+  if (c.noise_candidates_size() > 0) {
+    s.noise_candidates.assign(c.noise_candidates().begin(), c.noise_candidates().end());
+  } else if (c.model().has_noise_variance()) {
+    s.noise_candidates.clear();  // a fixed ratio: no race
+  }
+  if (c.has_selection_samples()) s.selection_samples = c.selection_samples();
+  if (c.has_selection_margin()) s.selection_margin = c.selection_margin();
   s.validate();
   return s;
 }
@@ -407,12 +414,21 @@ v1::SeriesConfig to_proto(const SeriesConfig& s) {
   c.set_exclude_anomalies(s.exclude_anomalies);
   c.set_max_excluded_run(s.max_excluded_run);
   *c.mutable_model() = to_proto(s.model);
+  c.mutable_noise_candidates()->Add(s.noise_candidates.begin(), s.noise_candidates.end());
+  c.set_selection_samples(s.selection_samples);
+  c.set_selection_margin(s.selection_margin);
   return c;
 }
 
 void merge_key_config(v1::KeyConfig& base, const v1::KeyConfig& overlay) {
   const bool replace_kernel = overlay.series().model().has_kernel();
   if (replace_kernel) base.mutable_series()->mutable_model()->clear_kernel();
+  // A repeated field would be appended to: the overlay's candidates replace the base's,
+  // and an overlay that fixes the noise ratio without candidates ends the base's race.
+  const v1::SeriesConfig& over = overlay.series();
+  if (over.noise_candidates_size() > 0 || over.model().has_noise_variance()) {
+    base.mutable_series()->clear_noise_candidates();
+  }
   base.MergeFrom(overlay);
 }
 
@@ -551,6 +567,12 @@ v1::SeriesState to_proto(const SeriesState& s) {
   *out.mutable_counters() = to_proto(s.counters);
   *out.mutable_score() = to_proto(s.score);
   *out.mutable_model() = to_proto(s.model);
+  out.set_leader_sse(s.leader_sse);
+  for (const RivalState& r : s.rivals) {
+    v1::RivalState* q = out.add_rivals();
+    *q->mutable_model() = to_proto(r.model);
+    q->set_sse(r.sse);
+  }
   return out;
 }
 
@@ -578,6 +600,10 @@ SeriesState from_proto(const v1::SeriesState& s) {
   out.counters = from_proto(s.counters());
   out.score = from_proto(s.score());
   out.model = from_proto(s.model());
+  out.leader_sse = s.leader_sse();
+  for (const v1::RivalState& r : s.rivals()) {
+    out.rivals.push_back(RivalState{from_proto(r.model()), r.sse()});
+  }
   return out;
 }
 

@@ -610,6 +610,8 @@ void Shard::fill_key_stats(const std::string& key, const Entry& e, v1::KeyStats*
   *out->mutable_score() = stream::to_proto(e.predictor.score());
   *out->mutable_model() = stream::to_proto(e.predictor.model().counters());
   out->set_last_drift(e.predictor.model().last_drift());
+  out->set_noise_variance(e.predictor.model().config().noise_variance);
+  out->set_racing(static_cast<std::uint32_t>(e.predictor.racing()));
 }
 
 void Shard::collect_stats(std::string_view prefix, std::vector<v1::KeyStats>& out) const {

@@ -60,6 +60,7 @@ SeriesConfig transparent_config(int lags, int warmup) {
   c.model.kernel = ntk::KernelSpec::parse("rbf:lengthscale=1,variance=1");
   c.model.admission_threshold = 0.0;
   c.model.budget = 256;
+  c.noise_candidates.clear();  // one model, with model.noise_variance
   return c;
 }
 
@@ -260,6 +261,25 @@ TEST_CASE("SeriesConfig validation names the field and the value") {
   CHECK(message(c).find("budget") != std::string::npos);
   CHECK_THROWS_AS(SeriesPredictor{c}, std::invalid_argument);
   CHECK_THROWS_AS(SeriesPredictor(SeriesConfig(), 0), std::invalid_argument);
+  c = SeriesConfig();
+  c.noise_candidates = {0.1, -0.5};
+  CHECK(message(c).find("noise_candidates") != std::string::npos);
+  CHECK(message(c).find("-0.5") != std::string::npos);
+  c.noise_candidates = {0.1, kNaN};
+  CHECK(message(c).find("noise_candidates") != std::string::npos);
+  c.noise_candidates = {0.1, 0.01, 0.1};
+  CHECK(message(c).find("twice") != std::string::npos);
+  c.noise_candidates.assign(17, 0.0);
+  for (std::size_t i = 0; i < 17; ++i) c.noise_candidates[i] = 1.0 / static_cast<double>(i + 1);
+  CHECK(message(c).find("at most 16") != std::string::npos);
+  c = SeriesConfig();
+  c.selection_samples = 0;
+  CHECK(message(c).find("selection_samples") != std::string::npos);
+  c = SeriesConfig();
+  c.selection_margin = 1.0;
+  CHECK(message(c).find("selection_margin") != std::string::npos);
+  c.noise_candidates.clear();  // no race: the margin is still validated
+  CHECK(message(c).find("selection_margin") != std::string::npos);
 
   CHECK(ntk::parse_missing_policy("skip") == MissingPolicy::kSkip);
   CHECK(ntk::parse_missing_policy("hold") == MissingPolicy::kHoldLast);
@@ -333,6 +353,7 @@ TEST_CASE("the front end equals a naive reimplementation") {
     c.model.kernel = ntk::KernelSpec::parse(k.kernel);
     c.model.budget = 16;  // evictions happen
     c.model.forgetting = 0.995;
+    c.noise_candidates.clear();  // the race has its own test
     SeriesPredictor sp(c);
     NaiveSeries naive(c);
     const Stream s = make_stream(300, 11, k.irregular);
@@ -527,6 +548,102 @@ TEST_CASE("anomalies: flagged, kept out of the model, regime changes learned") {
   }
 }
 
+// The race against its definition (series.h), written out over one fixed-noise predictor
+// per candidate: every outcome must be the current leader's, bit for bit, since each
+// candidate model sees exactly the samples a fixed-noise predictor with its ratio sees.
+TEST_CASE("noise-ratio race: forecasts are the leader's; losers dropped; one model at the end") {
+  for (const int horizon : {1, 2}) {
+    CAPTURE(horizon);
+    SeriesConfig c;
+    c.lags = 3;
+    c.horizon = horizon;
+    c.model.budget = 24;
+    c.noise_candidates = {1e-1, 1e-2, 1e-3, 1e-5};
+    c.selection_samples = 500;
+    c.selection_margin = 1.2;
+    SeriesPredictor race(c);
+    struct Oracle {
+      double noise;
+      SeriesPredictor sp;
+      double sse = 0.0;
+      bool alive = true;
+    };
+    std::vector<Oracle> oracles;
+    for (const double r : c.noise_candidates) {
+      SeriesConfig f = c;
+      f.noise_candidates.clear();
+      f.model.noise_variance = r;
+      oracles.push_back({r, SeriesPredictor(f)});
+    }
+    std::size_t leader = 0;
+    int leader_changes = 0, drops = 0;
+    // Noise 0.01 on an amplitude of 5: the low ratios win the logistic map eventually.
+    const Stream s = make_stream(700, 8, false);
+    for (std::size_t i = 0; i < s.values.size(); ++i) {
+      CAPTURE(i);
+      const Outcome o = race.observe(i, s.times[i], s.values[i]);
+      std::vector<Outcome> each;
+      for (Oracle& k : oracles) each.push_back(k.sp.observe(i, s.times[i], s.values[i]));
+      if (horizon > 1) {
+        // The forecast scored now was issued h values ago by the leader of then, and the
+        // race scores the updates' own predictions, which outcomes do not show: here every
+        // forecast must be one candidate's, bit for bit, and the race must end.
+        REQUIRE(o.has_prediction == each[0].has_prediction);
+        bool match = !o.has_prediction;
+        for (const Outcome& e : each) match = match || (o.mean == e.mean && o.sd == e.sd);
+        CHECK(match);
+        continue;
+      }
+      const Outcome& want = each[leader];
+      REQUIRE(o.status == want.status);
+      REQUIRE(o.has_prediction == want.has_prediction);
+      if (o.has_prediction) {
+        CHECK(o.mean == want.mean);
+        CHECK(o.sd == want.sd);
+        CHECK(o.anomaly == want.anomaly);
+      }
+      if (!o.learned) continue;
+      const std::uint64_t learned = oracles[leader].sp.model().counters().updates;
+      bool any_alive = false;
+      for (std::size_t k = 0; k < oracles.size(); ++k) {
+        if (!oracles[k].alive) continue;
+        any_alive = true;
+        const double e = s.values[i] - each[k].mean;
+        oracles[k].sse += e * e;
+      }
+      REQUIRE(any_alive);
+      std::size_t best = leader;
+      for (std::size_t k = 0; k < oracles.size(); ++k) {
+        if (oracles[k].alive && oracles[k].sse < oracles[best].sse) best = k;
+      }
+      leader_changes += best != leader;
+      leader = best;
+      const bool done = learned >= 500;
+      if (done || learned >= static_cast<std::uint64_t>(SeriesConfig::kRaceMinSamples)) {
+        for (std::size_t k = 0; k < oracles.size(); ++k) {
+          if (k == leader || !oracles[k].alive) continue;
+          if (done || oracles[k].sse > c.selection_margin * oracles[leader].sse) {
+            oracles[k].alive = false;
+            ++drops;
+          }
+        }
+      }
+      int alive = 0;
+      for (const Oracle& k : oracles) alive += k.alive;
+      CHECK(race.racing() == alive);
+      CHECK(race.model().config().noise_variance == oracles[leader].noise);
+    }
+    CHECK(race.racing() == 1);
+    if (horizon == 1) {
+      // The race did something: the first candidate lost the lead and losers were dropped.
+      CHECK(leader_changes >= 1);
+      CHECK(drops == 3);
+      CHECK(oracles[leader].noise < 1e-1);
+      MESSAGE("winner: noise ratio " << oracles[leader].noise);
+    }
+  }
+}
+
 TEST_CASE("prequential scores accumulate the scored outcomes") {
   SeriesConfig c;
   c.lags = 3;
@@ -622,6 +739,7 @@ TEST_CASE("state export/import: identical subsequent outcomes") {
                         {3, 3, true, true, 0},
                         {2, 1, true, true, 0},
                         {0, 1, false, true, 3}};
+  int cases_racing = 0;
   for (const Case& k : cases) {
     CAPTURE(k.horizon);
     CAPTURE(k.feature_dim);
@@ -646,6 +764,9 @@ TEST_CASE("state export/import: identical subsequent outcomes") {
     };
     for (std::size_t i = 2; i < 200; ++i) feed(a, i);
     const ntk::SeriesState st = a.export_state();
+    // While the noise-ratio race is on, the rivals travel with the state.
+    CHECK(st.rivals.size() + 1 == static_cast<std::size_t>(a.racing()));
+    cases_racing += a.racing() > 1;
     SeriesPredictor b = SeriesPredictor::import_state(st);
     CHECK(b.counters() == a.counters());
     CHECK(b.score() == a.score());
@@ -662,6 +783,7 @@ TEST_CASE("state export/import: identical subsequent outcomes") {
     CHECK(b.score() == a.score());
     CHECK(b.counters() == a.counters());
   }
+  CHECK(cases_racing >= 2);
 
   // A state that does not fit its config is refused, naming the field.
   SeriesConfig c;
@@ -675,6 +797,25 @@ TEST_CASE("state export/import: identical subsequent outcomes") {
   st = sp.export_state();
   st.config.lags = 3;
   CHECK_THROWS_WITH_AS(SeriesPredictor::import_state(st), doctest::Contains("dimension"),
+                       std::invalid_argument);
+  // Rivals must be distinct candidates' models, as many as there are candidates at most.
+  st = sp.export_state();
+  REQUIRE(st.rivals.size() == 3);
+  st.rivals[1].model.config.noise_variance = 0.5;
+  CHECK_THROWS_WITH_AS(SeriesPredictor::import_state(st), doctest::Contains("rival 1"),
+                       std::invalid_argument);
+  st = sp.export_state();
+  st.rivals[2] = st.rivals[0];
+  CHECK_THROWS_WITH_AS(SeriesPredictor::import_state(st), doctest::Contains("unused"),
+                       std::invalid_argument);
+  st = sp.export_state();
+  st.config.noise_candidates.resize(2);  // four models still racing
+  st.config.model.noise_variance = st.config.noise_candidates[0];
+  CHECK_THROWS_WITH_AS(SeriesPredictor::import_state(st), doctest::Contains("racing models"),
+                       std::invalid_argument);
+  st = sp.export_state();
+  st.leader_sse = -1.0;
+  CHECK_THROWS_WITH_AS(SeriesPredictor::import_state(st), doctest::Contains("error sum"),
                        std::invalid_argument);
 }
 

@@ -277,9 +277,55 @@ TEST_CASE("ntk-replay: bad command lines and bad files give one line and exit st
   replay({"--offline", "--input", bad, "--value-column", "value", "--predictions", pred});
   CHECK(read_file(pred) == "time,truth,mean,sd,z,anomaly,row,stream\n");
 
+  check_one_line_error(replay({"--offline", "--input", good, "--value-column", "value",
+                               "--noise-candidates", "0.1,,0.2"}),
+                       "--noise-candidates: empty ratio in '0.1,,0.2'");
+  check_one_line_error(replay({"--offline", "--input", good, "--value-column", "value",
+                               "--noise-candidates", "0.1,-1"}),
+                       "series: noise_candidates must be finite and > 0, got -1");
+  check_one_line_error(
+      replay({"--offline", "--input", good, "--value-column", "value", "--selection-margin", "1"}),
+      "series: selection_margin must be > 1, got 1");
+
   const Run help = replay({"--help"});
   CHECK(help.status == 0);
   CHECK(help.out.find("--value-column") != std::string::npos);
+  CHECK(help.out.find("--noise-candidates") != std::string::npos);
+}
+
+TEST_CASE("ntk-replay: the noise ratio is raced by default, fixed by --noise") {
+  const std::string good = write_file("race.csv", sine_csv(300, false));
+  const std::string summary = (scratch() / "race.json").string();
+  REQUIRE(replay({"--offline", "--input", good, "--value-column", "value", "--no-progress",
+                  "--summary-json", summary})
+              .status == 0);
+  nlohmann::json j = nlohmann::json::parse(read_file(summary));
+  CHECK(j["config"]["noise"] == "race");
+  CHECK(j["config"]["noise_candidates"] == nlohmann::json({0.01, 0.1, 0.001, 0.0001}));
+  const double winner = j["streams"][0]["noise"].get<double>();
+  CHECK((winner == 0.01 || winner == 0.1 || winner == 0.001 || winner == 0.0001));
+  const int racing = j["streams"][0]["racing"].get<int>();
+  CHECK((racing >= 1 && racing <= 4));
+
+  REQUIRE(replay({"--offline", "--input", good, "--value-column", "value", "--no-progress",
+                  "--noise-candidates", "0.5,0.05", "--selection-samples", "50", "--summary-json",
+                  summary})
+              .status == 0);
+  j = nlohmann::json::parse(read_file(summary));
+  CHECK(j["config"]["noise_candidates"] == nlohmann::json({0.5, 0.05}));
+  CHECK(j["config"]["selection_samples"] == 50);
+  CHECK(j["streams"][0]["racing"] == 1);  // 280 samples learned: the race is over
+  const double w2 = j["streams"][0]["noise"].get<double>();
+  CHECK((w2 == 0.5 || w2 == 0.05));
+
+  REQUIRE(replay({"--offline", "--input", good, "--value-column", "value", "--no-progress",
+                  "--noise", "0.05", "--summary-json", summary})
+              .status == 0);
+  j = nlohmann::json::parse(read_file(summary));
+  CHECK(j["config"]["noise"] == 0.05);
+  CHECK(j["config"]["noise_candidates"].empty());
+  CHECK(j["streams"][0]["noise"] == 0.05);
+  CHECK(j["streams"][0]["racing"] == 1);
 }
 
 TEST_CASE("ntk-replay: predictions CSV, summary JSON and plot agree") {

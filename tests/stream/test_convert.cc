@@ -97,6 +97,37 @@ TEST_CASE("series configs: unset fields keep the base, resolved form round-trips
   REQUIRE(parsed.ParseFromString(to_proto(odd).SerializeAsString()));
   CHECK(ntk::stream::to_series_config(parsed) == odd);
 
+  // The noise race: the candidates and its two knobs round-trip; an unset list means the
+  // default race unless model.noise_variance is set, which fixes the ratio.
+  odd.noise_candidates = {0.5, 0.05};
+  odd.selection_samples = 77;
+  odd.selection_margin = 3.0;
+  CHECK(ntk::stream::to_series_config(to_proto(odd)) == odd);
+  odd.noise_candidates.clear();
+  CHECK(to_proto(odd).noise_candidates_size() == 0);
+  CHECK(ntk::stream::to_series_config(to_proto(odd)) == odd);
+  CHECK(ntk::stream::to_series_config(v1::SeriesConfig()).noise_candidates ==
+        ntk::SeriesConfig().noise_candidates);
+  v1::SeriesConfig fixed;
+  fixed.mutable_model()->set_noise_variance(0.3);
+  const ntk::SeriesConfig f = ntk::stream::to_series_config(fixed);
+  CHECK(f.noise_candidates.empty());
+  CHECK(f.model.noise_variance == 0.3);
+  v1::SeriesConfig raced;
+  raced.add_noise_candidates(0.2);
+  raced.add_noise_candidates(0.02);
+  raced.set_selection_samples(9);
+  const ntk::SeriesConfig r = ntk::stream::to_series_config(raced);
+  CHECK(r.noise_candidates == std::vector<double>{0.2, 0.02});
+  CHECK(r.selection_samples == 9);
+  raced.add_noise_candidates(-1.0);
+  try {
+    ntk::stream::to_series_config(raced);
+    FAIL("a negative noise candidate accepted");
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()).find("noise_candidates") != std::string::npos);
+  }
+
   v1::SeriesConfig bad;
   bad.set_lags(0);
   try {
@@ -126,6 +157,20 @@ TEST_CASE("key configs: merge order and kernel replacement") {
   CHECK(ntk::stream::resolve_key_config(to_proto(k)) == k);
   // Default tick value.
   CHECK(ntk::stream::resolve_key_config(v1::KeyConfig()).tick_value == v1::TICK_VALUE_MID_OR_LAST);
+
+  // Noise candidates are replaced, not appended to; a fixed ratio ends the base's race.
+  v1::KeyConfig raced = to_proto(k);
+  REQUIRE(raced.series().noise_candidates_size() == 4);
+  v1::KeyConfig other;
+  other.mutable_series()->add_noise_candidates(0.3);
+  ntk::stream::merge_key_config(raced, other);
+  CHECK(ntk::stream::resolve_key_config(raced).series.noise_candidates == std::vector<double>{0.3});
+  v1::KeyConfig fix;
+  fix.mutable_series()->mutable_model()->set_noise_variance(0.05);
+  ntk::stream::merge_key_config(raced, fix);
+  const ntk::stream::KeySettings fixed = ntk::stream::resolve_key_config(raced);
+  CHECK(fixed.series.noise_candidates.empty());
+  CHECK(fixed.series.model.noise_variance == 0.05);
 }
 
 TEST_CASE("series state: a restored predictor continues exactly like the original") {

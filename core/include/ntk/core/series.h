@@ -41,17 +41,30 @@
 //   the fault either). At most max_excluded_run consecutive flagged values are excluded,
 //   so that a lasting change of regime is learned instead of being rejected forever.
 //
+//   Noise-ratio race: the noise-to-signal ratio that forecasts best differs by orders of
+//   magnitude between streams (about 1e-1 for sensor and market data, 1e-3 and below for
+//   noise-free dynamics) and cannot be known before the stream is seen. With
+//   noise_candidates, one model per candidate ratio learns every sample, and forecasts
+//   come from the leader: the candidate with the smallest sum of squared forecast errors
+//   (original units) so far. After kRaceMinSamples learned samples, a candidate whose
+//   sum exceeds selection_margin times the leader's is dropped; once selection_samples
+//   samples have been learned only the leader remains. This is prequential model
+//   selection (Dawid, below) restricted to one hyperparameter; while several candidates
+//   race, each learned sample costs one model update per candidate.
+//
 //   Feature mode (the protobuf Observation path): constructed with an explicit feature
 //   dimension, the predictor takes (x, optional y) per call instead of a scalar stream;
 //   each feature component and the target get their own running scaler; everything else
 //   (sequence numbers, missing values, scoring, anomalies, state) is shared. lags,
 //   horizon, time_feature and target are not used in that mode.
 //
-// INITIAL VALUE: nothing seen; observations are "warming up" until warmup values (with a
+// INITIAL VALUE: nothing seen; every noise candidate racing, the first one leading; observations
+// are "warming up" until warmup values (with a
 //   nonzero spread) have been seen and p + h - 1 lags are available.
 // THREAD SAFETY: const methods may run concurrently; observe*() needs exclusive access
 //   (the daemon keeps one predictor per key on one strand).
-// COST: observe() is O(M^2 + M d) and, for h == 1 with exclude_anomalies off, allocates
+// COST: observe() is O(M^2 + M d) per racing candidate and, for h == 1 with exclude_anomalies off,
+// allocates
 //   nothing once warmed up; otherwise the forecast is computed by OnlineGP::predict,
 //   which allocates O(M) scratch.
 #pragma once
@@ -93,8 +106,8 @@ std::string_view to_string(SeriesTarget);
 SeriesTarget parse_series_target(std::string_view text);
 
 // The model configuration SeriesConfig starts from: ModelConfig's defaults, unchanged (the
-// default NTK, budget and noise ratio). ACCURACY.md shows how they fare on the shipped
-// series; the fixed noise ratio is what separates them most from a per-series tuned RBF.
+// default NTK and budget; the noise ratio is raced, SeriesConfig::noise_candidates).
+// ACCURACY.md shows how they fare on the shipped series.
 ModelConfig default_series_model_config();
 
 struct SeriesConfig {
@@ -108,9 +121,18 @@ struct SeriesConfig {
   bool exclude_anomalies = false;  // keep flagged values out of the model
   int max_excluded_run = 3;        // consecutive exclusions at most, >= 0
   ModelConfig model = default_series_model_config();
+  // Noise ratios raced per stream (see above), each finite and > 0, no duplicates, at most
+  // kMaxNoiseCandidates; they replace model.noise_variance. Ties go to the earlier one, so
+  // the first is the leader until errors separate them. Empty: model.noise_variance alone.
+  std::vector<double> noise_candidates = {1e-2, 1e-1, 1e-3, 1e-4};
+  int selection_samples = 2000;   // learned samples after which only the leader stays, >= 1
+  double selection_margin = 1.5;  // drop a candidate this many times worse, > 1 (inf: never)
 
   static constexpr int kMaxLags = 4096;
   static constexpr int kMaxHorizon = 4096;
+  static constexpr int kMaxNoiseCandidates = 16;
+  // Learned samples before a candidate may be dropped by selection_margin.
+  static constexpr int kRaceMinSamples = 100;
 
   // Throws std::invalid_argument naming the first offending field and value (model
   // fields as "model.<field>").
@@ -205,6 +227,12 @@ struct PendingForecast {
 
 // Everything that defines a SeriesPredictor, as plain data (snapshots). Scratch buffers
 // are not part of it.
+// A candidate model still racing the leader (SeriesConfig::noise_candidates).
+struct RivalState {
+  ModelState model;
+  double sse = 0.0;  // sum of its squared forecast errors, original units
+};
+
 struct SeriesState {
   SeriesConfig config;
   int feature_dim = 0;                          // 0: scalar-stream mode
@@ -221,7 +249,9 @@ struct SeriesState {
   int excluded_run = 0;
   SeriesCounters counters;
   PrequentialScore score;
-  ModelState model;
+  ModelState model;                // the leader (the only model when nothing races)
+  double leader_sse = 0.0;         // its sum of squared forecast errors while racing
+  std::vector<RivalState> rivals;  // racing candidates, in race order
 };
 
 class SeriesPredictor {
@@ -260,7 +290,10 @@ class SeriesPredictor {
   int input_dim() const;    // dimension of the model's inputs
   const SeriesCounters& counters() const;
   const PrequentialScore& score() const;
+  // The model forecasts come from: the leader of the noise-ratio race.
   const OnlineGP& model() const;
+  // Candidates still racing, the leader included (1 when nothing races).
+  int racing() const;
 
   SeriesState export_state() const;
   // Validates the state (shapes, finiteness, consistency with the config) and throws
