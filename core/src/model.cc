@@ -3,14 +3,20 @@
 // CONVENTION (the state; m = dictionary size, cap = budget + 1)
 //   X.topRows(m)            dictionary inputs, in admission order
 //   caches.topRows(m)       kernel->prepare() of each input
-//   K.topLeftCorner(m, m)   K_D (without jitter), bitwise symmetric
+//   K.topLeftCorner(m, m)   K_D (without jitter), bitwise symmetric, maintained only when
+//                           keep_gram (forgetting < 1: forget() needs it); otherwise K is
+//                           scratch for recompute() and the update path never touches it
 //   chol                    L with L L^T = K_D + jitter I
-//   mu.head(m), Sigma       posterior N(mu, Sigma) of f at the dictionary; Sigma is kept
-//                           bitwise symmetric (every update is symmetric elementwise)
+//   mu.head(m), Sigma       posterior N(mu, Sigma) of f at the dictionary; Sigma is stored
+//                           as its upper triangle only (the strict lower triangle of the
+//                           buffer is unspecified), so it is symmetric by construction and
+//                           every pass over it touches half the matrix
 //   qdiag.head(m)           diag((K_D + jitter I)^{-1}), maintained under kMinLoss only
 //   s2_num / s2_den         forgotten sums of squared standardized residuals / counts
 // The +1 in cap holds an admitted sample until the eviction decides which basis goes
-// (KRLS-T ranks the new point together with the old ones).
+// (KRLS-T ranks the new point together with the old ones). The square buffers have a
+// leading dimension padded to a multiple of 8 doubles (64 bytes), so that every column
+// starts on a cache line.
 #include "ntk/core/model.h"
 
 #include <Eigen/Cholesky>
@@ -57,12 +63,16 @@ void erase_row_col(MatrixXd& A, Index m, Index r) {
   }
 }
 
-// A <- (A - u u^T) without row and column r, for the leading m x m block, in one pass.
-// Entry (i, j) is A(i', j') - u(i') u(j') with the same product as Eigen's rank-1 update,
-// so a bitwise symmetric A stays bitwise symmetric. Columns are written in increasing
-// order, each from the same or the next column, so no entry is overwritten before it is
-// read.
-void erase_row_col_rank1(MatrixXd& A, Index m, Index r, Eigen::Ref<const VectorXd> u) {
+// Leading dimension for a square buffer of size cap: rounded up to whole cache lines.
+Index padded(Index cap) { return (cap + 7) / 8 * 8; }
+
+// A <- (A - u u^T) without row and column r, for the upper triangle of the leading m x m
+// block of the column-major A, in one pass (the strict lower triangle is neither read nor
+// written). Entry (i, j), i <= j, is A(i', j') - u(i') u(j') with i' <= j'. Columns are
+// written in increasing order, each from the same or the next column, and within a
+// column rows in increasing order from the same or a later row, so no entry is
+// overwritten before it is read.
+void erase_row_col_rank1_upper(MatrixXd& A, Index m, Index r, Eigen::Ref<const VectorXd> u) {
   const Index ld = A.rows();
   double* a = A.data();
   const double* uu = u.data();
@@ -71,8 +81,17 @@ void erase_row_col_rank1(MatrixXd& A, Index m, Index r, Eigen::Ref<const VectorX
     const double* src = a + sc * ld;
     double* dst = a + c * ld;
     const double uc = uu[sc];
-    for (Index i = 0; i < r; ++i) dst[i] = src[i] - uu[i] * uc;
-    for (Index i = r; i + 1 < m; ++i) dst[i] = src[i + 1] - uu[i + 1] * uc;
+    const Index head = std::min(r, c + 1);
+    for (Index i = 0; i < head; ++i) dst[i] = src[i] - uu[i] * uc;
+    for (Index i = head; i <= c; ++i) dst[i] = src[i + 1] - uu[i + 1] * uc;
+  }
+}
+
+// A -= u u^T on the upper triangle of the leading m x m block (the product u(i) u(j) as in
+// erase_row_col_rank1_upper).
+void rank1_upper(MatrixXd& A, Index m, Eigen::Ref<const VectorXd> u) {
+  for (Index c = 0; c < m; ++c) {
+    A.col(c).head(c + 1) -= u(c) * u.head(c + 1);
   }
 }
 
@@ -144,6 +163,21 @@ struct Workspace {
         kscratch(cap, std::max<Index>(1, kernel.scratch_cols())) {}
 };
 
+// K_D of the m stored points (X, caches), the way admission builds it: row i is
+// kernel.row() of x_i against x_0..x_i, mirrored into column i, so K is bitwise symmetric.
+// w needs room for m points; row is scratch of size >= m. No allocation.
+void gram_by_rows(const Kernel& kernel, const RowMatrixXd& X, const MatrixXd& caches, Index m,
+                  MatrixXd& K, Workspace& w, VectorXd& row) {
+  for (Index i = 0; i < m; ++i) {
+    w.xcache = caches.row(i).transpose();
+    Eigen::Ref<VectorXd> r = row.head(i + 1);
+    kernel.row(X.topRows(i + 1), caches.topRows(i + 1), X.row(i).transpose(), w.xcache, r,
+               w.kscratch);
+    K.col(i).head(i + 1) = r;
+    K.row(i).head(i + 1) = r.transpose();
+  }
+}
+
 // The quantities of DESIGN §4 step 2 for one input (unit signal power).
 struct Step {
   double kss_raw = 0.0;  // k(x, x)
@@ -160,6 +194,7 @@ struct OnlineGP::Impl {
   std::shared_ptr<const Kernel> kernel;
   Index cap;
   bool track_qdiag;
+  bool keep_gram;  // K_D maintained per update (forgetting < 1 only)
 
   // State.
   IncrementalCholesky chol;
@@ -187,13 +222,14 @@ struct OnlineGP::Impl {
         kernel(make_kernel(c.kernel)),
         cap(c.budget + 1),
         track_qdiag(c.eviction == EvictionPolicy::kMinLoss),
+        keep_gram(c.forgetting < 1.0),
         chol(cap, c.jitter),
         X(cap, d),
         caches(cap, kernel->cache_size()),
         samples(static_cast<std::size_t>(cap), 0),
-        K(cap, cap),
+        K(MatrixXd::Zero(padded(cap), cap)),
         mu(cap),
-        Sigma(cap, cap),
+        Sigma(MatrixXd::Zero(padded(cap), cap)),
         qdiag(cap),
         ws(cap, *kernel),
         vec(cap) {}
@@ -241,7 +277,7 @@ struct OnlineGP::Impl {
       q = v;
       chol.solve_upper_in_place(q);
       Eigen::Ref<VectorXd> h = w.h.head(m);
-      h.noalias() = Sigma.topLeftCorner(m, m) * q;
+      h.noalias() = Sigma.topLeftCorner(m, m).selfadjointView<Eigen::Upper>() * q;
       if (lambda < 1.0) h = lambda * h + (1.0 - lambda) * kx;
       s.var_f = std::max(0.0, s.gamma2 + q.dot(h));
       s.mean = std::sqrt(lambda) * q.dot(mu.head(m));
@@ -254,7 +290,7 @@ struct OnlineGP::Impl {
   void forget() {
     const double lambda = config.forgetting;
     if (lambda >= 1.0 || m == 0) return;
-    Sigma.topLeftCorner(m, m) =
+    Sigma.topLeftCorner(m, m).triangularView<Eigen::Upper>() =
         lambda * Sigma.topLeftCorner(m, m) + (1.0 - lambda) * K.topLeftCorner(m, m);
     Sigma.diagonal().head(m).array() += (1.0 - lambda) * config.jitter;
     mu.head(m) *= std::sqrt(lambda);
@@ -270,11 +306,12 @@ struct OnlineGP::Impl {
     X.row(m) = x.transpose();
     caches.row(m) = ws.xcache.transpose();
     samples[static_cast<std::size_t>(m)] = counters.updates;
-    K.col(m).head(m) = ws.kx.head(m);
-    K.row(m).head(m) = ws.kx.head(m).transpose();
-    K(m, m) = s.kss_raw;
+    if (keep_gram) {
+      K.col(m).head(m) = ws.kx.head(m);
+      K.row(m).head(m) = ws.kx.head(m).transpose();
+      K(m, m) = s.kss_raw;
+    }
     Sigma.col(m).head(m) = ws.h.head(m);
-    Sigma.row(m).head(m) = ws.h.head(m).transpose();
     Sigma(m, m) = s.var_f;
     mu(m) = s.mean;
     if (track_qdiag) {
@@ -330,20 +367,29 @@ struct OnlineGP::Impl {
     erase_row(X, m, r);
     erase_row(caches, m, r);
     erase_entry(samples.data(), m, r);
-    erase_row_col(K, m, r);
-    erase_row_col_rank1(Sigma, m, r, ps);
+    if (keep_gram) erase_row_col(K, m, r);
+    erase_row_col_rank1_upper(Sigma, m, r, ps);
     erase_entry(mu.data(), m, r);
     --m;
   }
 
-  // Relative drift of column j: |(L L^T - K_D - jI) e_j| / |K_D e_j|. O(m j).
+  // Relative drift of column j: |(L L^T - K_D - jI) e_j| / |K_D e_j|. O(m j), plus O(m d)
+  // for the kernel column k(D, x_j) when K_D is not maintained.
   double column_drift(Index j) {
     const auto L = chol.matrixL();
+    Eigen::Ref<VectorXd> kj = ws.kx.head(m);
+    if (keep_gram) {
+      kj = K.col(j).head(m);
+    } else {
+      ws.xcache = caches.row(j).transpose();
+      kernel->row(X.topRows(m), caches.topRows(m), X.row(j).transpose(), ws.xcache, kj,
+                  ws.kscratch);
+    }
     Eigen::Ref<VectorXd> c = vec.head(m);
     c.noalias() = L.leftCols(j + 1) * L.row(j).head(j + 1).transpose();
-    c -= K.col(j).head(m);
+    c -= kj;
     c(j) -= config.jitter;
-    const double scale = K.col(j).head(m).norm();
+    const double scale = kj.norm();
     return scale > 0.0 ? c.norm() / scale : c.norm();
   }
 
@@ -362,18 +408,11 @@ struct OnlineGP::Impl {
     return scale > 0.0 ? std::sqrt(err2) / scale : std::sqrt(err2);
   }
 
-  // Step 5: K_D from the stored inputs, drift measured, L refactorized, Sigma
-  // re-symmetrized, diag(Q) recomputed. A basis the refactorization refuses (possible
-  // only after a pathological import) is dropped and counted.
+  // Step 5: K_D from the stored inputs (into K, maintained or scratch), drift measured, L
+  // refactorized, diag(Q) recomputed. A basis the refactorization refuses (possible only
+  // after a pathological import) is dropped and counted.
   void recompute() {
-    for (Index i = 0; i < m; ++i) {
-      ws.xcache = caches.row(i).transpose();
-      Eigen::Ref<VectorXd> row = vec.head(i + 1);
-      kernel->row(X.topRows(i + 1), caches.topRows(i + 1), X.row(i).transpose(), ws.xcache, row,
-                  ws.kscratch);
-      K.col(i).head(i + 1) = row;
-      K.row(i).head(i + 1) = row.transpose();
-    }
+    gram_by_rows(*kernel, X, caches, m, K, ws, vec);
     last_drift = full_drift(K);
     while (m > 0 && chol.rebuild(K.topLeftCorner(m, m)) != CholeskyInfo::kSuccess) {
       const Index bad = chol.failed_index();
@@ -385,13 +424,6 @@ struct OnlineGP::Impl {
       erase_row_col(Sigma, m, bad);
       erase_entry(mu.data(), m, bad);
       --m;
-    }
-    for (Index j = 0; j < m; ++j) {
-      for (Index i = j + 1; i < m; ++i) {
-        const double a = 0.5 * (Sigma(i, j) + Sigma(j, i));
-        Sigma(i, j) = a;
-        Sigma(j, i) = a;
-      }
     }
     if (track_qdiag) recompute_qdiag();
     since_recompute = 0;
@@ -472,7 +504,7 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
     result.evicted = static_cast<int>(r);
     ++s.counters.evicted;
   } else {
-    s.Sigma.topLeftCorner(m, m).noalias() -= ps * ps.transpose();
+    rank1_upper(s.Sigma, m, ps);
   }
   ++s.counters.updates;
 
@@ -537,10 +569,18 @@ ModelState OnlineGP::export_state() const {
   st.dim = s.dim;
   st.inputs = s.X.topRows(m);
   st.samples.assign(s.samples.begin(), s.samples.begin() + static_cast<std::ptrdiff_t>(m));
-  st.gram = s.K.topLeftCorner(m, m);
+  if (s.keep_gram) {
+    st.gram = s.K.topLeftCorner(m, m);
+  } else {
+    // Not maintained: computed as recompute() would (allocates; export may).
+    st.gram.resize(m, m);
+    Workspace w(std::max<Index>(m, 1), *s.kernel);
+    VectorXd row(std::max<Index>(m, 1));
+    gram_by_rows(*s.kernel, s.X, s.caches, m, st.gram, w, row);
+  }
   st.factor = s.chol.matrixL().triangularView<Eigen::Lower>();
   st.mu = s.mu.head(m);
-  st.sigma = s.Sigma.topLeftCorner(m, m);
+  st.sigma = s.Sigma.topLeftCorner(m, m).selfadjointView<Eigen::Upper>();
   if (s.track_qdiag) st.qdiag = s.qdiag.head(m);
   st.s2_num = s.s2_num;
   st.s2_den = s.s2_den;
@@ -600,9 +640,12 @@ OnlineGP OnlineGP::import_state(const ModelState& st) {
     s.caches.row(i) = s.ws.xcache.transpose();
   }
   std::copy(st.samples.begin(), st.samples.end(), s.samples.begin());
-  s.K.topLeftCorner(m, m) = st.gram;
+  // gram is validated above; it is state only when K_D is maintained (forgetting < 1),
+  // otherwise the model recomputes it from the inputs when needed.
+  if (s.keep_gram) s.K.topLeftCorner(m, m) = st.gram;
   s.mu.head(m) = st.mu;
-  s.Sigma.topLeftCorner(m, m) = st.sigma;
+  // Only the upper triangle of sigma is read (the model stores Sigma that way).
+  s.Sigma.topLeftCorner(m, m).triangularView<Eigen::Upper>() = st.sigma;
   if (s.track_qdiag) s.qdiag.head(m) = st.qdiag;
   s.s2_num = st.s2_num;
   s.s2_den = st.s2_den;
@@ -646,19 +689,34 @@ void OnlineGP::check_invariants(double tol) const {
   if (m > s.config.budget) fail("dictionary size " + std::to_string(m) + " > budget");
   if (s.chol.size() != m) fail("factor size differs from dictionary size");
   if (m == 0) return;
-  const MatrixXd K = s.K.topLeftCorner(m, m);
-  if ((K - K.transpose()).norm() != 0.0) fail("K_D not bitwise symmetric");
   const MatrixXd Kfresh = s.kernel->gram(s.X.topRows(m));
   const double kscale = std::max(Kfresh.norm(), std::numeric_limits<double>::min());
+  // K_D as the model uses it: the maintained one, or (forgetting == 1) as recompute()
+  // builds it from the stored inputs.
+  const MatrixXd K = s.keep_gram ? MatrixXd(s.K.topLeftCorner(m, m)) : export_state().gram;
+  if ((K - K.transpose()).norm() != 0.0) fail("K_D not bitwise symmetric");
   if ((K - Kfresh).norm() > tol * kscale) fail("stored K_D differs from the kernel of the inputs");
   const MatrixXd L = s.chol.matrixL().triangularView<Eigen::Lower>();
   MatrixXd E = L * L.transpose() - K;
   E.diagonal().array() -= s.config.jitter;
   if (E.norm() > tol * kscale)
     fail("L L^T != K_D + jitter I (error " + num(E.norm() / kscale) + ")");
-  const MatrixXd S = s.Sigma.topLeftCorner(m, m);
+  // Sigma is stored as its upper triangle, so it is symmetric by construction; what can
+  // still go wrong is checked instead: finiteness, and that it is a covariance up to
+  // rounding (non-negative diagonal, every 2 x 2 principal minor |S_ij| <= sqrt(S_ii S_jj)).
+  const MatrixXd S = s.Sigma.topLeftCorner(m, m).selfadjointView<Eigen::Upper>();
   if (!S.allFinite() || !s.mu.head(m).allFinite()) fail("posterior has non-finite entries");
-  if ((S - S.transpose()).norm() > tol * std::max(S.norm(), 1e-300)) fail("Sigma not symmetric");
+  const double sscale = std::max(S.diagonal().cwiseAbs().maxCoeff(), 1e-300);
+  for (Index j = 0; j < m; ++j) {
+    if (S(j, j) < -tol * sscale) fail("Sigma has a negative variance at " + std::to_string(j));
+    for (Index i = 0; i < j; ++i) {
+      const double bound = std::sqrt(std::max(S(i, i), 0.0) * std::max(S(j, j), 0.0));
+      if (std::abs(S(i, j)) > bound + tol * sscale) {
+        fail("Sigma is not a covariance: |Sigma(" + std::to_string(i) + ", " + std::to_string(j) +
+             ")| = " + num(std::abs(S(i, j))) + " > sqrt(Sigma_ii Sigma_jj) = " + num(bound));
+      }
+    }
+  }
   if (s.track_qdiag) {
     MatrixXd Kj = K;
     Kj.diagonal().array() += s.config.jitter;

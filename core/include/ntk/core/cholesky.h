@@ -3,10 +3,10 @@
 // WHAT THIS OBJECT REPRESENTS
 //   A lower-triangular L (size() x size()) with L L^T = K + jitter I for a symmetric
 //   positive definite K whose rows/columns are appended and removed one at a time —
-//   the Gram matrix K_D of a kernel dictionary. Storage is one capacity x capacity
-//   column-major buffer allocated at construction; no method allocates afterwards.
-//   append(k, k_self)  O(n^2)        forward solve + new pivot
-//   remove(i)          O((n-i)^2)    delete row/column i, restore the trailing block
+//   the Gram matrix K_D of a kernel dictionary. Storage is one ld x capacity (ld: capacity padded
+//   to 8) column-major buffer allocated at construction; no method allocates afterwards. append(k,
+//   k_self)  O(n^2)        forward solve + new pivot remove(i)          O((n-i)^2)    delete
+//   row/column i, restore the trailing block
 //                                    with a rank-1 update (Givens rotations, as
 //                                    LINPACK dchud); O(i (n-i)) more to close the gap
 //   rebuild(K)         O(n^3)        full refactorization (periodic recomputation)
@@ -44,11 +44,11 @@ enum class CholeskyInfo {
 class IncrementalCholesky {
  public:
   // requires: capacity >= 1, jitter >= 0 and finite (std::invalid_argument otherwise).
-  // ensures: size() == 0; the capacity x capacity buffer is the only allocation.
+  // ensures: size() == 0; the ld x capacity buffer is the only allocation.
   explicit IncrementalCholesky(Eigen::Index capacity, double jitter = 0.0);
 
   Eigen::Index size() const { return n_; }
-  Eigen::Index capacity() const { return L_.rows(); }
+  Eigen::Index capacity() const { return L_.cols(); }
   double jitter() const { return jitter_; }
 
   // Appends row/column n: k_row = K(n, 0:n) (size() entries), k_self = K(n, n).
@@ -122,7 +122,8 @@ class IncrementalCholesky {
  private:
   CholeskyInfo append_pivot(Eigen::Ref<const Eigen::VectorXd> v, double k_self);
 
-  Eigen::MatrixXd L_;  // capacity x capacity; the lower triangle of the leading
+  Eigen::MatrixXd L_;  // ld x capacity, ld = capacity rounded up to a multiple of 8 (every
+                       // column starts on a 64-byte line); the lower triangle of the leading
                        // n_ x n_ block is L; the strict upper triangle of the whole
                        // buffer is kept at exact zeros; the rest is stale
   Eigen::Index n_ = 0;

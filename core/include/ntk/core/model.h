@@ -22,7 +22,7 @@
 //      argmin_i |(Q mu)_i| / Q_ii with Q = (K_D + jI)^{-1} (the new point included); or
 //      the oldest (a sliding window that forgets the past)
 //   5. every recompute_every updates, or when the drift measure exceeds drift_bound:
-//      K_D recomputed from the stored inputs, L refactorized, Sigma re-symmetrized.
+//      K_D recomputed from the stored inputs, L refactorized.
 //
 //   Signal power: with estimate_signal_power, the prior is s2 * k with s2 estimated
 //   online by maximum likelihood from the standardized residuals (y-mean)^2/var_y
@@ -30,7 +30,8 @@
 //   ratio. Means do not depend on s2; reported variances are s2 * (unit-scale variance).
 //
 // CONVENTION (checked by tests after every operation; see check_invariants())
-//   dictionary_size() <= budget(); L L^T == K_D + jitter I; Sigma symmetric;
+//   dictionary_size() <= budget(); L L^T == K_D + jitter I; Sigma symmetric (stored as its
+//   upper triangle) with |Sigma_ij| <= sqrt(Sigma_ii Sigma_jj);
 //   mu.size() == dictionary_size(); qdiag == diag((K_D + jI)^{-1}).
 //
 // INITIAL VALUE: empty dictionary; the first sample is always admitted.
@@ -169,7 +170,9 @@ class OnlineGP {
   void check_invariants(double tol = 1e-8) const;
 
   // Read-only views (m = dictionary_size()).
-  // inputs(): m x d; mean_vector(): mu; covariance(): Sigma.
+  // inputs(): m x d; mean_vector(): mu; covariance(): Sigma, valid in its upper triangle
+  // only (the strict lower triangle is not maintained; export_state().sigma is the full
+  // symmetric matrix).
   Eigen::Ref<const RowMatrixXd> inputs() const;
   Eigen::Ref<const Eigen::VectorXd> mean_vector() const;
   Eigen::Ref<const Eigen::MatrixXd> covariance() const;
