@@ -112,11 +112,99 @@ Givens make_givens(double a, double b) {
   return {a * inv, b * inv, r};
 }
 
+// Blocked triangular solves on the column-major lower L (n x n, leading dimension ld),
+// with dinv[k] = 1 / L(k, k). Blocks of kPanel columns: the part of each block's work
+// that is a rectangle (kPanel columns against the rest of the vector) runs as kPanel
+// independent FMA streams over contiguous columns, one SIMD packet of rows at a time; the
+// kPanel x kPanel triangle is the only dependency chain, and it multiplies by dinv instead
+// of dividing. Measured at n = 256 (AVX-512): 3.0 us (lower) and 3.5 us (upper) against
+// 3.5 and 4.4 us for Eigen's triangularView solves; without -march=native (SSE2) 5.2 and
+// 5.2 against 6.0 and 7.3 us. The results differ from Eigen's by rounding only.
+constexpr Index kPanel = 8;
+using Packet = Eigen::internal::packet_traits<double>::type;
+constexpr Index kPacket = static_cast<Index>(sizeof(Packet) / sizeof(double));
+
+// x <- L^{-1} x: column-oriented (each block's columns update the rows below it).
+void lower_solve(const double* L, Index ld, const double* dinv, Index n, double* x) {
+  using namespace Eigen::internal;
+  for (Index lo = 0; lo < n; lo += kPanel) {
+    const Index hi = std::min(n, lo + kPanel);
+    for (Index j = lo; j < hi; ++j) {
+      const double* c = L + j * ld;
+      const double xj = x[j] * dinv[j];
+      x[j] = xj;
+      for (Index r = j + 1; r < hi; ++r) x[r] -= c[r] * xj;
+    }
+    Index r = hi;
+    if (hi - lo == kPanel) {
+      Packet xs[kPanel];
+      _Pragma("GCC unroll 16") for (Index j = 0; j < kPanel; ++j) {
+        xs[j] = pset1<Packet>(-x[lo + j]);
+      }
+      const Index vend = hi + (n - hi) / kPacket * kPacket;
+      for (; r < vend; r += kPacket) {
+        Packet a = ploadu<Packet>(x + r);
+        _Pragma("GCC unroll 16") for (Index j = 0; j < kPanel; ++j) {
+          a = pmadd(ploadu<Packet>(L + (lo + j) * ld + r), xs[j], a);
+        }
+        pstoreu(x + r, a);
+      }
+    }
+    for (; r < n; ++r) {
+      double a = x[r];
+      for (Index j = lo; j < hi; ++j) a -= L[j * ld + r] * x[j];
+      x[r] = a;
+    }
+  }
+}
+
+// x <- L^{-T} x: block by block from the bottom; each block first subtracts the dot
+// products of its columns (below the block) with the solved part of x.
+void upper_solve(const double* L, Index ld, const double* dinv, Index n, double* x) {
+  using namespace Eigen::internal;
+  for (Index hi = n; hi > 0;) {
+    const Index lo = hi > kPanel ? hi - kPanel : 0;
+    const Index len = n - hi;
+    if (len > 0 && hi - lo == kPanel) {
+      Packet acc[kPanel];
+      _Pragma("GCC unroll 16") for (Index j = 0; j < kPanel; ++j) acc[j] = pset1<Packet>(0.0);
+      Index r = hi;
+      const Index vend = hi + len / kPacket * kPacket;
+      for (; r < vend; r += kPacket) {
+        const Packet xv = ploadu<Packet>(x + r);
+        _Pragma("GCC unroll 16") for (Index j = 0; j < kPanel; ++j) {
+          acc[j] = pmadd(ploadu<Packet>(L + (lo + j) * ld + r), xv, acc[j]);
+        }
+      }
+      double dot[kPanel];
+      _Pragma("GCC unroll 16") for (Index j = 0; j < kPanel; ++j) dot[j] = predux(acc[j]);
+      for (; r < n; ++r) {
+        const double xr = x[r];
+        for (Index j = 0; j < kPanel; ++j) dot[j] += L[(lo + j) * ld + r] * xr;
+      }
+      for (Index j = 0; j < kPanel; ++j) x[lo + j] -= dot[j];
+    } else if (len > 0) {
+      const Eigen::Map<const VectorXd> tail(x + hi, len);
+      for (Index j = lo; j < hi; ++j) {
+        x[j] -= Eigen::Map<const VectorXd>(L + j * ld + hi, len).dot(tail);
+      }
+    }
+    // The triangle, right-looking: row j of L within the block.
+    for (Index j = hi - 1; j >= lo; --j) {
+      const double xj = x[j] * dinv[j];
+      x[j] = xj;
+      for (Index i = lo; i < j; ++i) x[i] -= L[i * ld + j] * xj;
+    }
+    hi = lo;
+  }
+}
+
 }  // namespace
 
 IncrementalCholesky::IncrementalCholesky(Index capacity, double jitter)
     : L_(MatrixXd::Zero((checked_capacity(capacity) + 7) / 8 * 8, capacity)),
       jitter_(checked_jitter(jitter)),
+      dinv_(VectorXd::Zero(capacity)),
       work_(VectorXd::Zero(capacity)) {}
 
 CholeskyInfo IncrementalCholesky::append(Eigen::Ref<const VectorXd> k_row, double k_self) {
@@ -157,6 +245,7 @@ CholeskyInfo IncrementalCholesky::append_pivot(Eigen::Ref<const VectorXd> v, dou
   }
   L_.row(n_).head(n_) = v.transpose();
   L_(n_, n_) = std::sqrt(p2);
+  dinv_(n_) = 1.0 / L_(n_, n_);
   ++n_;
   return CholeskyInfo::kSuccess;
 }
@@ -183,6 +272,7 @@ CholeskyInfo IncrementalCholesky::assign(const Eigen::Ref<const MatrixXd>& L) {
     return CholeskyInfo::kNotPositiveDefinite;
   }
   L_.topLeftCorner(n, n).triangularView<Eigen::Lower>() = L;
+  dinv_.head(n) = L.diagonal().cwiseInverse();
   n_ = n;
   return CholeskyInfo::kSuccess;
 }
@@ -223,6 +313,7 @@ void IncrementalCholesky::remove(Index i) {
     double* dst = a + p * ld + p;                    // new diagonal entry, then below
     const Givens g = make_givens(src[0], x(t));
     dst[0] = g.r;
+    dinv_(p) = 1.0 / g.r;
     const Index len = m - t - 1;
     if (len == 0) break;
     const Eigen::Map<const VectorXd> l(src + 1, len);  // disjoint from dst: src = dst+ld+1
@@ -247,24 +338,38 @@ CholeskyInfo IncrementalCholesky::rebuild(const Eigen::Ref<const MatrixXd>& K) {
     failed_pivot_ = p2;
     return CholeskyInfo::kNotPositiveDefinite;
   }
+  dinv_.head(n) = A.diagonal().cwiseInverse();
   n_ = n;
   return CholeskyInfo::kSuccess;
 }
 
 void IncrementalCholesky::solve_lower_in_place(Eigen::Ref<VectorXd> b) const {
   check_vector_size("b", b.size(), n_);
-  L_.topLeftCorner(n_, n_).triangularView<Eigen::Lower>().solveInPlace(b);
+  lower_solve(L_.data(), L_.rows(), dinv_.data(), n_, b.data());
 }
 
 void IncrementalCholesky::solve_upper_in_place(Eigen::Ref<VectorXd> b) const {
   check_vector_size("b", b.size(), n_);
-  L_.topLeftCorner(n_, n_).triangularView<Eigen::Lower>().transpose().solveInPlace(b);
+  upper_solve(L_.data(), L_.rows(), dinv_.data(), n_, b.data());
 }
 
 void IncrementalCholesky::solve_in_place(Eigen::Ref<VectorXd> b) const {
   check_vector_size("b", b.size(), n_);
-  L_.topLeftCorner(n_, n_).triangularView<Eigen::Lower>().solveInPlace(b);
-  L_.topLeftCorner(n_, n_).triangularView<Eigen::Lower>().transpose().solveInPlace(b);
+  lower_solve(L_.data(), L_.rows(), dinv_.data(), n_, b.data());
+  upper_solve(L_.data(), L_.rows(), dinv_.data(), n_, b.data());
+}
+
+void IncrementalCholesky::solve_lower_trailing_in_place(Index from, Eigen::Ref<VectorXd> b) const {
+  if (from < 0 || from > n_) {
+    invalid("from must be in [0, size() = " + std::to_string(n_) + "], got " +
+            std::to_string(from));
+  }
+  if (b.size() != n_ - from) {
+    invalid("b.size() must equal size() - from = " + std::to_string(n_ - from) + ", got " +
+            std::to_string(b.size()));
+  }
+  const Index ld = L_.rows();
+  lower_solve(L_.data() + from * ld + from, ld, dinv_.data() + from, n_ - from, b.data());
 }
 
 double IncrementalCholesky::log_determinant() const {

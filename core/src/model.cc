@@ -355,10 +355,7 @@ struct OnlineGP::Impl {
       Eigen::Ref<VectorXd> w = ws.v.head(m);
       w.setZero();
       w(r) = 1.0;
-      chol.matrixL()
-          .bottomRightCorner(m - r, m - r)
-          .triangularView<Eigen::Lower>()
-          .solveInPlace(w.tail(m - r));
+      chol.solve_lower_trailing_in_place(r, w.tail(m - r));
       chol.solve_upper_in_place(w);
       qdiag.head(m).array() -= w.array().square() / w(r);
       erase_entry(qdiag.data(), m, r);
@@ -432,13 +429,12 @@ struct OnlineGP::Impl {
 
   // diag(Q)_i = |L^{-1} e_i|^2; L^{-1} e_i is zero above i. O(m^3 / 3), no allocation.
   void recompute_qdiag() {
-    const auto L = chol.matrixL();
     for (Index i = 0; i < m; ++i) {
       const Index n = m - i;
       Eigen::Ref<VectorXd> e = vec.head(n);
       e.setZero();
       e(0) = 1.0;
-      L.bottomRightCorner(n, n).triangularView<Eigen::Lower>().solveInPlace(e);
+      chol.solve_lower_trailing_in_place(i, e);
       qdiag(i) = e.squaredNorm();
     }
   }

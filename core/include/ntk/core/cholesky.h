@@ -106,6 +106,11 @@ class IncrementalCholesky {
   void solve_lower_in_place(Eigen::Ref<Eigen::VectorXd> b) const;
   void solve_upper_in_place(Eigen::Ref<Eigen::VectorXd> b) const;
   void solve_in_place(Eigen::Ref<Eigen::VectorXd> b) const;
+  // b <- L_tt^{-1} b with L_tt = the trailing block of L from row/column `from` on: the
+  // forward solve for a right-hand side that is zero above `from`.
+  // requires: 0 <= from <= size(), b.size() == size() - from (std::invalid_argument
+  // otherwise). O((n - from)^2).
+  void solve_lower_trailing_in_place(Eigen::Index from, Eigen::Ref<Eigen::VectorXd> b) const;
 
   // log det(K + jitter I) = 2 sum log L_ii (0 when size() == 0).
   double log_determinant() const;
@@ -130,6 +135,9 @@ class IncrementalCholesky {
   double jitter_ = 0.0;
   double failed_pivot_ = 0.0;
   Eigen::Index failed_index_ = -1;
+
+  Eigen::VectorXd dinv_;  // capacity; dinv_(k) == 1 / L_(k, k) for k < n_ (the solves
+                          // multiply by it: no division on their dependency chain)
 
   // Scratch, not state: never part of a snapshot.
   Eigen::VectorXd work_;  // capacity
