@@ -463,16 +463,19 @@ struct OnlineGP::Impl {
     return scale > 0.0 ? c.norm() / scale : c.norm();
   }
 
-  // |L L^T - (K + jI)|_F / |K|_F for the leading m x m block of Kref. O(m^3), no allocation.
+  // |L L^T - (K + jI)|_F / |K|_F for the leading m x m block of the symmetric Kref, from
+  // the lower triangle of the error (off-diagonal entries counted twice). O(m^3 / 6), no
+  // allocation.
   double full_drift(const MatrixXd& Kref) {
     const auto L = chol.matrixL();
     double err2 = 0.0;
     for (Index j = 0; j < m; ++j) {
-      Eigen::Ref<VectorXd> c = vec.head(m);
-      c.noalias() = L.leftCols(j + 1) * L.row(j).head(j + 1).transpose();
-      c -= Kref.col(j).head(m);
-      c(j) -= config.jitter;
-      err2 += c.squaredNorm();
+      const Index rows = m - j;
+      Eigen::Ref<VectorXd> c = vec.head(rows);
+      c.noalias() = L.block(j, 0, rows, j + 1) * L.row(j).head(j + 1).transpose();
+      c -= Kref.col(j).segment(j, rows);
+      c(0) -= config.jitter;
+      err2 += c(0) * c(0) + 2.0 * c.tail(rows - 1).squaredNorm();
     }
     const double scale = Kref.topLeftCorner(m, m).norm();
     return scale > 0.0 ? std::sqrt(err2) / scale : std::sqrt(err2);
