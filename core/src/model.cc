@@ -20,6 +20,9 @@
 #include "ntk/core/model.h"
 
 #include <Eigen/Cholesky>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -68,14 +71,20 @@ Index padded(Index cap) { return (cap + 7) / 8 * 8; }
 
 // A <- (A - u u^T) without row and column r, for the upper triangle of the leading m x m
 // block of the column-major A, in one pass (the strict lower triangle is neither read nor
-// written). Entry (i, j), i <= j, is A(i', j') - u(i') u(j') with i' <= j'. Columns are
-// written in increasing order, each from the same or the next column, and within a
-// column rows in increasing order from the same or a later row, so no entry is
-// overwritten before it is read.
-void erase_row_col_rank1_upper(MatrixXd& A, Index m, Index r, Eigen::Ref<const VectorXd> u) {
+// written). Entry (i, j),
+// i <= j, is A(i', j') - u(i') u(j') with i' <= j'. Columns are written in increasing
+// order, each from the same or the next column, and within a column rows in increasing
+// order from the same or a later row, so no entry is overwritten before it is read.
+// ush is scratch (>= m - 1 entries): u shifted up by one, so that the rows below r read it
+// aligned; with AVX-512 the shifted column is built from aligned loads (valignq) instead of
+// loads that straddle cache lines (this pass is a full shift for the oldest-first policy).
+void erase_row_col_rank1_upper(MatrixXd& A, Index m, Index r, Eigen::Ref<const VectorXd> u,
+                               Eigen::Ref<VectorXd> ush) {
   const Index ld = A.rows();
   double* a = A.data();
   const double* uu = u.data();
+  double* us = ush.data();
+  for (Index i = r; i + 1 < m; ++i) us[i] = uu[i + 1];
   for (Index c = 0; c + 1 < m; ++c) {
     const Index sc = c < r ? c : c + 1;
     const double* src = a + sc * ld;
@@ -83,7 +92,20 @@ void erase_row_col_rank1_upper(MatrixXd& A, Index m, Index r, Eigen::Ref<const V
     const double uc = uu[sc];
     const Index head = std::min(r, c + 1);
     for (Index i = 0; i < head; ++i) dst[i] = src[i] - uu[i] * uc;
-    for (Index i = head; i <= c; ++i) dst[i] = src[i + 1] - uu[i + 1] * uc;
+    Index i = head;
+#if defined(__AVX512F__)
+    // Rows are aligned to packets of 8 when ld is (it is padded) and i is a multiple of 8.
+    for (; i <= c && i % 8 != 0; ++i) dst[i] = src[i + 1] - us[i] * uc;
+    const __m512d vuc = _mm512_set1_pd(uc);
+    for (; i + 8 <= c + 1; i += 8) {
+      const __m512d cur = _mm512_loadu_pd(src + i);
+      const __m512d next = _mm512_set1_pd(src[i + 8]);
+      const __m512d shifted = _mm512_castsi512_pd(
+          _mm512_alignr_epi64(_mm512_castpd_si512(next), _mm512_castpd_si512(cur), 1));
+      _mm512_storeu_pd(dst + i, _mm512_fnmadd_pd(_mm512_loadu_pd(us + i), vuc, shifted));
+    }
+#endif
+    for (; i <= c; ++i) dst[i] = src[i + 1] - us[i] * uc;
   }
 }
 
@@ -438,7 +460,7 @@ struct OnlineGP::Impl {
     erase_row(caches, m, r);
     erase_entry(samples.data(), m, r);
     if (keep_gram) erase_row_col(K, m, r);
-    erase_row_col_rank1_upper(Sigma, m, r, ps);
+    erase_row_col_rank1_upper(Sigma, m, r, ps, vec);
     erase_entry(mu.data(), m, r);
     --m;
   }
