@@ -4,6 +4,8 @@
 //   remove_*    n -> n-1 at index 0 (sliding window), n/2, n-1; the factor is refilled
 //               by an untimed append of a fresh point (manual timing of the remove only)
 //   solve       solve_in_place, b <- (L L^T)^{-1} b
+//   solve_lower / solve_upper   b <- L^{-1} b and b <- L^{-T} b; the /eigen variants run
+//               Eigen's triangularView solves on matrixL(), for reference
 //   rebuild     full refactorization (the periodic recomputation), for reference
 // Times are per operation.
 //
@@ -127,6 +129,34 @@ void BM_solve_in_place(benchmark::State& state) {
   }
 }
 
+enum class Tri { kLower, kUpper };
+
+void BM_solve_tri(benchmark::State& state, Tri tri, bool eigen) {
+  const Index n = state.range(0);
+  Dictionary dict(n, 3);
+  const IncrementalCholesky& chol = dict.chol();
+  const auto L = chol.matrixL();
+  VectorXd b = VectorXd::Ones(n);
+  for (auto _ : state) {
+    if (tri == Tri::kLower) {
+      if (eigen) {
+        L.triangularView<Eigen::Lower>().solveInPlace(b);
+      } else {
+        chol.solve_lower_in_place(b);
+      }
+    } else {
+      if (eigen) {
+        L.triangularView<Eigen::Lower>().transpose().solveInPlace(b);
+      } else {
+        chol.solve_upper_in_place(b);
+      }
+    }
+    benchmark::DoNotOptimize(b.data());
+    benchmark::ClobberMemory();
+    b.normalize();  // keeps the values bounded; O(n)
+  }
+}
+
 void BM_rebuild(benchmark::State& state) {
   const Index n = state.range(0);
   Dictionary dict(n, 4);
@@ -149,6 +179,10 @@ BENCHMARK_CAPTURE(BM_remove, first, Where::kFirst)->Apply(sizes)->UseManualTime(
 BENCHMARK_CAPTURE(BM_remove, middle, Where::kMiddle)->Apply(sizes)->UseManualTime();
 BENCHMARK_CAPTURE(BM_remove, last, Where::kLast)->Apply(sizes)->UseManualTime();
 BENCHMARK(BM_solve_in_place)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_solve_tri, lower, Tri::kLower, false)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_solve_tri, lower_eigen, Tri::kLower, true)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_solve_tri, upper, Tri::kUpper, false)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_solve_tri, upper_eigen, Tri::kUpper, true)->Apply(sizes);
 BENCHMARK(BM_rebuild)->Apply(sizes);
 
 }  // namespace
