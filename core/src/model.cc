@@ -71,10 +71,10 @@ Index padded(Index cap) { return (cap + 7) / 8 * 8; }
 
 // A <- (A - u u^T) without row and column r, for the upper triangle of the leading m x m
 // block of the column-major A, in one pass (the strict lower triangle is neither read nor
-// written). Entry (i, j),
-// i <= j, is A(i', j') - u(i') u(j') with i' <= j'. Columns are written in increasing
-// order, each from the same or the next column, and within a column rows in increasing
-// order from the same or a later row, so no entry is overwritten before it is read.
+// written). Entry (i, j), i <= j, is A(i', j') - u(i') u(j') with i' <= j'. Columns are
+// written in increasing order, each from the same or the next column, and within a
+// column rows in increasing order from the same or a later row, so no entry is
+// overwritten before it is read.
 // ush is scratch (>= m - 1 entries): u shifted up by one, so that the rows below r read it
 // aligned; with AVX-512 the shifted column is built from aligned loads (valignq) instead of
 // loads that straddle cache lines (this pass is a full shift for the oldest-first policy).
