@@ -717,6 +717,7 @@ OnlineGP OnlineGP::import_state(const ModelState& st) {
   finite("factor", st.factor);
   finite("mu", st.mu);
   finite("sigma", st.sigma);
+  if (st.sigma != st.sigma.transpose()) invalid("import: sigma is not symmetric");
   finite("qdiag", st.qdiag);
   if (!(st.s2_num > 0.0 && st.s2_den > 0.0) || !std::isfinite(st.s2_num) ||
       !std::isfinite(st.s2_den)) {
@@ -824,8 +825,8 @@ void OnlineGP::check_invariants(double tol) const {
 
 Eigen::Ref<const RowMatrixXd> OnlineGP::inputs() const { return impl_->X.topRows(impl_->m); }
 Eigen::Ref<const VectorXd> OnlineGP::mean_vector() const { return impl_->mu.head(impl_->m); }
-Eigen::Ref<const MatrixXd> OnlineGP::covariance() const {
-  return impl_->Sigma.topLeftCorner(impl_->m, impl_->m);
+MatrixXd OnlineGP::covariance() const {
+  return impl_->Sigma.topLeftCorner(impl_->m, impl_->m).selfadjointView<Eigen::Upper>();
 }
 const IncrementalCholesky& OnlineGP::factor() const { return impl_->chol; }
 

@@ -363,6 +363,17 @@ TEST_CASE("import refuses inconsistent states") {
                          std::invalid_argument);
   }
   {
+    // The model keeps one triangle of Sigma: an asymmetric one would be half ignored.
+    ntk::ModelState s = good;
+    s.sigma(5, 2) += 1e-3;
+    CHECK_THROWS_WITH_AS(OnlineGP::import_state(s), doctest::Contains("sigma is not symmetric"),
+                         std::invalid_argument);
+  }
+  {
+    // covariance() is the full symmetric Sigma the snapshot carries.
+    CHECK(gp.covariance() == good.sigma);
+  }
+  {
     ntk::ModelState s = good;
     s.factor(4, 4) = -1.0;
     CHECK_THROWS_WITH_AS(OnlineGP::import_state(s),

@@ -3,10 +3,11 @@
 // WHAT THIS OBJECT REPRESENTS
 //   A lower-triangular L (size() x size()) with L L^T = K + jitter I for a symmetric
 //   positive definite K whose rows/columns are appended and removed one at a time —
-//   the Gram matrix K_D of a kernel dictionary. Storage is one ld x capacity (ld: capacity padded
-//   to 8) column-major buffer allocated at construction; no method allocates afterwards. append(k,
-//   k_self)  O(n^2)        forward solve + new pivot remove(i)          O((n-i)^2)    delete
-//   row/column i, restore the trailing block
+//   the Gram matrix K_D of a kernel dictionary. Storage is one ld x capacity column-major
+//   buffer (ld: capacity rounded up to a multiple of 8) allocated at construction; no
+//   method allocates afterwards.
+//   append(k, k_self)  O(n^2)        forward solve + new pivot
+//   remove(i)          O((n-i)^2)    delete row/column i, restore the trailing block
 //                                    with a rank-1 update (Givens rotations, as
 //                                    LINPACK dchud); O(i (n-i)) more to close the gap
 //   rebuild(K)         O(n^3)        full refactorization (periodic recomputation)

@@ -169,13 +169,11 @@ class OnlineGP {
   // Throws std::logic_error describing the first violated invariant (tol: relative).
   void check_invariants(double tol = 1e-8) const;
 
-  // Read-only views (m = dictionary_size()).
-  // inputs(): m x d; mean_vector(): mu; covariance(): Sigma, valid in its upper triangle
-  // only (the strict lower triangle is not maintained; export_state().sigma is the full
-  // symmetric matrix).
+  // Read-only views (m = dictionary_size()): inputs(): m x d; mean_vector(): mu.
   Eigen::Ref<const RowMatrixXd> inputs() const;
   Eigen::Ref<const Eigen::VectorXd> mean_vector() const;
-  Eigen::Ref<const Eigen::MatrixXd> covariance() const;
+  // Sigma, m x m, as a full symmetric matrix (a copy: the model keeps one triangle).
+  Eigen::MatrixXd covariance() const;
   const IncrementalCholesky& factor() const;
 
  private:
