@@ -7,7 +7,8 @@
 //
 //   ntk-load [--connect HOST:PORT] [--server-threads 2] [--connections 8] [--keys 1000]
 //            [--dim 7] [--budget 64] [--messages 2000000] [--window 512]
-//            [--rate MSGS_PER_S] [--warmup-fraction 0.2] [--client-threads 1]
+//            [--rate MSGS_PER_S] [--tick-us 100] [--warmup-fraction 0.2]
+//            [--client-threads 1]
 //            [--kernel SPEC] [--noise R | --race] [--model-only]
 //
 // Each key runs one model with the noise ratio R (default 0.01): the figures are those of
@@ -25,7 +26,9 @@
 //     connections; each is written when due, or as soon as the previous write is done)
 //     whatever the answers do; latency counts from when a request was due,
 //     so that a stalled server is not hidden by a stalled client (no coordinated
-//     omission). In-flight requests are still capped at --window per connection.
+//     omission). In-flight requests are still capped at --window per connection. A
+//     connection wakes at most every --tick-us microseconds and writes all that is due
+//     in one batch; the wait counts in the latency.
 //
 // The request frames are encoded before the run (a pool per connection, cycled), without
 // seq, so that the client spends its time on the socket, not on protobuf. Responses are
@@ -78,6 +81,7 @@ struct Args {
   std::uint64_t messages = 2'000'000;
   int window = 512;
   double rate = 0.0;  // 0: closed loop
+  int tick_us = 100;  // open loop: shortest wait between two batches of a connection
   double warmup_fraction = 0.2;
   unsigned client_threads = 1;
   int pool = 0;        // frames per connection; 0: 128 per key the connection feeds (>= 4096)
@@ -92,7 +96,8 @@ struct Args {
                "ntk-load: %s\n"
                "usage: ntk-load [--connect HOST:PORT] [--server-threads T] [--connections N]\n"
                "                [--keys K] [--dim D] [--budget M] [--messages TOTAL]\n"
-               "                [--window W] [--rate MSGS_PER_S] [--warmup-fraction F]\n"
+               "                [--window W] [--rate MSGS_PER_S] [--tick-us T]\n"
+               "                [--warmup-fraction F]\n"
                "                [--client-threads C] [--kernel SPEC] [--noise R | --race]\n"
                "                [--model-only]\n",
                why);
@@ -132,6 +137,8 @@ Args parse(int argc, char** argv) {
         a.window = std::stoi(value);
       } else if (flag == "--rate") {
         a.rate = std::stod(value);
+      } else if (flag == "--tick-us") {
+        a.tick_us = std::stoi(value);
       } else if (flag == "--warmup-fraction") {
         a.warmup_fraction = std::stod(value);
       } else if (flag == "--kernel") {
@@ -149,7 +156,7 @@ Args parse(int argc, char** argv) {
   }
   if (a.pool == 0) a.pool = std::max(4096, 128 * ((a.keys + a.connections - 1) / a.connections));
   if (a.connections < 1 || a.keys < 1 || a.dim < 1 || a.budget < 1 || a.window < 1 ||
-      a.messages < static_cast<std::uint64_t>(a.connections) || a.rate < 0 ||
+      a.messages < static_cast<std::uint64_t>(a.connections) || a.rate < 0 || a.tick_us < 1 ||
       a.warmup_fraction < 0 || a.warmup_fraction >= 1 || a.client_threads < 1 || !(a.noise > 0)) {
     usage("a value is out of range");
   }
@@ -268,7 +275,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void tick() {
     send_due();
     if (sent_ >= total_) return;
-    timer_.expires_at(std::max(due_time(sent_), Clock::now() + std::chrono::microseconds(20)));
+    timer_.expires_at(
+        std::max(due_time(sent_), Clock::now() + std::chrono::microseconds(args_.tick_us)));
     timer_.async_wait([self = shared_from_this()](ErrorCode ec) {
       if (!ec) self->tick();
     });
