@@ -24,8 +24,8 @@ namespace {
 
 constexpr int kDim = 7;
 constexpr double kRbfLengthscale = 1.0;
-// The NTK for this benchmark (relu, depth 3); the default kernel (erf, depth 2) costs
-// about the same per row.
+// The NTK for this benchmark (relu, depth 3); the default kernel (erf, depth 1)
+// costs less per row.
 const char* const kNtkSpec =
     "ntk:activation=relu,depth=3,w_std=1.5,b_std=0.1,parameterization=ntk,output=ntk";
 
