@@ -46,56 +46,11 @@
 #include "detail/row_loop.h"
 #include "detail/simd.h"
 #include "ntk/core/kernel.h"
+#include "support/alloc_count.h"
 
-// Counting allocator: every global operator new in this binary is counted, and (with
-// NTK_TEST_WRAP_MALLOC, set by tests/CMakeLists.txt together with the linker's --wrap)
-// every malloc/calloc/realloc made from this binary's objects, ntk::core included.
 namespace {
-std::atomic<long> g_allocations{0};
 const void* volatile g_sink = nullptr;  // where the sanity check's pointers escape
 }  // namespace
-void* operator new(std::size_t n) {
-  ++g_allocations;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-void* operator new[](std::size_t n) {
-  ++g_allocations;
-  if (void* p = std::malloc(n ? n : 1)) return p;
-  throw std::bad_alloc();
-}
-// GCC sees the replaced operator new's malloc through inlined deletes and reports a
-// mismatch that does not exist (both sides are replaced together).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
-#if defined(NTK_TEST_WRAP_MALLOC)
-extern "C" {
-void* __real_malloc(std::size_t n);
-void* __real_calloc(std::size_t n, std::size_t size);
-void* __real_realloc(void* p, std::size_t n);
-void* __wrap_malloc(std::size_t n) {
-  ++g_allocations;
-  return __real_malloc(n);
-}
-void* __wrap_calloc(std::size_t n, std::size_t size) {
-  ++g_allocations;
-  return __real_calloc(n, size);
-}
-void* __wrap_realloc(void* p, std::size_t n) {
-  ++g_allocations;
-  return __real_realloc(p, n);
-}
-}
-#endif
 
 namespace {
 
@@ -873,26 +828,24 @@ TEST_CASE("row(): any M, strided inputs, exactly M values written") {
 }
 
 TEST_CASE("row() allocates nothing") {
-#if !defined(NTK_TEST_WRAP_MALLOC)
-  MESSAGE("counting operator new only (no --wrap=malloc on this platform)");
-#endif
+  if (!ntk::test::allocations_include_malloc()) {
+    MESSAGE("counting operator new only (no --wrap=malloc on this platform)");
+  }
   // Sanity: the counter sees the standard library's allocations and, with the wrapped
   // malloc, Eigen's (the pointers escape so that the allocations cannot be elided).
   {
-    const long before = g_allocations.load();
+    const long before = ntk::test::allocations();
     std::vector<int> s(10);
     g_sink = s.data();
-    CHECK(g_allocations.load() - before >= 1);
+    CHECK(ntk::test::allocations() - before >= 1);
   }
   {
-    const long before = g_allocations.load();
+    const long before = ntk::test::allocations();
     VectorXd v(1000);
     g_sink = v.data();
-#if defined(NTK_TEST_WRAP_MALLOC)
-    CHECK(g_allocations.load() - before == 1);
-#else
-    (void)before;
-#endif
+    if (ntk::test::allocations_include_malloc()) {
+      CHECK(ntk::test::allocations() - before == 1);
+    }
   }
   for (const std::string& text : all_specs()) {
     CAPTURE(text);
@@ -912,7 +865,7 @@ TEST_CASE("row() allocates nothing") {
       specials(0, 3) += 1e-12;
       specials.row(1) = 1e150 * Q.row(1);
       specials.row(2) = 1e-150 * Q.row(2);
-      const long before = g_allocations.load();
+      const long before = ntk::test::allocations();
       for (Index q = 0; q < Q.rows(); ++q) {
         k.prepare(Q.row(q).transpose(), xc);
         k.row(X, caches, Q.row(q).transpose(), xc, out, scratch);
@@ -921,7 +874,7 @@ TEST_CASE("row() allocates nothing") {
         k.prepare(specials.row(q).transpose(), xc);
         k.row(X, caches, specials.row(q).transpose(), xc, out, scratch);
       }
-      const long allocations = g_allocations.load() - before;
+      const long allocations = ntk::test::allocations() - before;
       CAPTURE(m);
       CHECK(allocations == 0);
       CHECK_FALSE(out.array().isNaN().any());

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "ntk/core/kernel.h"
+#include "support/cli.h"
 
 namespace {
 
@@ -28,50 +29,16 @@ using Eigen::Index;
 using Eigen::MatrixXd;
 using ntk::RowMatrixXd;
 
-// A scratch directory for this test process.
-const fs::path& scratch() {
-  static const fs::path dir = [] {
-    fs::path d = fs::temp_directory_path() / ("ntk-test-kernel-" + std::to_string(::getpid()));
-    fs::create_directories(d);
-    return d;
-  }();
-  return dir;
-}
+using ntk::test::read_file;
+using ntk::test::Run;
+using ntk::test::scratch;
+using ntk::test::write_file;
 
-std::string write_file(const std::string& name, const std::string& text) {
-  const fs::path p = scratch() / name;
-  std::ofstream(p, std::ios::binary) << text;
-  return p.string();
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-struct Run {
-  int status = -1;
-  std::string out, err;
-};
-
-// Runs ntk-kernel with the given arguments (each single-quoted for the shell), standard
-// input from `stdin_path` (or /dev/null) and standard output to `stdout_path` (or a file
-// that is read back).
+// Runs ntk-kernel with the given arguments, standard input from `stdin_path` (or
+// /dev/null) and standard output to `stdout_path` (or a file that is read back).
 Run ntk_kernel(const std::vector<std::string>& args, const std::string& stdin_path = "/dev/null",
                const std::string& stdout_path = "") {
-  std::string cmd = "'" NTK_KERNEL_BIN "'";
-  for (const std::string& a : args) cmd += " '" + a + "'";
-  const std::string out = stdout_path.empty() ? (scratch() / "stdout.txt").string() : stdout_path;
-  const std::string err = (scratch() / "stderr.txt").string();
-  cmd += " < '" + stdin_path + "' > '" + out + "' 2> '" + err + "'";
-  const int raw = std::system(cmd.c_str());
-  Run r;
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  if (stdout_path.empty()) r.out = read_file(out);
-  r.err = read_file(err);
-  return r;
+  return ntk::test::run_program(NTK_KERNEL_BIN, args, stdin_path, stdout_path);
 }
 
 // Exit status 2, nothing on stdout, exactly one line on stderr that starts with

@@ -25,6 +25,7 @@
 #include "accuracy.h"
 #include "replay.h"
 #include "series_csv.h"
+#include "support/cli.h"
 
 namespace {
 
@@ -37,51 +38,14 @@ using ntk::replay::SeriesCsvReader;
 
 constexpr std::int64_t kNs = 1'000'000'000;
 
-// A scratch directory for this test process, removed when the process exits.
-struct ScratchDir {
-  fs::path path = fs::temp_directory_path() / ("ntk-test-replay-" + std::to_string(::getpid()));
-  ScratchDir() { fs::create_directories(path); }
-  ~ScratchDir() {
-    std::error_code ignored;
-    fs::remove_all(path, ignored);
-  }
-};
-const fs::path& scratch() {
-  static const ScratchDir dir;
-  return dir.path;
-}
+using ntk::test::read_file;
+using ntk::test::Run;
+using ntk::test::scratch;
+using ntk::test::write_file;
 
-std::string write_file(const std::string& name, const std::string& text) {
-  const fs::path p = scratch() / name;
-  std::ofstream(p, std::ios::binary) << text;
-  return p.string();
-}
-
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-struct Run {
-  int status = -1;
-  std::string out, err;
-};
-
-// Runs ntk-replay with the given arguments (each single-quoted for the shell).
+// Runs ntk-replay with the given arguments.
 Run replay(const std::vector<std::string>& args) {
-  std::string cmd = "'" NTK_REPLAY_BIN "'";
-  for (const std::string& a : args) cmd += " '" + a + "'";
-  const std::string out = (scratch() / "stdout.txt").string();
-  const std::string err = (scratch() / "stderr.txt").string();
-  cmd += " > '" + out + "' 2> '" + err + "'";
-  const int raw = std::system(cmd.c_str());
-  Run r;
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  r.out = read_file(out);
-  r.err = read_file(err);
-  return r;
+  return ntk::test::run_program(NTK_REPLAY_BIN, args);
 }
 
 // Exactly one line on stderr, starting with "ntk-replay: ".
