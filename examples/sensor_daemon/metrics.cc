@@ -162,7 +162,7 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
   p.sample("ntkd_update_latency_seconds_count", u(cumulative));
 
   // Keys and models, aggregated over the live keys.
-  std::uint64_t dict_sum = 0, dict_max = 0, budget_sum = 0;
+  std::uint64_t dict_sum = 0, dict_max = 0, budget_sum = 0, models = 0, racing_keys = 0;
   double drift_max = 0;
   v1::ModelCounters model;
   v1::SeriesCounters series;
@@ -171,6 +171,9 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
     dict_max = std::max<std::uint64_t>(dict_max, k.dictionary_size());
     budget_sum += static_cast<std::uint64_t>(std::max(0, k.config().series().model().budget()));
     drift_max = std::max(drift_max, k.last_drift());
+    // racing: models of the key's noise-ratio race (0 from a server that predates it: 1).
+    models += std::max<std::uint32_t>(1, k.racing());
+    racing_keys += k.racing() > 1;
     model.set_updates(model.updates() + k.model().updates());
     model.set_admitted(model.admitted() + k.model().admitted());
     model.set_evicted(model.evicted() + k.model().evicted());
@@ -189,6 +192,12 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
   }
   p.family("ntkd_keys", "gauge", "Live stream keys.");
   p.sample("ntkd_keys", u(c.keys()));
+  p.family("ntkd_models", "gauge",
+           "Models held, summed over the live keys (more than one per key while its noise "
+           "ratio is raced).");
+  p.sample("ntkd_models", u(models));
+  p.family("ntkd_keys_racing", "gauge", "Live keys whose noise-to-signal ratio is still raced.");
+  p.sample("ntkd_keys_racing", u(racing_keys));
   p.family("ntkd_dictionary_points", "gauge", "Dictionary points held, summed over the live keys.");
   p.sample("ntkd_dictionary_points", u(dict_sum));
   p.family("ntkd_dictionary_budget_points", "gauge",

@@ -373,13 +373,19 @@ TEST_CASE("metrics: scraped over HTTP and parsed; counters match the traffic") {
 
   // Update latency: one observation per value learned, so its count is the number of model
   // updates (the sum over the keys' ModelCounters); buckets cumulative and monotone.
-  std::uint64_t updates = 0, recomputes = 0;
+  std::uint64_t updates = 0, recomputes = 0, models = 0, racing_keys = 0;
   double drift_max = 0;
   for (const v1::KeyStats& k : stats.keys()) {
     updates += k.model().updates();
     recomputes += k.model().recomputes();
     drift_max = std::max(drift_max, k.last_drift());
+    CHECK(k.racing() >= 1);
+    CHECK(k.racing() <= 4);  // the default race: four noise ratios
+    models += k.racing();
+    racing_keys += k.racing() > 1;
   }
+  CHECK(e.at("ntkd_models") == static_cast<double>(models));
+  CHECK(e.at("ntkd_keys_racing") == static_cast<double>(racing_keys));
   REQUIRE(updates > 50);  // 4 keys, warm-up and lags excluded
   CHECK(e.types.at("ntkd_update_latency_seconds") == "histogram");
   CHECK(e.at("ntkd_update_latency_seconds_count") == static_cast<double>(updates));

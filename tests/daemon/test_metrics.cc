@@ -62,6 +62,8 @@ v1::Stats make_stats(int keys) {
     k->mutable_counters()->set_anomalies(static_cast<std::uint64_t>(i % 2));
     k->mutable_counters()->set_duplicates(1);
     k->set_last_drift(i == 2 ? 3.5e-13 : 1e-15 * i);  // the largest is not the last key's
+    // Models racing per key: 4, 1, 3, unset (a server that predates the race: 1), 2.
+    if (i != 3) k->set_racing(static_cast<std::uint32_t>(i == 0 ? 4 : i == 1 ? 1 : i == 2 ? 3 : 2));
   }
   return s;
 }
@@ -148,6 +150,8 @@ TEST_CASE("metrics: the exposition parses and its numbers are the aggregates") {
   CHECK(e.at("ntkd_dictionary_points") == 10 + 11 + 12 + 13 + 14);
   CHECK(e.at("ntkd_dictionary_size_max") == 14);
   CHECK(e.at("ntkd_dictionary_budget_points") == 5 * 64);
+  CHECK(e.at("ntkd_models") == 4 + 1 + 3 + 1 + 2);
+  CHECK(e.at("ntkd_keys_racing") == 3);
   CHECK(e.at("ntkd_model_updates_total") == 100 + 101 + 102 + 103 + 104);
   CHECK(e.at("ntkd_model_recomputes_total") == 0 + 1 + 2 + 0 + 1);
   CHECK(e.at("ntkd_anomalies_total") == 2);
