@@ -257,6 +257,7 @@ SequenceResult run_sequence(const SequencePlan& plan) {
   std::mt19937_64& rng = src.rng();
   std::uniform_real_distribution<double> u(0.0, 1.0);
   IncrementalCholesky chol(plan.capacity, plan.jitter);
+  IncrementalCholesky probe(plan.capacity, plan.jitter);
   std::vector<Item> items;
   SequenceResult res;
   VectorXd v;
@@ -270,6 +271,15 @@ SequenceResult run_sequence(const SequencePlan& plan) {
     CHECK(drift <= 1e-13);
     res.max_factor_error = std::max(res.max_factor_error, err);
     res.max_drift = std::max(res.max_drift, drift);
+    // The cached reciprocal pivots are exactly 1 / L(k, k) however L was reached: a
+    // factor assigned from the same L solves bit for bit alike (model snapshots rely on
+    // it).
+    REQUIRE(probe.assign(chol.matrixL()) == CholeskyInfo::kSuccess);
+    VectorXd b1 = VectorXd::LinSpaced(chol.size(), -1.0, 2.0);
+    VectorXd b2 = b1;
+    chol.solve_in_place(b1);
+    probe.solve_in_place(b2);
+    CHECK(bitwise_equal(b1, b2));
     ++res.comparisons;
   };
 

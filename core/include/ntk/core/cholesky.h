@@ -4,12 +4,12 @@
 //   A lower-triangular L (size() x size()) with L L^T = K + jitter I for a symmetric
 //   positive definite K whose rows/columns are appended and removed one at a time —
 //   the Gram matrix K_D of a kernel dictionary. Storage is one ld x capacity column-major
-//   buffer (ld: capacity rounded up to a multiple of 8) allocated at construction; no
-//   method allocates afterwards.
+//   buffer (ld: capacity rounded up to a multiple of 8, +8 when that is a multiple of 64)
+//   allocated at construction; no method allocates afterwards.
 //   append(k, k_self)  O(n^2)        forward solve + new pivot
 //   remove(i)          O((n-i)^2)    delete row/column i, restore the trailing block
-//                                    with a rank-1 update (Givens rotations, as
-//                                    LINPACK dchud); O(i (n-i)) more to close the gap
+//                                    with a rank-1 update (Gill-Golub-Murray-Saunders
+//                                    method C1); O(i (n-i)) more to close the gap
 //   rebuild(K)         O(n^3)        full refactorization (periodic recomputation)
 //   Reference: Golub & Van Loan, Matrix Computations (4th ed.), 6.5.4 (updating the
 //   Cholesky factorization); Seeger, "Low rank updates for the Cholesky decomposition"
@@ -129,7 +129,8 @@ class IncrementalCholesky {
   CholeskyInfo append_pivot(Eigen::Ref<const Eigen::VectorXd> v, double k_self);
 
   Eigen::MatrixXd L_;  // ld x capacity, ld = capacity rounded up to a multiple of 8 (every
-                       // column starts on a 64-byte line); the lower triangle of the leading
+                       // column starts on a 64-byte line), +8 when that is a multiple of
+                       // 64 (see cholesky.cc); the lower triangle of the leading
                        // n_ x n_ block is L; the strict upper triangle of the whole
                        // buffer is kept at exact zeros; the rest is stale
   Eigen::Index n_ = 0;
