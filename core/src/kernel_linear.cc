@@ -31,7 +31,7 @@ void LinearKernel::row(const Eigen::Ref<const RowMatrixXd>& points,
                        Eigen::Ref<Eigen::MatrixXd> /*scratch*/) const {
   assert_row_shapes(*this, points, caches, x.size(), x_cache.size(), out.size());
   if (points.rows() == 0) return;
-  out.noalias() = points * x;
+  dot_rows(points, x, out);
 }
 
 double LinearKernel::operator()(Eigen::Ref<const Eigen::VectorXd> x,

@@ -52,6 +52,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "detail/kernel_common.h"
 #include "detail/row_loop.h"
 #include "detail/simd.h"
 
@@ -740,8 +741,8 @@ void NtkKernel::row(const Eigen::Ref<const RowMatrixXd>& points,
   assert(points.cols() == x.size() && caches.rows() == m && caches.cols() == cache_size_ &&
          x_cache.size() == cache_size_ && out.size() == m);
   if (m == 0) return;
-  // M dot products x . x_i: one GEMV of the row-major points with x.
-  out.noalias() = points * x;
+  // M dot products x . x_i (the row-major points times x).
+  dot_rows(points, x, out);
 
   const Index d = x.size();
   // 1 - c^2 from a GEMV dot product carries an absolute error up to about 2 (d + 2) eps

@@ -39,7 +39,7 @@ void PolynomialKernel::row(const Eigen::Ref<const RowMatrixXd>& points,
   assert_row_shapes(*this, points, caches, x.size(), x_cache.size(), out.size());
   const Index m = points.rows();
   if (m == 0) return;
-  out.noalias() = points * x;
+  dot_rows(points, x, out);
   const RowSource src{out.data(), caches.data(), caches.outerStride()};
   for_each_block(src, m, [&](const auto& blk) {
     using namespace simd;

@@ -40,7 +40,7 @@ void RbfKernel::row(const Eigen::Ref<const RowMatrixXd>& points,
   assert_row_shapes(*this, points, caches, x.size(), x_cache.size(), out.size());
   const Index m = points.rows();
   if (m == 0) return;
-  out.noalias() = points * x;
+  dot_rows(points, x, out);
 
   const Index d = x.size();
   const double nx = x_cache(0);

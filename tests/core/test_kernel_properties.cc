@@ -43,6 +43,7 @@
 #include <string>
 #include <vector>
 
+#include "detail/kernel_common.h"
 #include "detail/row_loop.h"
 #include "detail/simd.h"
 #include "ntk/core/kernel.h"
@@ -823,6 +824,44 @@ TEST_CASE("row(): any M, strided inputs, exactly M values written") {
       if (k.cache_size() > 1) REQUIRE(cs.outerStride() == m + 5);
       k.row(pts, cs, x, xc, out.tail(m), scratch);
       CHECK(out.tail(m) == ref);
+    }
+  }
+}
+
+TEST_CASE("dot_rows: the M dot products of row(), every path, any M and d, strided points") {
+  // dot_rows picks dot_rows_by_four below the SIMD packet size and Eigen's GEMV above it;
+  // both are checked for every M around the groups of four and d on both sides of 2, 4
+  // and 8 (the packet sizes of SSE2, AVX and AVX-512), against each dot product summed
+  // in long double, on a block of a wider matrix so that the stride differs from d.
+  std::mt19937_64 rng(41);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  for (const Index d : {1, 2, 3, 4, 5, 7, 8, 9, 17}) {
+    for (const Index m : {0, 1, 3, 4, 5, 8, 13, 64}) {
+      CAPTURE(d);
+      CAPTURE(m);
+      RowMatrixXd wide(m, d + 3);
+      for (Index i = 0; i < wide.size(); ++i) wide.data()[i] = normal(rng);
+      VectorXd x(d);
+      for (Index c = 0; c < d; ++c) x(c) = normal(rng);
+      const Eigen::Ref<const RowMatrixXd> pts = wide.leftCols(d);
+      if (m > 1) REQUIRE(pts.outerStride() == d + 3);
+      VectorXd by_four = VectorXd::Constant(m + 2, 99.0);
+      VectorXd chosen = VectorXd::Constant(m, 99.0);
+      ntk::detail::dot_rows_by_four(pts, x, by_four.segment(1, m));
+      ntk::detail::dot_rows(pts, x, chosen);
+      CHECK(by_four(0) == 99.0);
+      CHECK(by_four(m + 1) == 99.0);
+      for (Index i = 0; i < m; ++i) {
+        long double exact = 0.0L;
+        double magnitude = 0.0;
+        for (Index c = 0; c < d; ++c) {
+          exact += static_cast<long double>(pts(i, c)) * static_cast<long double>(x(c));
+          magnitude += std::abs(pts(i, c) * x(c));
+        }
+        const double bound = 2.0 * static_cast<double>(d) * 0x1p-53 * magnitude;
+        CHECK(std::abs(by_four(1 + i) - static_cast<double>(exact)) <= bound);
+        CHECK(std::abs(chosen(i) - static_cast<double>(exact)) <= bound);
+      }
     }
   }
 }
