@@ -38,7 +38,11 @@ TEST_CASE("10^6 updates at M = 64: drift bounded, predictions equal a rebuilt mo
   MESSAGE("worst drift over 10^6 updates: " << worst_drift << ", evictions: " << evictions
                                             << ", recomputations: " << gp.counters().recomputes);
   CHECK(worst_drift <= 1e-9);
-  CHECK(evictions > 1000);
+  // The dictionary must keep turning over, or the test would not exercise removal: at
+  // least four budgets' worth of evictions. How many there are depends on the rounding of
+  // the chaotic stream and the admission tests: 1395 in the default build, 323 with
+  // -march=native (FMA contraction and wider SIMD change the trajectory).
+  CHECK(evictions >= 4 * static_cast<std::uint64_t>(c.budget));
   CHECK(gp.counters().updates == 1'000'000u);
   gp.check_invariants(1e-9);
 
