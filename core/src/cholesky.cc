@@ -4,9 +4,9 @@
 //   L_ is ld x capacity, column-major, with ld = capacity rounded up to a multiple of 8
 //   doubles: every column starts on a cache line (the solves run ~10% faster than with an
 //   odd ld such as budget + 1, whose columns straddle lines). When that is a multiple of
-//   64 (512 bytes x 8), 8 more: with ld = 256, columns two apart sit 4 KiB apart and
-//   remove()'s stores alias its loads in the store buffer (remove at n = 256 ran 1.5x
-//   slower).
+//   64 doubles (512 bytes), 8 more: otherwise columns at most 8 apart start a multiple of
+//   4 KiB apart (two apart at ld = 256) and remove()'s stores alias its loads in the
+//   store buffer (remove at n = 256 ran 1.5x slower).
 //   L_.topLeftCorner(n_, n_) restricted to its lower triangle is L, L L^T = K + jitter_ I.
 //   The strict upper triangle of the WHOLE buffer is zero: it is zeroed at construction
 //   and no method writes above the diagonal. Hence column n_ has zeros above row n_ and
@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -290,7 +291,7 @@ CholeskyInfo IncrementalCholesky::assign(const Eigen::Ref<const MatrixXd>& L) {
 // multiply; the square roots and divisions of each column are off it. (The textbook
 // alternative, LINPACK dchud's Givens rotations, puts a sqrt and a divide of every column
 // on the chain: blocked the same way, 1.2x slower at n = 256.) Equivalent to those rotations in
-// exact arithmetic; the tests compare both with fresh factorizations.
+// exact arithmetic; the tests compare the result with fresh factorizations.
 //
 // Blocked by kCols columns: a block's scalars are made on its kCols x kCols triangle,
 // then its columns are updated together in one sweep over the rows below, a packet of w
@@ -307,7 +308,11 @@ constexpr Index kRows = 4;  // rows per packet of the sweep
 // at old row i + 1 + j (j indexes w) and writes new column i + t0 + k at new row i + j.
 // A column's writes land one row above the previous column's reads of the same memory,
 // so rows in increasing order, columns in increasing order at each row, read every entry
-// before it is overwritten.
+// before it is overwritten. Within a block that is the order of make() then sweep().
+// Across the pipelined blocks: the next block's make() writes, in the memory of this
+// block's last column, only the rows of its own triangle, which this block has already
+// read (in its make() and the sweep of those rows, both run first); and this block's
+// remaining sweep finishes before the next block's sweep starts.
 struct RemoveBlock {
   double* a;        // L_.data()
   Index ld;         // leading dimension
@@ -322,28 +327,33 @@ struct RemoveBlock {
   double* dst(Index k) const { return a + (i + t0 + k) * ld + i; }
 
   // The block's triangle (w indices t0 .. t0 + ncols - 1): its scalars, diagonal and the
-  // entries of its columns within it. root_s = sqrt(s_{t0-1}) on entry, sqrt(s) of the
-  // block's last column on return. dinv holds the old 1 / L_(k, k) at k > i + t0 and
-  // receives the new ones.
-  void make(double* w, double* dinv, double& s, double& root_s) {
+  // entries of its columns within it. root_s = sqrt(s_{t0-1}) and inv_root_s = 1 / root_s
+  // on entry, those of the block's last column on return. dinv holds the old 1 / L_(k, k)
+  // at k > i + t0 and receives the new ones.
+  //
+  // sqrt(s) is carried rather than s: s overflows once |p| > 1e154, which an assigned
+  // factor with a pivot ratio near 1e-155 reaches, while sqrt(s) stays finite up to |p| =
+  // 1e308; hypot takes over when the squares overflow. That puts a square root on the
+  // chain of s, which is not the critical one (w's is): bench_cholesky shows no change.
+  void make(double* w, double* dinv, double& root_s, double& inv_root_s) {
     for (Index k = 0; k < ncols; ++k) {
       const Index t = t0 + k;
       const double* sk = src(k);
       double* dk = dst(k);
       const double inv_old = dinv[i + t + 1];
       const double pk = w[t] * inv_old;
-      const double s_new = s + pk * pk;
-      const double root_new = std::sqrt(s_new);
-      const double inv_rr = 1.0 / (root_s * root_new);
-      c[k] = s * inv_rr;
-      g[k] = pk * inv_rr;
+      double root_new = std::sqrt(root_s * root_s + pk * pk);
+      if (!(root_new <= std::numeric_limits<double>::max())) root_new = std::hypot(root_s, pk);
+      const double inv_new = 1.0 / root_new;
+      c[k] = root_s * inv_new;
+      g[k] = pk * inv_new * inv_root_s;
       p[k] = pk;
-      dk[t] = sk[t] * s_new * inv_rr;
+      dk[t] = sk[t] * (root_new * inv_root_s);
       // Exactly 1 / L_(k, k), not inv_old * c: an imported state sets dinv from the
       // diagonal, and the round trip must predict bit-identically. Off the chain.
       dinv[i + t] = 1.0 / dk[t];
-      s = s_new;
       root_s = root_new;
+      inv_root_s = inv_new;
       for (Index j = t + 1; j < t0 + ncols; ++j) {
         const double l = sk[j];
         dk[j] = c[k] * l + g[k] * w[j];
@@ -403,17 +413,17 @@ void IncrementalCholesky::remove(Index i) {
   std::copy(a + i * ld + i + 1, a + i * ld + n, w);
   double* const dinv = dinv_.data();
 
-  double s = 1.0;
   double root_s = 1.0;
+  double inv_root_s = 1.0;
   RemoveBlock b{a, ld, i, 0, std::min(kCols, m), {}, {}, {}};
-  b.make(w, dinv, s, root_s);
+  b.make(w, dinv, root_s, inv_root_s);
   while (true) {
     const Index next = b.t0 + b.ncols;
     if (next == m) break;
     const Index next_ncols = std::min(kCols, m - next);
     b.sweep(w, next, next + next_ncols);  // the next block's rows first ...
     RemoveBlock nb{a, ld, i, next, next_ncols, {}, {}, {}};
-    nb.make(w, dinv, s, root_s);  // ... so that its chain overlaps the rest of this sweep
+    nb.make(w, dinv, root_s, inv_root_s);  // ... so that its chain overlaps the rest of this sweep
     b.sweep(w, next + next_ncols, m);
     b = nb;
   }

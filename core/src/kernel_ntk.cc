@@ -745,7 +745,7 @@ void NtkKernel::row(const Eigen::Ref<const RowMatrixXd>& points,
   dot_rows(points, x, out);
 
   const Index d = x.size();
-  // 1 - c^2 from a GEMV dot product carries an absolute error up to about 2 (d + 2) eps
+  // 1 - c^2 from these dot products carries an absolute error up to about 2 (d + 2) eps
   // |c|; below this floor it is recomputed from the unit vectors. relu needs the angle to
   // ~1e-13 absolutely (sqrt(1 - c^2) error = (d + 2) eps / sin theta); erf and gelu need
   // 1 - c^2 to ~1e-13 relatively (it is divided by D~ or Delta~^2, tiny at large norms).

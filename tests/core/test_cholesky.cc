@@ -475,6 +475,66 @@ TEST_CASE("remove at every index equals the factor of the reduced matrix") {
   }
 }
 
+TEST_CASE("remove on extremely ill-conditioned factors: finite, backward stable") {
+  // Factors installed by assign() (a snapshot can hold any valid factor) whose pivots span
+  // many decades make p = L33^{-1} l32 huge; |p|^2 overflows past 1e154.
+  SUBCASE("pivot ratio 1e-155: |p| = 1e155") {
+    MatrixXd L(2, 2);
+    L << 1.0, 0.0, 1.0, 1e-155;
+    IncrementalCholesky c(2, 0.0);
+    REQUIRE(c.assign(L) == CholeskyInfo::kSuccess);
+    c.remove(0);
+    check_invariants(c, 1);
+    // K without row/column 0 is [1 + 1e-310] = [1] in double.
+    CHECK(std::abs(c.matrixL()(0, 0) - 1.0) <= 4 * std::numeric_limits<double>::epsilon());
+  }
+  SUBCASE("entries near 1e160: the factor is representable, its Gram matrix is not") {
+    MatrixXd L(2, 2);
+    L << 1.0, 0.0, 1e160, 1e10;
+    IncrementalCholesky c(2, 0.0);
+    REQUIRE(c.assign(L) == CholeskyInfo::kSuccess);
+    c.remove(0);
+    check_invariants(c, 1);
+    // sqrt(1e320 + 1e20) = 1e160 to double precision.
+    CHECK(std::abs(c.matrixL()(0, 0) / 1e160 - 1.0) <= 4 * std::numeric_limits<double>::epsilon());
+  }
+  SUBCASE("random factors with pivots in [1e-6, 1]: L' L'^T = the reduced L L^T") {
+    // Checked in long double against (P L)(P L)^T, P deleting row i, relative to its norm.
+    using MatL = Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic>;
+    std::mt19937_64 rng(20261202);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    std::uniform_real_distribution<double> u(0.0, 1.0);
+    double worst = 0.0;
+    for (int trial = 0; trial < 300; ++trial) {
+      const Index n = 2 + static_cast<Index>(rng() % 40);
+      MatrixXd L = MatrixXd::Zero(n, n);
+      for (Index j = 0; j < n; ++j) {
+        L(j, j) = std::pow(10.0, -6.0 * u(rng)) * (0.5 + u(rng));
+        for (Index r = j + 1; r < n; ++r) L(r, j) = normal(rng);
+      }
+      const Index i =
+          trial % 3 == 0 ? 0 : static_cast<Index>(rng() % static_cast<std::uint64_t>(n));
+      CAPTURE(trial);
+      CAPTURE(n);
+      CAPTURE(i);
+      IncrementalCholesky c(n, 0.0);
+      REQUIRE(c.assign(L) == CholeskyInfo::kSuccess);
+      c.remove(i);
+      check_invariants(c, n - 1);
+      MatL PL(n - 1, n);
+      for (Index r = 0, k = 0; r < n; ++r) {
+        if (r != i) PL.row(k++) = L.row(r).cast<long double>();
+      }
+      const MatL target = PL * PL.transpose();
+      const MatL Ln = MatrixXd(c.matrixL()).cast<long double>();
+      const double err = static_cast<double>((Ln * Ln.transpose() - target).norm() / target.norm());
+      CHECK(err <= 1e-14);
+      worst = std::max(worst, err);
+    }
+    MESSAGE("worst backward error of remove on ill-conditioned factors: " << worst);
+  }
+}
+
 TEST_CASE("append returns v = L^{-1} k_row, and the three append paths agree bitwise") {
   Source src(Family::kRbf, 7);
   std::vector<Item> items;
