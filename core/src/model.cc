@@ -7,10 +7,23 @@
 //                           keep_gram (forgetting < 1: forget() needs it); otherwise K is
 //                           scratch for recompute() and the update path never touches it
 //   chol                    L with L L^T = K_D + jitter I
-//   mu.head(m), Sigma       posterior N(mu, Sigma) of f at the dictionary; Sigma is stored
-//                           as its upper triangle only (the strict lower triangle of the
-//                           buffer is unspecified), so it is symmetric by construction and
-//                           every pass over it touches half the matrix
+//   mu.head(m)              posterior mean of f at the dictionary
+//   slot[i], used, hw       Sigma lives in physical slots: dictionary entry i (logical order,
+//                           the factor's) has slot slot[i] in [0, cap); used[s] marks the
+//                           taken slots, hw = 1 + the highest taken slot (0 when none).
+//                           Removing an entry frees its slot (its row and column are zeroed)
+//                           and an admitted entry takes the lowest free one, so no removal
+//                           moves Sigma; a covariance is symmetric under any permutation, so
+//                           the products with it run in slot order
+//   Sigma, U, npend         posterior covariance at the dictionary, in slots:
+//                             Sigma_post = Sigma - U_p U_p^T,  U_p = U.leftCols(npend),
+//                           Sigma stored as its upper triangle (over slots; the strict lower
+//                           triangle is unspecified), so it is symmetric by construction and
+//                           every pass over it touches half the matrix. The rank-1 updates
+//                           of the posterior are collected in U and folded into Sigma
+//                           kPending at a time (flush()): one pass over Sigma per kPending
+//                           updates instead of one per update. Rows and columns of Sigma
+//                           and rows of U at free slots are zero
 //   qdiag.head(m)           diag((K_D + jitter I)^{-1}), maintained under kMinLoss only
 //   s2_num / s2_den         forgotten sums of squared standardized residuals / counts
 // The +1 in cap holds an admitted sample until the eviction decides which basis goes
@@ -41,6 +54,11 @@ namespace {
 constexpr std::uint64_t kDriftCheckPeriod = 16;
 // Pseudo-observations behind the initial signal power s2 = 1 (standardized data).
 constexpr double kSignalPowerPrior = 1.0;
+// Rank-1 covariance updates collected before they are folded into Sigma (flush()). A rank-1
+// pass over Sigma is bound by memory traffic (about 5 us at M = 256); a fold of 8 by its 8
+// multiply-adds per entry (about 11 us), so 1.4 us per update. Pending columns cost
+// 2 x npend x M multiply-adds per prediction.
+constexpr Eigen::Index kPending = 8;
 
 std::string num(double v) {
   std::ostringstream os;
@@ -68,46 +86,6 @@ void erase_row_col(MatrixXd& A, Index m, Index r) {
 
 // Leading dimension for a square buffer of size cap: rounded up to whole cache lines.
 Index padded(Index cap) { return (cap + 7) / 8 * 8; }
-
-// A <- (A - u u^T) without row and column r, for the upper triangle of the leading m x m
-// block of the column-major A, in one pass (the strict lower triangle is neither read nor
-// written). Entry (i, j), i <= j, is A(i', j') - u(i') u(j') with i' <= j'. Columns are
-// written in increasing order, each from the same or the next column, and within a
-// column rows in increasing order from the same or a later row, so no entry is
-// overwritten before it is read.
-// ush is scratch (>= m - 1 entries): u shifted up by one, so that the rows below r read it
-// aligned; with AVX-512 the shifted column is built from aligned loads (valignq) instead of
-// loads that straddle cache lines (this pass is a full shift for the oldest-first policy).
-void erase_row_col_rank1_upper(MatrixXd& A, Index m, Index r, Eigen::Ref<const VectorXd> u,
-                               Eigen::Ref<VectorXd> ush) {
-  const Index ld = A.rows();
-  double* a = A.data();
-  const double* uu = u.data();
-  double* us = ush.data();
-  for (Index i = r; i + 1 < m; ++i) us[i] = uu[i + 1];
-  for (Index c = 0; c + 1 < m; ++c) {
-    const Index sc = c < r ? c : c + 1;
-    const double* src = a + sc * ld;
-    double* dst = a + c * ld;
-    const double uc = uu[sc];
-    const Index head = std::min(r, c + 1);
-    for (Index i = 0; i < head; ++i) dst[i] = src[i] - uu[i] * uc;
-    Index i = head;
-#if defined(__AVX512F__)
-    // Rows are aligned to packets of 8 when ld is (it is padded) and i is a multiple of 8.
-    for (; i <= c && i % 8 != 0; ++i) dst[i] = src[i + 1] - us[i] * uc;
-    const __m512d vuc = _mm512_set1_pd(uc);
-    for (; i + 8 <= c + 1; i += 8) {
-      const __m512d cur = _mm512_loadu_pd(src + i);
-      const __m512d next = _mm512_set1_pd(src[i + 8]);
-      const __m512d shifted = _mm512_castsi512_pd(
-          _mm512_alignr_epi64(_mm512_castpd_si512(next), _mm512_castpd_si512(cur), 1));
-      _mm512_storeu_pd(dst + i, _mm512_fnmadd_pd(_mm512_loadu_pd(us + i), vuc, shifted));
-    }
-#endif
-    for (; i <= c; ++i) dst[i] = src[i + 1] - us[i] * uc;
-  }
-}
 
 // y = A x for the symmetric A whose upper triangle is stored in the leading n x n block of
 // the column-major A. Panels of 4 columns: one pass over each column serves both its dot
@@ -182,11 +160,34 @@ void symv_upper(const MatrixXd& A, Index n, Eigen::Ref<const VectorXd> xv,
   }
 }
 
-// A -= u u^T on the upper triangle of the leading m x m block (the product u(i) u(j) as in
-// erase_row_col_rank1_upper).
-void rank1_upper(MatrixXd& A, Index m, Eigen::Ref<const VectorXd> u) {
-  for (Index c = 0; c < m; ++c) {
-    A.col(c).head(c + 1) -= u(c) * u.head(c + 1);
+// A -= U U^T on the upper triangle of the leading n x n block of the column-major A, for
+// the first k (<= kPending) columns of the column-major U, each entry taking them in order.
+void fold_upper(MatrixXd& A, Index n, const MatrixXd& U, Index k) {
+  using namespace Eigen::internal;
+  using Packet = packet_traits<double>::type;
+  constexpr Index kPacket = static_cast<Index>(sizeof(Packet) / sizeof(double));
+  const Index lda = A.rows(), ldu = U.rows();
+  double* a = A.data();
+  const double* u = U.data();
+  for (Index c = 0; c < n; ++c) {
+    double* col = a + c * lda;
+    Packet w[kPending];
+    double ws[kPending];
+    for (Index j = 0; j < k; ++j) {
+      ws[j] = -u[j * ldu + c];
+      w[j] = pset1<Packet>(ws[j]);
+    }
+    Index r = 0;
+    for (; r + kPacket <= c + 1; r += kPacket) {
+      Packet acc = ploadu<Packet>(col + r);
+      for (Index j = 0; j < k; ++j) acc = pmadd(ploadu<Packet>(u + j * ldu + r), w[j], acc);
+      pstoreu(col + r, acc);
+    }
+    for (; r <= c; ++r) {
+      double acc = col[r];
+      for (Index j = 0; j < k; ++j) acc = std::fma(u[j * ldu + r], ws[j], acc);
+      col[r] = acc;
+    }
   }
 }
 
@@ -247,14 +248,21 @@ struct Workspace {
   VectorXd v;       // L^{-1} k, later reused
   VectorXd q;       // (K_D + jI)^{-1} k
   VectorXd h;       // Sigma q, extended to p = [h; var_f] on admission
+  VectorXd qs;      // q in slot order
+  VectorXd hs;      // Sigma q in slot order
+  VectorXd uq;      // U_p^T qs
   MatrixXd kscratch;
 
-  Workspace(Index cap, const Kernel& kernel)
+  // cap: dictionary entries; slots: the model's slot count.
+  Workspace(Index cap, Index slots, const Kernel& kernel)
       : xcache(kernel.cache_size()),
         kx(cap),
         v(cap),
         q(cap),
         h(cap),
+        qs(slots),
+        hs(slots),
+        uq(kPending),
         kscratch(cap, std::max<Index>(1, kernel.scratch_cols())) {}
 };
 
@@ -299,6 +307,11 @@ struct OnlineGP::Impl {
   MatrixXd K;
   VectorXd mu;
   MatrixXd Sigma;
+  MatrixXd U;
+  Index npend = 0;
+  std::vector<Index> slot;
+  std::vector<unsigned char> used;
+  Index hw = 0;
   VectorXd qdiag;
   Index m = 0;
   double s2_num = kSignalPowerPrior;
@@ -325,11 +338,54 @@ struct OnlineGP::Impl {
         K(MatrixXd::Zero(padded(cap), cap)),
         mu(cap),
         Sigma(MatrixXd::Zero(padded(cap), cap)),
+        U(MatrixXd::Zero(padded(cap), kPending)),
+        slot(static_cast<std::size_t>(cap), 0),
+        used(static_cast<std::size_t>(cap), 0),
         qdiag(cap),
-        ws(cap, *kernel),
+        ws(cap, cap, *kernel),
         vec(cap) {}
 
   double signal_power() const { return config.estimate_signal_power ? s2_num / s2_den : 1.0; }
+
+  // Entry (a, b) of the stored (upper-triangle) Sigma, by slot.
+  double& sig(Index a, Index b) { return a <= b ? Sigma(a, b) : Sigma(b, a); }
+  double sig(Index a, Index b) const { return a <= b ? Sigma(a, b) : Sigma(b, a); }
+
+  // The lowest free slot, now taken.
+  Index take_slot() {
+    Index s = 0;
+    while (used[static_cast<std::size_t>(s)]) ++s;
+    used[static_cast<std::size_t>(s)] = 1;
+    // Rows of U at or above hw are not kept zero (the pending columns are written over the
+    // taken slots only).
+    U.row(s).head(npend).setZero();
+    hw = std::max(hw, s + 1);
+    return s;
+  }
+
+  // Frees slot s: its row and column of Sigma and its row of U become zero.
+  void release_slot(Index s) {
+    Sigma.col(s).head(s + 1).setZero();
+    for (Index c = s + 1; c < hw; ++c) Sigma(s, c) = 0.0;
+    U.row(s).head(npend).setZero();
+    used[static_cast<std::size_t>(s)] = 0;
+    while (hw > 0 && !used[static_cast<std::size_t>(hw - 1)]) --hw;
+  }
+
+  // Folds the pending rank-1 updates into Sigma.
+  void flush() {
+    if (npend == 0) return;
+    fold_upper(Sigma, hw, U, npend);
+    npend = 0;
+  }
+
+  // Sigma_post(i, j) for dictionary entries i, j.
+  double posterior_cov(Index i, Index j) const {
+    const Index a = slot[static_cast<std::size_t>(i)], b = slot[static_cast<std::size_t>(j)];
+    double c = sig(a, b);
+    for (Index k = 0; k < npend; ++k) c = std::fma(U(a, k), -U(b, k), c);
+    return c;
+  }
 
   void check_input(Eigen::Ref<const VectorXd> x) const {
     if (x.size() != dim) {
@@ -371,8 +427,18 @@ struct OnlineGP::Impl {
       Eigen::Ref<VectorXd> q = w.q.head(m);
       q = v;
       chol.solve_upper_in_place(q);
+      // h = Sigma_post q, in slot order.
+      Eigen::Ref<VectorXd> qs = w.qs.head(hw), hs = w.hs.head(hw);
+      qs.setZero();
+      for (Index i = 0; i < m; ++i) qs(slot[static_cast<std::size_t>(i)]) = q(i);
+      symv_upper(Sigma, hw, qs, hs);
+      if (npend > 0) {
+        Eigen::Ref<VectorXd> uq = w.uq.head(npend);
+        uq.noalias() = U.topLeftCorner(hw, npend).transpose() * qs;
+        hs.noalias() -= U.topLeftCorner(hw, npend) * uq;
+      }
       Eigen::Ref<VectorXd> h = w.h.head(m);
-      symv_upper(Sigma, m, q, h);
+      for (Index i = 0; i < m; ++i) h(i) = hs(slot[static_cast<std::size_t>(i)]);
       if (lambda < 1.0) h = lambda * h + (1.0 - lambda) * kx;
       s.var_f = std::max(0.0, s.gamma2 + q.dot(h));
       s.mean = std::sqrt(lambda) * q.dot(mu.head(m));
@@ -385,9 +451,15 @@ struct OnlineGP::Impl {
   void forget() {
     const double lambda = config.forgetting;
     if (lambda >= 1.0 || m == 0) return;
-    Sigma.topLeftCorner(m, m).triangularView<Eigen::Upper>() =
-        lambda * Sigma.topLeftCorner(m, m) + (1.0 - lambda) * K.topLeftCorner(m, m);
-    Sigma.diagonal().head(m).array() += (1.0 - lambda) * config.jitter;
+    flush();
+    for (Index j = 0; j < m; ++j) {
+      const Index b = slot[static_cast<std::size_t>(j)];
+      for (Index i = 0; i <= j; ++i) {
+        double& e = sig(slot[static_cast<std::size_t>(i)], b);
+        e = lambda * e + (1.0 - lambda) * K(i, j);
+      }
+      sig(b, b) += (1.0 - lambda) * config.jitter;
+    }
     mu.head(m) *= std::sqrt(lambda);
   }
 
@@ -406,8 +478,10 @@ struct OnlineGP::Impl {
       K.row(m).head(m) = ws.kx.head(m).transpose();
       K(m, m) = s.kss_raw;
     }
-    Sigma.col(m).head(m) = ws.h.head(m);
-    Sigma(m, m) = s.var_f;
+    const Index sn = take_slot();
+    slot[static_cast<std::size_t>(m)] = sn;
+    for (Index i = 0; i < m; ++i) sig(slot[static_cast<std::size_t>(i)], sn) = ws.h(i);
+    Sigma(sn, sn) = s.var_f;
     mu(m) = s.mean;
     if (track_qdiag) {
       // Block inverse of [[K, k], [k^T, kss]]: Q += q q^T / g2 and a new diagonal 1 / g2,
@@ -440,10 +514,9 @@ struct OnlineGP::Impl {
     return best;
   }
 
-  // Removes basis r after Sigma -= ps ps^T (fused, see update()): the posterior is
-  // marginalized (rows/columns dropped) and Q_{-r} = Q_{-r,-r} - Q_{-r,r} Q_{r,-r} / Q_rr
-  // updates diag(Q).
-  void remove_basis(Index r, Eigen::Ref<const VectorXd> ps) {
+  // Removes basis r: the posterior is marginalized (its slot is freed) and
+  // Q_{-r} = Q_{-r,-r} - Q_{-r,r} Q_{r,-r} / Q_rr updates diag(Q).
+  void remove_basis(Index r) {
     if (track_qdiag) {
       // Q e_r = L^{-T} (L^{-1} e_r), and L^{-1} e_r is zero above r: the forward solve
       // only needs the trailing block.
@@ -460,7 +533,8 @@ struct OnlineGP::Impl {
     erase_row(caches, m, r);
     erase_entry(samples.data(), m, r);
     if (keep_gram) erase_row_col(K, m, r);
-    erase_row_col_rank1_upper(Sigma, m, r, ps, vec);
+    release_slot(slot[static_cast<std::size_t>(r)]);
+    erase_entry(slot.data(), m, r);
     erase_entry(mu.data(), m, r);
     --m;
   }
@@ -516,7 +590,8 @@ struct OnlineGP::Impl {
       erase_row(caches, m, bad);
       erase_entry(samples.data(), m, bad);
       erase_row_col(K, m, bad);
-      erase_row_col(Sigma, m, bad);
+      release_slot(slot[static_cast<std::size_t>(bad)]);
+      erase_entry(slot.data(), m, bad);
       erase_entry(mu.data(), m, bad);
       --m;
     }
@@ -583,23 +658,25 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   const Index m = s.m;
   Eigen::Ref<VectorXd> p = s.ws.h.head(m);
   s.mu.head(m) += (residual / step.var_y) * p;
-  // Sigma -= p p^T / var_y as (p / sqrt(var_y)) (p / sqrt(var_y))^T: one product per entry,
-  // so the update is bitwise symmetric. ps lives in ws.h (p is not needed afterwards);
-  // ws.v is scratch for the eviction's solves.
+  // Sigma_post -= p p^T / var_y as (p / sqrt(var_y)) (p / sqrt(var_y))^T, one product per
+  // entry, so the update is bitwise symmetric; collected in U, in slot order.
   p /= std::sqrt(step.var_y);
-  const Eigen::Ref<const VectorXd> ps = p;
+  {
+    Eigen::Ref<VectorXd> u = s.U.col(s.npend).head(s.hw);
+    u.setZero();
+    for (Index i = 0; i < m; ++i) u(s.slot[static_cast<std::size_t>(i)]) = p(i);
+    ++s.npend;
+  }
 
-  // 4. evict when over budget. The criterion reads mu, L and diag(Q), not Sigma, so the
-  // basis is chosen first and the rank-1 update of Sigma is fused with the deletion of its
-  // row and column: one pass over Sigma instead of two.
+  // 4. evict when over budget (the criterion reads mu, L and diag(Q), not Sigma). The
+  // basis's slot is freed, which drops its row and column of Sigma and of U.
   if (s.m > s.config.budget) {
     const Index r = s.choose_eviction();
-    s.remove_basis(r, ps);
+    s.remove_basis(r);
     result.evicted = static_cast<int>(r);
     ++s.counters.evicted;
-  } else {
-    rank1_upper(s.Sigma, m, ps);
   }
+  if (s.npend == kPending) s.flush();
   ++s.counters.updates;
 
   // 5. periodic recomputation, or earlier when a sampled column has drifted.
@@ -622,7 +699,7 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
 Prediction OnlineGP::predict(Eigen::Ref<const VectorXd> x) const {
   const Impl& s = *impl_;
   s.check_input(x);
-  Workspace w(std::max<Index>(s.m, 1), *s.kernel);
+  Workspace w(std::max<Index>(s.m, 1), s.cap, *s.kernel);
   const Step step = s.predict_into(x, w, s.config.forgetting);
   const double s2 = s.signal_power();
   return {step.mean, s2 * step.var_f, s2 * step.var_y};
@@ -634,7 +711,7 @@ std::vector<Contribution> OnlineGP::explain(Eigen::Ref<const VectorXd> x, int k)
   if (k < 0) invalid("explain: k must be >= 0, got " + std::to_string(k));
   std::vector<Contribution> out;
   if (s.m == 0 || k == 0) return out;
-  Workspace w(s.m, *s.kernel);
+  Workspace w(s.m, s.cap, *s.kernel);
   s.predict_into(x, w, s.config.forgetting);
   const double scale = std::sqrt(s.config.forgetting);
   std::vector<Index> order(static_cast<std::size_t>(s.m));
@@ -668,13 +745,21 @@ ModelState OnlineGP::export_state() const {
   } else {
     // Not maintained: computed as recompute() would (allocates; export may).
     st.gram.resize(m, m);
-    Workspace w(std::max<Index>(m, 1), *s.kernel);
+    Workspace w(std::max<Index>(m, 1), 1, *s.kernel);
     VectorXd row(std::max<Index>(m, 1));
     gram_by_rows(*s.kernel, s.X, s.caches, m, st.gram, w, row);
   }
   st.factor = s.chol.matrixL().triangularView<Eigen::Lower>();
   st.mu = s.mu.head(m);
-  st.sigma = s.Sigma.topLeftCorner(m, m).selfadjointView<Eigen::Upper>();
+  st.sigma.resize(m, m);
+  st.sigma_pending.resize(m, s.npend);
+  st.slots.resize(static_cast<std::size_t>(m));
+  for (Index i = 0; i < m; ++i) {
+    const Index a = s.slot[static_cast<std::size_t>(i)];
+    st.slots[static_cast<std::size_t>(i)] = static_cast<int>(a);
+    for (Index j = 0; j < m; ++j) st.sigma(i, j) = s.sig(a, s.slot[static_cast<std::size_t>(j)]);
+    st.sigma_pending.row(i) = s.U.row(a).head(s.npend);
+  }
   if (s.track_qdiag) st.qdiag = s.qdiag.head(m);
   st.s2_num = s.s2_num;
   st.s2_den = s.s2_den;
@@ -708,6 +793,24 @@ OnlineGP OnlineGP::import_state(const ModelState& st) {
   shape("factor", st.factor.rows(), st.factor.cols(), m, m);
   shape("mu", st.mu.size(), 1, m, 1);
   shape("sigma", st.sigma.rows(), st.sigma.cols(), m, m);
+  // No pending columns may also come as 0 x 0 (snapshots written before the field).
+  const bool no_pending = st.sigma_pending.cols() == 0;
+  if ((!no_pending && st.sigma_pending.rows() != m) || st.sigma_pending.cols() >= kPending) {
+    invalid("import: sigma_pending is " + std::to_string(st.sigma_pending.rows()) + "x" +
+            std::to_string(st.sigma_pending.cols()) + ", expected " + std::to_string(m) +
+            " rows and at most " + std::to_string(kPending - 1) + " columns");
+  }
+  if (!st.slots.empty()) {
+    shape("slots", static_cast<Index>(st.slots.size()), 1, m, 1);
+    std::vector<unsigned char> seen(static_cast<std::size_t>(s.cap), 0);
+    for (const int a : st.slots) {
+      if (a < 0 || a >= s.cap || seen[static_cast<std::size_t>(a)]) {
+        invalid("import: slots must be distinct and in [0, " + std::to_string(s.cap - 1) +
+                "], got " + std::to_string(a));
+      }
+      seen[static_cast<std::size_t>(a)] = 1;
+    }
+  }
   shape("qdiag", st.qdiag.size(), 1, s.track_qdiag ? m : 0, 1);
   const auto finite = [](const char* what, auto&& a) {
     if (!a.allFinite()) invalid(std::string("import: ") + what + " has non-finite entries");
@@ -717,6 +820,7 @@ OnlineGP OnlineGP::import_state(const ModelState& st) {
   finite("factor", st.factor);
   finite("mu", st.mu);
   finite("sigma", st.sigma);
+  finite("sigma_pending", st.sigma_pending);
   if (st.sigma != st.sigma.transpose()) invalid("import: sigma is not symmetric");
   finite("qdiag", st.qdiag);
   if (!(st.s2_num > 0.0 && st.s2_den > 0.0) || !std::isfinite(st.s2_num) ||
@@ -739,8 +843,20 @@ OnlineGP OnlineGP::import_state(const ModelState& st) {
   // otherwise the model recomputes it from the inputs when needed.
   if (s.keep_gram) s.K.topLeftCorner(m, m) = st.gram;
   s.mu.head(m) = st.mu;
-  // Only the upper triangle of sigma is read (the model stores Sigma that way).
-  s.Sigma.topLeftCorner(m, m).triangularView<Eigen::Upper>() = st.sigma;
+  s.npend = no_pending ? 0 : st.sigma_pending.cols();
+  for (Index i = 0; i < m; ++i) {
+    const Index a = st.slots.empty() ? i : st.slots[static_cast<std::size_t>(i)];
+    s.slot[static_cast<std::size_t>(i)] = a;
+    s.used[static_cast<std::size_t>(a)] = 1;
+    s.hw = std::max(s.hw, a + 1);
+    if (!no_pending) s.U.row(a).head(s.npend) = st.sigma_pending.row(i);
+  }
+  for (Index j = 0; j < m; ++j) {
+    for (Index i = 0; i <= j; ++i) {
+      s.sig(s.slot[static_cast<std::size_t>(i)], s.slot[static_cast<std::size_t>(j)]) =
+          st.sigma(i, j);
+    }
+  }
   if (s.track_qdiag) s.qdiag.head(m) = st.qdiag;
   s.s2_num = st.s2_num;
   s.s2_den = st.s2_den;
@@ -799,7 +915,29 @@ void OnlineGP::check_invariants(double tol) const {
   // Sigma is stored as its upper triangle, so it is symmetric by construction; what can
   // still go wrong is checked instead: finiteness, and that it is a covariance up to
   // rounding (non-negative diagonal, every 2 x 2 principal minor |S_ij| <= sqrt(S_ii S_jj)).
-  const MatrixXd S = s.Sigma.topLeftCorner(m, m).selfadjointView<Eigen::Upper>();
+  // The slot layout: distinct taken slots, hw just above the highest, and zero rows and
+  // columns of Sigma and zero rows of U at the free slots below hw.
+  std::vector<unsigned char> taken(static_cast<std::size_t>(s.cap), 0);
+  Index top = 0;
+  for (Index i = 0; i < m; ++i) {
+    const Index a = s.slot[static_cast<std::size_t>(i)];
+    if (a < 0 || a >= s.cap || taken[static_cast<std::size_t>(a)]) fail("slot map is not 1-1");
+    taken[static_cast<std::size_t>(a)] = 1;
+    top = std::max(top, a + 1);
+  }
+  if (taken != s.used) fail("used slots differ from the slot map");
+  if (top != s.hw) fail("hw is not 1 + the highest taken slot");
+  if (s.npend >= kPending) fail("more pending updates than kPending - 1 after an update");
+  for (Index a = 0; a < s.hw; ++a) {
+    if (taken[static_cast<std::size_t>(a)]) continue;
+    for (Index b = 0; b < s.hw; ++b) {
+      if (s.sig(a, b) != 0.0) fail("Sigma is not zero at free slot " + std::to_string(a));
+    }
+    if (s.npend > 0 && s.U.row(a).head(s.npend).cwiseAbs().maxCoeff() != 0.0) {
+      fail("U is not zero at free slot " + std::to_string(a));
+    }
+  }
+  const MatrixXd S = covariance();
   if (!S.allFinite() || !s.mu.head(m).allFinite()) fail("posterior has non-finite entries");
   const double sscale = std::max(S.diagonal().cwiseAbs().maxCoeff(), 1e-300);
   for (Index j = 0; j < m; ++j) {
@@ -826,7 +964,12 @@ void OnlineGP::check_invariants(double tol) const {
 Eigen::Ref<const RowMatrixXd> OnlineGP::inputs() const { return impl_->X.topRows(impl_->m); }
 Eigen::Ref<const VectorXd> OnlineGP::mean_vector() const { return impl_->mu.head(impl_->m); }
 MatrixXd OnlineGP::covariance() const {
-  return impl_->Sigma.topLeftCorner(impl_->m, impl_->m).selfadjointView<Eigen::Upper>();
+  const Impl& s = *impl_;
+  MatrixXd S(s.m, s.m);
+  for (Index j = 0; j < s.m; ++j) {
+    for (Index i = 0; i < s.m; ++i) S(i, j) = s.posterior_cov(i, j);
+  }
+  return S;
 }
 const IncrementalCholesky& OnlineGP::factor() const { return impl_->chol; }
 

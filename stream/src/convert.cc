@@ -518,6 +518,8 @@ v1::ModelState to_proto(const ModelState& s) {
   out.set_pivot_failures(s.pivot_failures);
   out.set_since_recompute(s.since_recompute);
   out.set_last_drift(s.last_drift);
+  write_matrix(s.sigma_pending, out.mutable_sigma_pending());
+  for (const int a : s.slots) out.add_slots(static_cast<std::uint32_t>(a));
   return out;
 }
 
@@ -541,6 +543,12 @@ ModelState from_proto(const v1::ModelState& s) {
   out.pivot_failures = s.pivot_failures();
   out.since_recompute = s.since_recompute();
   out.last_drift = s.last_drift();
+  out.sigma_pending = read_matrix<Eigen::MatrixXd>(s.sigma_pending(), "model.sigma_pending");
+  for (const std::uint32_t a : s.slots()) {
+    // Out-of-range values are refused by OnlineGP::import_state; this only keeps the
+    // conversion to int from wrapping.
+    out.slots.push_back(static_cast<int>(std::min<std::uint32_t>(a, 1u << 30)));
+  }
   return out;
 }
 

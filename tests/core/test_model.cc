@@ -13,6 +13,7 @@
 
 namespace {
 
+using Eigen::MatrixXd;
 using Eigen::VectorXd;
 using ntk::EvictionPolicy;
 using ntk::ModelConfig;
@@ -47,6 +48,12 @@ void check_close(const Prediction& a, const Prediction& b, double tol) {
   CHECK(std::abs(a.var_y - b.var_y) <= tol * std::max(1.0, b.var_y));
 }
 
+// The posterior covariance a state describes (made bitwise symmetric).
+MatrixXd post_of(const ntk::ModelState& s) {
+  const MatrixXd a = s.sigma - s.sigma_pending * s.sigma_pending.transpose();
+  return 0.5 * (a + a.transpose());
+}
+
 void check_bitwise_equal(const ntk::ModelState& a, const ntk::ModelState& b) {
   CHECK(a.config == b.config);
   CHECK(a.inputs == b.inputs);
@@ -55,6 +62,8 @@ void check_bitwise_equal(const ntk::ModelState& a, const ntk::ModelState& b) {
   CHECK(a.factor == b.factor);
   CHECK(a.mu == b.mu);
   CHECK(a.sigma == b.sigma);
+  CHECK(a.sigma_pending == b.sigma_pending);
+  CHECK(a.slots == b.slots);
   CHECK(a.qdiag == b.qdiag);
   CHECK(a.s2_num == b.s2_num);
   CHECK(a.s2_den == b.s2_den);
@@ -142,43 +151,48 @@ TEST_CASE("oracle 2: linear kernel equals Bayesian linear regression in closed f
 TEST_CASE(
     "oracle 3 and 5: pruning and forgetting equal a naive O(M^3) KRLS-T; evictions by brute "
     "force") {
-  for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
-    for (const char* spec : kKernels) {
-      CAPTURE(spec);
-      CAPTURE(ntk::to_string(policy));
-      ModelConfig c;
-      c.kernel = ntk::KernelSpec::parse(spec);
-      c.budget = 12;
-      c.noise_variance = 0.02;
-      c.forgetting = 0.98;
-      c.admission_threshold = 1e-3;
-      c.eviction = policy;
-      c.estimate_signal_power = false;
-      c.recompute_every = 50;
-      c.jitter = 1e-9;
-      const auto kernel = ntk::make_kernel(c.kernel);
-      OnlineGP gp(c, 3);
-      ntk::test::NaiveKrlst naive(c, kernel);
-      const auto xs = random_inputs(300, 3, 31);
-      std::mt19937_64 rng(7);
-      std::normal_distribution<double> noise(0.0, 0.1);
-      int evictions = 0;
-      for (std::size_t t = 0; t < xs.size(); ++t) {
-        // a drifting target, so forgetting matters
-        const double y = target(xs[t]) + 0.01 * static_cast<double>(t) * xs[t](2) + noise(rng);
-        const Prediction p_pure = gp.predict(xs[t]);
-        const auto expect = naive.update(xs[t], y);
-        const ntk::UpdateResult r = gp.update(xs[t], y);
-        check_close(r.prediction, expect.pred, 1e-8);
-        check_close(p_pure, r.prediction, 1e-11);
-        CHECK(r.admitted == expect.admitted);
-        CHECK(r.evicted == expect.evicted);
-        evictions += r.evicted >= 0;
-        REQUIRE(gp.dictionary_size() <= c.budget);
-        REQUIRE(gp.dictionary_size() == static_cast<int>(naive.dict().size()));
-        gp.check_invariants(1e-7);
+  // lambda = 1 as well: without forgetting the covariance updates stay pending between
+  // folds, and the slots are reused across evictions.
+  for (const double forgetting : {0.98, 1.0}) {
+    for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
+      for (const char* spec : kKernels) {
+        CAPTURE(spec);
+        CAPTURE(ntk::to_string(policy));
+        CAPTURE(forgetting);
+        ModelConfig c;
+        c.kernel = ntk::KernelSpec::parse(spec);
+        c.budget = 12;
+        c.noise_variance = 0.02;
+        c.forgetting = forgetting;
+        c.admission_threshold = 1e-3;
+        c.eviction = policy;
+        c.estimate_signal_power = false;
+        c.recompute_every = 50;
+        c.jitter = 1e-9;
+        const auto kernel = ntk::make_kernel(c.kernel);
+        OnlineGP gp(c, 3);
+        ntk::test::NaiveKrlst naive(c, kernel);
+        const auto xs = random_inputs(300, 3, 31);
+        std::mt19937_64 rng(7);
+        std::normal_distribution<double> noise(0.0, 0.1);
+        int evictions = 0;
+        for (std::size_t t = 0; t < xs.size(); ++t) {
+          // a drifting target, so forgetting matters
+          const double y = target(xs[t]) + 0.01 * static_cast<double>(t) * xs[t](2) + noise(rng);
+          const Prediction p_pure = gp.predict(xs[t]);
+          const auto expect = naive.update(xs[t], y);
+          const ntk::UpdateResult r = gp.update(xs[t], y);
+          check_close(r.prediction, expect.pred, 1e-8);
+          check_close(p_pure, r.prediction, 1e-11);
+          CHECK(r.admitted == expect.admitted);
+          CHECK(r.evicted == expect.evicted);
+          evictions += r.evicted >= 0;
+          REQUIRE(gp.dictionary_size() <= c.budget);
+          REQUIRE(gp.dictionary_size() == static_cast<int>(naive.dict().size()));
+          gp.check_invariants(1e-7);
+        }
+        CHECK(evictions > 50);
       }
-      CHECK(evictions > 50);
     }
   }
 }
@@ -315,21 +329,33 @@ TEST_CASE("no heap allocation per update once constructed") {
 
 TEST_CASE("export/import round trip gives bit-identical predictions") {
   for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
-    ModelConfig c;
-    c.budget = 16;
-    c.forgetting = 0.995;
-    c.eviction = policy;
-    OnlineGP gp(c, 3);
-    const auto xs = random_inputs(400, 3, 71);
-    for (std::size_t t = 0; t < 200; ++t) gp.update(xs[t], target(xs[t]));
-    OnlineGP copy = OnlineGP::import_state(gp.export_state());
-    check_bitwise_equal(copy.export_state(), gp.export_state());
-    for (std::size_t t = 200; t < xs.size(); ++t) {
-      const ntk::UpdateResult a = gp.update(xs[t], target(xs[t]));
-      const ntk::UpdateResult b = copy.update(xs[t], target(xs[t]));
-      REQUIRE(a.prediction.mean == b.prediction.mean);
-      REQUIRE(a.prediction.var_y == b.prediction.var_y);
-      REQUIRE(a.evicted == b.evicted);
+    // Without forgetting, covariance updates stay pending between folds (exported at 205
+    // updates: 5 of them) and evictions leave the slots permuted.
+    for (const double forgetting : {0.995, 1.0}) {
+      CAPTURE(forgetting);
+      ModelConfig c;
+      c.budget = 16;
+      c.forgetting = forgetting;
+      c.eviction = policy;
+      OnlineGP gp(c, 3);
+      const auto xs = random_inputs(400, 3, 71);
+      for (std::size_t t = 0; t < 205; ++t) gp.update(xs[t], target(xs[t]));
+      const ntk::ModelState st = gp.export_state();
+      if (forgetting == 1.0) {
+        CHECK(st.sigma_pending.cols() == 5);
+        std::vector<int> identity(st.slots.size());
+        for (std::size_t i = 0; i < identity.size(); ++i) identity[i] = static_cast<int>(i);
+        CHECK(st.slots != identity);
+      }
+      OnlineGP copy = OnlineGP::import_state(st);
+      check_bitwise_equal(copy.export_state(), gp.export_state());
+      for (std::size_t t = 205; t < xs.size(); ++t) {
+        const ntk::UpdateResult a = gp.update(xs[t], target(xs[t]));
+        const ntk::UpdateResult b = copy.update(xs[t], target(xs[t]));
+        REQUIRE(a.prediction.mean == b.prediction.mean);
+        REQUIRE(a.prediction.var_y == b.prediction.var_y);
+        REQUIRE(a.evicted == b.evicted);
+      }
     }
   }
 }
@@ -360,8 +386,45 @@ TEST_CASE("import refuses inconsistent states") {
                          std::invalid_argument);
   }
   {
-    // covariance() is the full symmetric Sigma the snapshot carries.
-    CHECK(gp.covariance() == good.sigma);
+    // covariance() is the posterior the snapshot carries: sigma less its pending updates
+    // (20 updates, folded 8 at a time: 4 pending).
+    REQUIRE(good.sigma_pending.cols() == 4);
+    const MatrixXd post = good.sigma - good.sigma_pending * good.sigma_pending.transpose();
+    CHECK((gp.covariance() - post).norm() <= 1e-15 * post.norm());
+    CHECK((good.sigma - post).norm() > 1e-6 * post.norm());
+  }
+  {
+    ntk::ModelState s = good;
+    s.sigma_pending(2, 1) = std::numeric_limits<double>::infinity();
+    CHECK_THROWS_WITH_AS(OnlineGP::import_state(s),
+                         doctest::Contains("sigma_pending has non-finite"), std::invalid_argument);
+  }
+  {
+    ntk::ModelState s = good;
+    s.sigma_pending = MatrixXd::Zero(8, 8);
+    CHECK_THROWS_WITH_AS(OnlineGP::import_state(s),
+                         doctest::Contains("sigma_pending is 8x8, expected 8 rows and at most 7"),
+                         std::invalid_argument);
+  }
+  {
+    ntk::ModelState s = good;
+    s.slots[3] = s.slots[5];
+    CHECK_THROWS_WITH_AS(OnlineGP::import_state(s), doctest::Contains("slots must be distinct"),
+                         std::invalid_argument);
+    s.slots[3] = 9;  // budget 8: slots 0..8
+    CHECK_THROWS_WITH_AS(OnlineGP::import_state(s), doctest::Contains("in [0, 8], got 9"),
+                         std::invalid_argument);
+  }
+  {
+    // Snapshots written before the pending updates existed: sigma is the posterior.
+    ntk::ModelState s = good;
+    s.sigma = post_of(good);
+    s.sigma_pending.resize(0, 0);
+    s.slots.clear();
+    OnlineGP old = OnlineGP::import_state(s);
+    old.check_invariants();
+    const VectorXd probe = VectorXd::Constant(3, 0.3);
+    check_close(old.predict(probe), gp.predict(probe), 1e-12);
   }
   {
     ntk::ModelState s = good;

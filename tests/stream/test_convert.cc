@@ -201,6 +201,8 @@ TEST_CASE("series state: a restored predictor continues exactly like the origina
     CHECK(back.model.inputs == state.model.inputs);
     CHECK(back.model.factor == state.model.factor);
     CHECK(back.model.sigma == state.model.sigma);
+    CHECK(back.model.sigma_pending == state.model.sigma_pending);
+    CHECK(back.model.slots == state.model.slots);
     CHECK(back.lag_values == state.lag_values);
     CHECK(back.counters == state.counters);
     CHECK(back.score == state.score);

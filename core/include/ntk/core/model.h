@@ -112,7 +112,13 @@ struct ModelState {
   Eigen::MatrixXd gram;                // m x m, K_D (without jitter)
   Eigen::MatrixXd factor;              // m x m, lower triangular L
   Eigen::VectorXd mu;                  // m
-  Eigen::MatrixXd sigma;               // m x m
+  // The posterior covariance is sigma - sigma_pending sigma_pending^T (covariance()): the
+  // model folds its rank-1 updates into sigma a few at a time (at most 7 pending columns).
+  Eigen::MatrixXd sigma;          // m x m, symmetric
+  Eigen::MatrixXd sigma_pending;  // m x p, p < 8
+  // Where the model keeps each entry's row of sigma (distinct, in [0, budget]); empty:
+  // 0..m-1. Carried so that an imported model computes in the same order (bit-identical).
+  std::vector<int> slots;
   Eigen::VectorXd qdiag;  // diag((K_D + jI)^{-1}): m under kMinLoss, empty under kOldest
   double s2_num = 0.0, s2_den = 0.0;
   std::uint64_t updates = 0, admitted = 0, evicted = 0, recomputes = 0, pivot_failures = 0;
