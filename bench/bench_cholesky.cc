@@ -116,6 +116,31 @@ void BM_remove(benchmark::State& state, Where where) {
   }
 }
 
+// remove(i) followed by the forward solve the next model update makes with the new
+// factor: separately (fused = false) or in one pass over L (remove_solve_lower).
+void BM_remove_then_solve(benchmark::State& state, Where where, bool fused) {
+  const Index n = state.range(0);
+  Dictionary dict(n, 2);
+  IncrementalCholesky& chol = dict.chol();
+  const Index i = where == Where::kFirst ? 0 : where == Where::kMiddle ? n / 2 : n - 1;
+  VectorXd b = VectorXd::Ones(n - 1);
+  for (auto _ : state) {
+    b.setOnes();
+    const auto t0 = std::chrono::steady_clock::now();
+    if (fused) {
+      chol.remove_solve_lower(i, b);
+    } else {
+      chol.remove(i);
+      chol.solve_lower_in_place(b);
+    }
+    benchmark::ClobberMemory();
+    const auto t1 = std::chrono::steady_clock::now();
+    state.SetIterationTime(std::chrono::duration<double>(t1 - t0).count());
+    dict.erase_point(i);
+    dict.append_fresh();
+  }
+}
+
 void BM_solve_in_place(benchmark::State& state) {
   const Index n = state.range(0);
   Dictionary dict(n, 3);
@@ -178,6 +203,18 @@ BENCHMARK(BM_append)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_remove, first, Where::kFirst)->Apply(sizes)->UseManualTime();
 BENCHMARK_CAPTURE(BM_remove, middle, Where::kMiddle)->Apply(sizes)->UseManualTime();
 BENCHMARK_CAPTURE(BM_remove, last, Where::kLast)->Apply(sizes)->UseManualTime();
+BENCHMARK_CAPTURE(BM_remove_then_solve, first_separate, Where::kFirst, false)
+    ->Apply(sizes)
+    ->UseManualTime();
+BENCHMARK_CAPTURE(BM_remove_then_solve, first_fused, Where::kFirst, true)
+    ->Apply(sizes)
+    ->UseManualTime();
+BENCHMARK_CAPTURE(BM_remove_then_solve, middle_separate, Where::kMiddle, false)
+    ->Apply(sizes)
+    ->UseManualTime();
+BENCHMARK_CAPTURE(BM_remove_then_solve, middle_fused, Where::kMiddle, true)
+    ->Apply(sizes)
+    ->UseManualTime();
 BENCHMARK(BM_solve_in_place)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_solve_tri, lower, Tri::kLower, false)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_solve_tri, lower_eigen, Tri::kLower, true)->Apply(sizes);

@@ -322,6 +322,8 @@ struct RemoveBlock {
   double c[kCols];  // sqrt(s_{j-1} / s_j)
   double g[kCols];  // p_j / sqrt(s_{j-1} s_j)
   double p[kCols];  // p_j
+  // remove_solve_lower(): the right-hand side, indexed like w (x[j] is row i + j), or null.
+  double* x = nullptr;
 
   const double* src(Index k) const { return a + (i + t0 + k + 1) * ld + (i + 1); }
   double* dst(Index k) const { return a + (i + t0 + k) * ld + i; }
@@ -360,37 +362,80 @@ struct RemoveBlock {
         w[j] -= pk * l;
       }
     }
+    if (x == nullptr) return;
+    // The forward substitution's triangle for the block's columns (the sweeps of earlier
+    // blocks have already subtracted their columns from these rows).
+    for (Index k = 0; k < ncols; ++k) {
+      const Index t = t0 + k;
+      const double* dk = dst(k);
+      const double xt = x[t] * dinv[i + t];
+      x[t] = xt;
+      for (Index j = t + 1; j < t0 + ncols; ++j) x[j] -= dk[j] * xt;
+    }
   }
 
   // The block's columns on w indices [lo, hi).
   void sweep(double* w, Index lo, Index hi) const {
+    if (x == nullptr) {
+      sweep_impl<false>(w, lo, hi);
+    } else {
+      sweep_impl<true>(w, lo, hi);
+    }
+  }
+
+  // kSolve: also x -= (the new columns) x_block, from the new values still in registers.
+  template <bool kSolve>
+  void sweep_impl(double* w, Index lo, Index hi) const {
     using Pack = Eigen::Array<double, kRows, 1>;
+    double xs[kCols] = {};
+    if constexpr (kSolve) {
+      for (Index k = 0; k < ncols; ++k) xs[k] = x[t0 + k];
+    }
     Index j = lo;
     for (; j + kRows <= hi; j += kRows) {
       Eigen::Map<Pack> wm(w + j);
       Pack wv = wm;
+      Pack xv;
+      if constexpr (kSolve) xv = Eigen::Map<Pack>(x + j);
       for (Index k = 0; k < ncols; ++k) {
         const Pack l = Eigen::Map<const Pack>(src(k) + j);
-        Eigen::Map<Pack>(dst(k) + j) = c[k] * l + g[k] * wv;
+        const Pack nl = c[k] * l + g[k] * wv;
+        Eigen::Map<Pack>(dst(k) + j) = nl;
         wv -= p[k] * l;
+        if constexpr (kSolve) xv -= xs[k] * nl;
       }
       wm = wv;
+      if constexpr (kSolve) Eigen::Map<Pack>(x + j) = xv;
     }
     for (; j < hi; ++j) {
       double wj = w[j];
+      double xj = kSolve ? x[j] : 0.0;
       for (Index k = 0; k < ncols; ++k) {
         const double l = src(k)[j];
-        dst(k)[j] = c[k] * l + g[k] * wj;
+        const double nl = c[k] * l + g[k] * wj;
+        dst(k)[j] = nl;
         wj -= p[k] * l;
+        if constexpr (kSolve) xj -= xs[k] * nl;
       }
       w[j] = wj;
+      if constexpr (kSolve) x[j] = xj;
     }
   }
 };
 
 }  // namespace
 
-void IncrementalCholesky::remove(Index i) {
+void IncrementalCholesky::remove(Index i) { remove_impl(i, nullptr); }
+
+void IncrementalCholesky::remove_solve_lower(Index i, Eigen::Ref<VectorXd> b) {
+  if (b.size() != n_ - 1) {
+    invalid("remove_solve_lower: b.size() must equal size() - 1 = " + std::to_string(n_ - 1) +
+            ", got " + std::to_string(b.size()));
+  }
+  remove_impl(i, b.data());
+}
+
+void IncrementalCholesky::remove_impl(Index i, double* x) {
   if (i < 0 || i >= n_) {
     invalid("remove index must be in [0, size() = " + std::to_string(n_) + "), got " +
             std::to_string(i));
@@ -398,15 +443,21 @@ void IncrementalCholesky::remove(Index i) {
   const Index n = n_;
   const Index m = n - 1 - i;  // size of the trailing block L33
   --n_;
-  if (m == 0) return;  // the last row/column: nothing below it to restore
   const Index ld = L_.rows();
   double* const a = L_.data();
+  // The rows above i: the leading block is unchanged.
+  if (x != nullptr) lower_solve(a, ld, dinv_.data(), i, x);
 
-  // L31 moves up one row (row i of the first i columns is deleted).
+  // L31 moves up one row (row i of the first i columns is deleted); with a right-hand
+  // side, its solved head is subtracted from the rows below in the same pass.
   for (Index c = 0; c < i; ++c) {
     double* col = a + c * ld;
     std::copy(col + i + 1, col + n, col + i);
+    if (x != nullptr) {
+      Eigen::Map<VectorXd>(x + i, m).noalias() -= x[c] * Eigen::Map<const VectorXd>(col + i, m);
+    }
   }
+  if (m == 0) return;  // the last row/column: nothing below it to restore
 
   // w = l32, copied out: the updated columns overwrite column i.
   double* const w = work_.data();
@@ -415,14 +466,15 @@ void IncrementalCholesky::remove(Index i) {
 
   double root_s = 1.0;
   double inv_root_s = 1.0;
-  RemoveBlock b{a, ld, i, 0, std::min(kCols, m), {}, {}, {}};
+  double* const xt = x == nullptr ? nullptr : x + i;
+  RemoveBlock b{a, ld, i, 0, std::min(kCols, m), {}, {}, {}, xt};
   b.make(w, dinv, root_s, inv_root_s);
   while (true) {
     const Index next = b.t0 + b.ncols;
     if (next == m) break;
     const Index next_ncols = std::min(kCols, m - next);
     b.sweep(w, next, next + next_ncols);  // the next block's rows first ...
-    RemoveBlock nb{a, ld, i, next, next_ncols, {}, {}, {}};
+    RemoveBlock nb{a, ld, i, next, next_ncols, {}, {}, {}, xt};
     nb.make(w, dinv, root_s, inv_root_s);  // ... so that its chain overlaps the rest of this sweep
     b.sweep(w, next + next_ncols, m);
     b = nb;

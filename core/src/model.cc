@@ -6,7 +6,12 @@
 //   K.topLeftCorner(m, m)   K_D (without jitter), bitwise symmetric, maintained only when
 //                           keep_gram (forgetting < 1: forget() needs it); otherwise K is
 //                           scratch for recompute() and the update path never touches it
-//   chol                    L with L L^T = K_D + jitter I
+//   chol, deferred          L with L L^T = K_D + jitter I, except that the last eviction's
+//                           removal from L may be deferred (deferred.index >= 0, the
+//                           entry's index; chol then has one more row than the dictionary):
+//                           the next update's forward solve rides on the removal's pass over
+//                           L (IncrementalCholesky::remove_solve_lower), one pass over L
+//                           instead of two. Everything else that reads L first settles it
 //   mu.head(m)              posterior mean of f at the dictionary
 //   slot[i], used, hw       Sigma lives in physical slots: dictionary entry i (logical order,
 //                           the factor's) has slot slot[i] in [0, cap); used[s] marks the
@@ -37,8 +42,10 @@
 #include <immintrin.h>
 #endif
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 
@@ -291,6 +298,21 @@ struct Step {
   double mean = 0.0;
 };
 
+// A removal from the factor that waits for the next update (see CONVENTION). Const members
+// of OnlineGP settle it, so it is guarded for concurrent const calls; copying carries the
+// index (the copied model settles or fuses it in its turn).
+struct DeferredRemoval {
+  std::atomic<Index> index{-1};
+  std::mutex mutex;
+
+  DeferredRemoval() = default;
+  DeferredRemoval(const DeferredRemoval& o) : index(o.index.load()) {}
+  DeferredRemoval& operator=(const DeferredRemoval& o) {
+    index.store(o.index.load());
+    return *this;
+  }
+};
+
 struct OnlineGP::Impl {
   ModelConfig config;
   int dim;
@@ -301,6 +323,7 @@ struct OnlineGP::Impl {
 
   // State.
   IncrementalCholesky chol;
+  DeferredRemoval deferred;
   RowMatrixXd X;
   MatrixXd caches;
   std::vector<std::uint64_t> samples;
@@ -346,6 +369,28 @@ struct OnlineGP::Impl {
         vec(cap) {}
 
   double signal_power() const { return config.estimate_signal_power ? s2_num / s2_den : 1.0; }
+
+  // Applies a deferred removal to the factor. Safe to call from concurrent const members of
+  // OnlineGP (the Impl itself is never const).
+  void settle() {
+    if (deferred.index.load(std::memory_order_acquire) < 0) return;
+    const std::lock_guard<std::mutex> lock(deferred.mutex);
+    const Index r = deferred.index.load(std::memory_order_relaxed);
+    if (r < 0) return;
+    chol.remove(r);
+    deferred.index.store(-1, std::memory_order_release);
+  }
+
+  // v <- L^{-1} v, applying a deferred removal in the same pass (update() only).
+  void solve_lower_fused(Eigen::Ref<VectorXd> v) {
+    const Index r = deferred.index.load(std::memory_order_relaxed);
+    if (r < 0) {
+      chol.solve_lower_in_place(v);
+    } else {
+      chol.remove_solve_lower(r, v);
+      deferred.index.store(-1, std::memory_order_relaxed);
+    }
+  }
 
   // Entry (a, b) of the stored (upper-triangle) Sigma, by slot.
   double& sig(Index a, Index b) { return a <= b ? Sigma(a, b) : Sigma(b, a); }
@@ -408,8 +453,10 @@ struct OnlineGP::Impl {
   // DESIGN §4 step 2, with the forgetting of step 1 applied virtually when lambda < 1:
   // Sigma_f q = lambda Sigma q + (1 - lambda) (K_D + jI) q = lambda Sigma q + (1 - lambda) k,
   // mu_f = sqrt(lambda) mu. update() forgets for real first and passes lambda = 1.
-  // Leaves kx, v = L^{-1} k, q and h in ws.
-  Step predict_into(Eigen::Ref<const VectorXd> x, Workspace& w, double lambda) const {
+  // Leaves kx, v = L^{-1} k, q and h in ws. solve_lower(v) replaces v by L^{-1} v.
+  template <typename LowerSolve>
+  Step predict_into(Eigen::Ref<const VectorXd> x, Workspace& w, double lambda,
+                    LowerSolve&& solve_lower) const {
     kernel->prepare(x, w.xcache);
     Step s;
     s.kss_raw = kernel->self(x, w.xcache);
@@ -422,7 +469,7 @@ struct OnlineGP::Impl {
       kernel->row(X.topRows(m), caches.topRows(m), x, w.xcache, kx, w.kscratch);
       Eigen::Ref<VectorXd> v = w.v.head(m);
       v = kx;
-      chol.solve_lower_in_place(v);
+      solve_lower(v);
       s.gamma2 = std::max(0.0, s.kss - v.squaredNorm());
       Eigen::Ref<VectorXd> q = w.q.head(m);
       q = v;
@@ -461,6 +508,12 @@ struct OnlineGP::Impl {
       sig(b, b) += (1.0 - lambda) * config.jitter;
     }
     mu.head(m) *= std::sqrt(lambda);
+  }
+
+  // predict_into with the factor settled (const callers).
+  Step predict_settled(Eigen::Ref<const VectorXd> x, Workspace& w, double lambda) const {
+    return predict_into(x, w, lambda,
+                        [this](Eigen::Ref<VectorXd> v) { chol.solve_lower_in_place(v); });
   }
 
   // Step 3, admission half: extend the dictionary by x (whose quantities are in ws).
@@ -528,7 +581,7 @@ struct OnlineGP::Impl {
       qdiag.head(m).array() -= w.array().square() / w(r);
       erase_entry(qdiag.data(), m, r);
     }
-    chol.remove(r);
+    deferred.index.store(r, std::memory_order_relaxed);  // chol.remove(r), deferred
     erase_row(X, m, r);
     erase_row(caches, m, r);
     erase_entry(samples.data(), m, r);
@@ -542,6 +595,7 @@ struct OnlineGP::Impl {
   // Relative drift of column j: |(L L^T - K_D - jI) e_j| / |K_D e_j|. O(m j), plus O(m d)
   // for the kernel column k(D, x_j) when K_D is not maintained.
   double column_drift(Index j) {
+    settle();
     const auto L = chol.matrixL();
     Eigen::Ref<VectorXd> kj = ws.kx.head(m);
     if (keep_gram) {
@@ -581,6 +635,7 @@ struct OnlineGP::Impl {
   // refactorized, diag(Q) recomputed. A basis the refactorization refuses (possible only
   // after a pathological import) is dropped and counted.
   void recompute() {
+    settle();
     gram_by_rows(*kernel, X, caches, m, K, ws, vec);
     last_drift = full_drift(K);
     while (m > 0 && chol.rebuild(K.topLeftCorner(m, m)) != CholeskyInfo::kSuccess) {
@@ -620,9 +675,15 @@ OnlineGP::OnlineGP(const ModelConfig& config, int dim) {
 }
 
 OnlineGP::~OnlineGP() = default;
-OnlineGP::OnlineGP(const OnlineGP& other) : impl_(std::make_unique<Impl>(*other.impl_)) {}
+OnlineGP::OnlineGP(const OnlineGP& other) {
+  other.impl_->settle();  // no copy while a concurrent const call settles
+  impl_ = std::make_unique<Impl>(*other.impl_);
+}
 OnlineGP& OnlineGP::operator=(const OnlineGP& other) {
-  if (this != &other) impl_ = std::make_unique<Impl>(*other.impl_);
+  if (this != &other) {
+    other.impl_->settle();
+    impl_ = std::make_unique<Impl>(*other.impl_);
+  }
   return *this;
 }
 OnlineGP::OnlineGP(OnlineGP&&) noexcept = default;
@@ -641,8 +702,10 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   const double lambda = s.config.forgetting;
   // 1. forget.
   s.forget();
+  if (s.m == 0) s.settle();  // no forward solve to carry it
   // 2. predict (the prequential prediction, before y is seen).
-  const Step step = s.predict_into(x, s.ws, 1.0);
+  const Step step =
+      s.predict_into(x, s.ws, 1.0, [&s](Eigen::Ref<VectorXd> v) { s.solve_lower_fused(v); });
   const double s2 = s.signal_power();
   result.prediction = {step.mean, s2 * step.var_f, s2 * step.var_y};
   const double residual = y - step.mean;
@@ -697,22 +760,24 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
 }
 
 Prediction OnlineGP::predict(Eigen::Ref<const VectorXd> x) const {
+  impl_->settle();  // logically const (see Impl::settle)
   const Impl& s = *impl_;
   s.check_input(x);
   Workspace w(std::max<Index>(s.m, 1), s.cap, *s.kernel);
-  const Step step = s.predict_into(x, w, s.config.forgetting);
+  const Step step = s.predict_settled(x, w, s.config.forgetting);
   const double s2 = s.signal_power();
   return {step.mean, s2 * step.var_f, s2 * step.var_y};
 }
 
 std::vector<Contribution> OnlineGP::explain(Eigen::Ref<const VectorXd> x, int k) const {
+  impl_->settle();  // logically const (see Impl::settle)
   const Impl& s = *impl_;
   s.check_input(x);
   if (k < 0) invalid("explain: k must be >= 0, got " + std::to_string(k));
   std::vector<Contribution> out;
   if (s.m == 0 || k == 0) return out;
   Workspace w(s.m, s.cap, *s.kernel);
-  s.predict_into(x, w, s.config.forgetting);
+  s.predict_settled(x, w, s.config.forgetting);
   const double scale = std::sqrt(s.config.forgetting);
   std::vector<Index> order(static_cast<std::size_t>(s.m));
   for (Index i = 0; i < s.m; ++i) order[static_cast<std::size_t>(i)] = i;
@@ -733,6 +798,7 @@ std::vector<Contribution> OnlineGP::explain(Eigen::Ref<const VectorXd> x, int k)
 }
 
 ModelState OnlineGP::export_state() const {
+  impl_->settle();  // logically const (see Impl::settle)
   const Impl& s = *impl_;
   const Index m = s.m;
   ModelState st;
@@ -880,6 +946,7 @@ double OnlineGP::last_drift() const { return impl_->last_drift; }
 void OnlineGP::recompute() { impl_->recompute(); }
 
 double OnlineGP::drift() const {
+  impl_->settle();  // logically const (see Impl::settle)
   const Impl& s = *impl_;
   const Index m = s.m;
   if (m == 0) return 0.0;
@@ -892,6 +959,7 @@ double OnlineGP::drift() const {
 }
 
 void OnlineGP::check_invariants(double tol) const {
+  impl_->settle();  // logically const (see Impl::settle)
   const Impl& s = *impl_;
   const Index m = s.m;
   const auto fail = [](const std::string& what) {
@@ -971,6 +1039,9 @@ MatrixXd OnlineGP::covariance() const {
   }
   return S;
 }
-const IncrementalCholesky& OnlineGP::factor() const { return impl_->chol; }
+const IncrementalCholesky& OnlineGP::factor() const {
+  impl_->settle();
+  return impl_->chol;
+}
 
 }  // namespace ntk

@@ -475,6 +475,57 @@ TEST_CASE("remove at every index equals the factor of the reduced matrix") {
   }
 }
 
+TEST_CASE("remove_solve_lower equals remove, then a forward solve with the fresh factor") {
+  for (const Family family : {Family::kRandomSpd, Family::kRbf}) {
+    for (const Index n : {1, 2, 3, 5, 9, 40, 130}) {
+      CAPTURE(family_name(family));
+      CAPTURE(n);
+      Source src(family, 300 + static_cast<std::uint64_t>(n));
+      std::vector<Item> items;
+      IncrementalCholesky full(n, 1e-8);
+      for (Index i = 0; i < n; ++i) {
+        const Item x = src.draw();
+        REQUIRE(full.append(src.row(items, x), src.self(x)) == CholeskyInfo::kSuccess);
+        items.push_back(x);
+      }
+      std::mt19937_64 rng(static_cast<std::uint64_t>(n));
+      std::normal_distribution<double> g;
+      for (Index i = 0; i < n; ++i) {
+        CAPTURE(i);
+        VectorXd b(n - 1);
+        for (Index k = 0; k < n - 1; ++k) b(k) = g(rng);
+        IncrementalCholesky fused = full, plain = full;
+        VectorXd x = b;
+        fused.remove_solve_lower(i, x);
+        plain.remove(i);
+        check_invariants(fused, n - 1);
+        // The factor is remove()'s, bitwise (the solve only reads the new values).
+        CHECK(bitwise_equal(fused.matrixL(), plain.matrixL()));
+        VectorXd probe = VectorXd::Ones(n - 1), probe_plain = probe;
+        fused.solve_in_place(probe);
+        plain.solve_in_place(probe_plain);
+        CHECK(bitwise_equal(probe, probe_plain));
+        if (n == 1) continue;
+        // x against a triangular solve with a fresh factor of the reduced matrix.
+        std::vector<Item> reduced = items;
+        reduced.erase(reduced.begin() + static_cast<std::ptrdiff_t>(i));
+        const MatrixXd Lf = fresh_factor(src.gram(reduced), 1e-8);
+        const VectorXd expect = Lf.triangularView<Eigen::Lower>().solve(b);
+        CHECK((x - expect).norm() <= 1e-9 * expect.norm());
+        // and against remove() + solve_lower_in_place: the same sums in another order.
+        VectorXd y = b;
+        plain.solve_lower_in_place(y);
+        CHECK((x - y).norm() <= 1e-13 * y.norm());
+      }
+      IncrementalCholesky c = full;
+      VectorXd wrong(n);
+      const std::string msg = invalid_argument_message([&] { c.remove_solve_lower(0, wrong); });
+      CHECK(contains(msg, "b.size() must equal size() - 1 = " + std::to_string(n - 1)));
+      CHECK(c.size() == n);
+    }
+  }
+}
+
 TEST_CASE("remove on extremely ill-conditioned factors: finite, backward stable") {
   // Factors installed by assign() (a snapshot can hold any valid factor) whose pivots span
   // many decades make p = L33^{-1} l32 huge; |p|^2 overflows past 1e154.
@@ -895,6 +946,8 @@ TEST_CASE("no heap allocation after construction") {
   c.remove(c.size() / 2);
   c.remove(c.size() - 1);
   c.remove(77);
+  c.remove_solve_lower(0, b.head(c.size() - 1));
+  c.remove_solve_lower(c.size() / 2, b.head(c.size() - 1));
   all_ok = all_ok && c.rebuild(K.topLeftCorner(cap, cap)) == CholeskyInfo::kSuccess;
   const long allocations = heap_calls() - start;
 

@@ -88,6 +88,10 @@ class IncrementalCholesky {
   //          (later indices shift down by one). Cannot fail: the trailing block gets a
   //          positive semi-definite rank-1 update, L33' L33'^T = L33 L33^T + l32 l32^T.
   void remove(Eigen::Index i);
+  // remove(i), then b <- L^{-1} b with the new factor (b: size() entries after the
+  // removal), the solve riding on the removal's pass over L. Same results as the two calls
+  // up to rounding.
+  void remove_solve_lower(Eigen::Index i, Eigen::Ref<Eigen::VectorXd> b);
 
   // Full refactorization of K (n x n, n <= capacity) + jitter I; only the lower triangle
   // of K is read.
@@ -127,6 +131,7 @@ class IncrementalCholesky {
 
  private:
   CholeskyInfo append_pivot(Eigen::Ref<const Eigen::VectorXd> v, double k_self);
+  void remove_impl(Eigen::Index i, double* x);  // x: null, or the remove_solve_lower rhs
 
   Eigen::MatrixXd L_;  // ld x capacity, ld = capacity rounded up to a multiple of 8 (every
                        // column starts on a 64-byte line), +8 when that is a multiple of
