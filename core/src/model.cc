@@ -479,11 +479,10 @@ struct OnlineGP::Impl {
       qs.setZero();
       for (Index i = 0; i < m; ++i) qs(slot[static_cast<std::size_t>(i)]) = q(i);
       symv_upper(Sigma, hw, qs, hs);
-      if (npend > 0) {
-        Eigen::Ref<VectorXd> uq = w.uq.head(npend);
-        uq.noalias() = U.topLeftCorner(hw, npend).transpose() * qs;
-        hs.noalias() -= U.topLeftCorner(hw, npend) * uq;
-      }
+      // Less U_p (U_p^T qs); a few short dot products and axpys (Eigen's GEMV costs more in
+      // setup than in arithmetic at npend < 8).
+      for (Index k = 0; k < npend; ++k) w.uq(k) = U.col(k).head(hw).dot(qs);
+      for (Index k = 0; k < npend; ++k) hs -= w.uq(k) * U.col(k).head(hw);
       Eigen::Ref<VectorXd> h = w.h.head(m);
       for (Index i = 0; i < m; ++i) h(i) = hs(slot[static_cast<std::size_t>(i)]);
       if (lambda < 1.0) h = lambda * h + (1.0 - lambda) * kx;
@@ -731,6 +730,22 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
     ++s.npend;
   }
 
+  // 5 (first half). Every kDriftCheckPeriod updates, when the periodic recomputation is not
+  // due, one column of L L^T is checked, and L recomputed if it has drifted. Checked before
+  // the eviction, while L is settled (the eviction defers its removal from L).
+  const std::uint64_t count = s.counters.updates + 1;
+  const bool periodic =
+      s.config.recompute_every > 0 &&
+      s.since_recompute + 1 >= static_cast<std::uint64_t>(s.config.recompute_every);
+  if (!periodic && s.m > 0 && count % kDriftCheckPeriod == 0) {
+    const Index j =
+        static_cast<Index>((count / kDriftCheckPeriod) % static_cast<std::uint64_t>(s.m));
+    if (s.column_drift(j) > s.config.drift_bound) {
+      s.recompute();
+      result.recomputed = true;
+    }
+  }
+
   // 4. evict when over budget (the criterion reads mu, L and diag(Q), not Sigma). The
   // basis's slot is freed, which drops its row and column of Sigma and of U.
   if (s.m > s.config.budget) {
@@ -740,21 +755,13 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
     ++s.counters.evicted;
   }
   if (s.npend == kPending) s.flush();
-  ++s.counters.updates;
+  s.counters.updates = count;
 
-  // 5. periodic recomputation, or earlier when a sampled column has drifted.
-  ++s.since_recompute;
-  if (s.config.recompute_every > 0 &&
-      s.since_recompute >= static_cast<std::uint64_t>(s.config.recompute_every)) {
+  // 5 (second half): the periodic recomputation.
+  if (!result.recomputed) ++s.since_recompute;
+  if (periodic) {
     s.recompute();
     result.recomputed = true;
-  } else if (s.m > 0 && s.counters.updates % kDriftCheckPeriod == 0) {
-    const Index j = static_cast<Index>((s.counters.updates / kDriftCheckPeriod) %
-                                       static_cast<std::uint64_t>(s.m));
-    if (s.column_drift(j) > s.config.drift_bound) {
-      s.recompute();
-      result.recomputed = true;
-    }
   }
   return result;
 }
