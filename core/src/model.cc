@@ -612,31 +612,13 @@ struct OnlineGP::Impl {
     return scale > 0.0 ? c.norm() / scale : c.norm();
   }
 
-  // |L L^T - (K + jI)|_F / |K|_F for the leading m x m block of the symmetric Kref, from
-  // the lower triangle of the error (off-diagonal entries counted twice). O(m^3 / 6), no
-  // allocation.
-  double full_drift(const MatrixXd& Kref) {
-    const auto L = chol.matrixL();
-    double err2 = 0.0;
-    for (Index j = 0; j < m; ++j) {
-      const Index rows = m - j;
-      Eigen::Ref<VectorXd> c = vec.head(rows);
-      c.noalias() = L.block(j, 0, rows, j + 1) * L.row(j).head(j + 1).transpose();
-      c -= Kref.col(j).segment(j, rows);
-      c(0) -= config.jitter;
-      err2 += c(0) * c(0) + 2.0 * c.tail(rows - 1).squaredNorm();
-    }
-    const double scale = Kref.topLeftCorner(m, m).norm();
-    return scale > 0.0 ? std::sqrt(err2) / scale : std::sqrt(err2);
-  }
-
   // Step 5: K_D from the stored inputs (into K, maintained or scratch), drift measured, L
   // refactorized, diag(Q) recomputed. A basis the refactorization refuses (possible only
   // after a pathological import) is dropped and counted.
   void recompute() {
     settle();
     gram_by_rows(*kernel, X, caches, m, K, ws, vec);
-    last_drift = full_drift(K);
+    last_drift = m > 0 ? chol.drift(K.topLeftCorner(m, m)) : 0.0;
     while (m > 0 && chol.rebuild(K.topLeftCorner(m, m)) != CholeskyInfo::kSuccess) {
       const Index bad = chol.failed_index();
       ++counters.pivot_failures;
