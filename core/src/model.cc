@@ -169,7 +169,10 @@ void symv_upper(const MatrixXd& A, Index n, Eigen::Ref<const VectorXd> xv,
 
 // A -= U U^T on the upper triangle of the leading n x n block of the column-major A, for
 // the first k (<= kPending) columns of the column-major U, each entry taking them in order.
-void fold_upper(MatrixXd& A, Index n, const MatrixXd& U, Index k) {
+// kK: k when > 0, known at compile time (the broadcasts then stay in registers).
+template <Index kK>
+void fold_upper_impl(MatrixXd& A, Index n, const MatrixXd& U, Index kdyn) {
+  const Index k = kK > 0 ? kK : kdyn;
   using namespace Eigen::internal;
   using Packet = packet_traits<double>::type;
   constexpr Index kPacket = static_cast<Index>(sizeof(Packet) / sizeof(double));
@@ -187,7 +190,8 @@ void fold_upper(MatrixXd& A, Index n, const MatrixXd& U, Index k) {
     Index r = 0;
     for (; r + kPacket <= c + 1; r += kPacket) {
       Packet acc = ploadu<Packet>(col + r);
-      for (Index j = 0; j < k; ++j) acc = pmadd(ploadu<Packet>(u + j * ldu + r), w[j], acc);
+      _Pragma("GCC unroll 8") for (Index j = 0; j < k; ++j) acc =
+          pmadd(ploadu<Packet>(u + j * ldu + r), w[j], acc);
       pstoreu(col + r, acc);
     }
     for (; r <= c; ++r) {
@@ -195,6 +199,14 @@ void fold_upper(MatrixXd& A, Index n, const MatrixXd& U, Index k) {
       for (Index j = 0; j < k; ++j) acc = std::fma(u[j * ldu + r], ws[j], acc);
       col[r] = acc;
     }
+  }
+}
+
+void fold_upper(MatrixXd& A, Index n, const MatrixXd& U, Index k) {
+  if (k == kPending) {
+    fold_upper_impl<kPending>(A, n, U, k);
+  } else {
+    fold_upper_impl<0>(A, n, U, k);
   }
 }
 
