@@ -196,7 +196,7 @@ void fold_upper_impl(MatrixXd& A, Index n, const MatrixXd& U, Index kdyn) {
     }
     for (; r <= c; ++r) {
       double acc = col[r];
-      for (Index j = 0; j < k; ++j) acc = std::fma(u[j * ldu + r], ws[j], acc);
+      for (Index j = 0; j < k; ++j) acc += u[j * ldu + r] * ws[j];
       col[r] = acc;
     }
   }
@@ -440,7 +440,7 @@ struct OnlineGP::Impl {
   double posterior_cov(Index i, Index j) const {
     const Index a = slot[static_cast<std::size_t>(i)], b = slot[static_cast<std::size_t>(j)];
     double c = sig(a, b);
-    for (Index k = 0; k < npend; ++k) c = std::fma(U(a, k), -U(b, k), c);
+    for (Index k = 0; k < npend; ++k) c -= U(a, k) * U(b, k);
     return c;
   }
 

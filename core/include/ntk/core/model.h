@@ -23,6 +23,9 @@
 //      the oldest (a sliding window that forgets the past)
 //   5. every recompute_every updates, or when the drift measure exceeds drift_bound:
 //      K_D recomputed from the stored inputs, L refactorized.
+//   Storage (model.cc): Sigma is kept in slots that do not move when a basis is removed,
+//   its rank-1 updates are folded in 8 at a time (exported as sigma_pending until then),
+//   and the eviction's downdate of L runs with the next update's forward solve.
 //
 //   Signal power: with estimate_signal_power, the prior is s2 * k with s2 estimated
 //   online by maximum likelihood from the standardized residuals (y-mean)^2/var_y
@@ -30,13 +33,14 @@
 //   ratio. Means do not depend on s2; reported variances are s2 * (unit-scale variance).
 //
 // CONVENTION (checked by tests after every operation; see check_invariants())
-//   dictionary_size() <= budget(); L L^T == K_D + jitter I; Sigma symmetric (stored as its
-//   upper triangle) with |Sigma_ij| <= sqrt(Sigma_ii Sigma_jj);
+//   dictionary_size() <= budget(); L L^T == K_D + jitter I; Sigma (covariance()) symmetric
+//   with |Sigma_ij| <= sqrt(Sigma_ii Sigma_jj); free slots zero;
 //   mu.size() == dictionary_size(); qdiag == diag((K_D + jI)^{-1}).
 //
 // INITIAL VALUE: empty dictionary; the first sample is always admitted.
-// THREAD SAFETY: const methods (predict, explain, export_state) may run concurrently;
-//   update needs exclusive access.
+// THREAD SAFETY: const methods (predict, explain, export_state) may run concurrently
+//   (the first of them to run after an update applies the deferred downdate of L, under a
+//   mutex); update needs exclusive access.
 #pragma once
 
 #include <Eigen/Core>
