@@ -448,6 +448,17 @@ TEST_CASE("random append/remove sequences match a fresh factorization") {
   }
 }
 
+// A factor of capacity n built by n appends of fresh points from src (returned in items).
+IncrementalCholesky appended_factor(Source& src, Index n, double jitter, std::vector<Item>& items) {
+  IncrementalCholesky c(n, jitter);
+  for (Index i = 0; i < n; ++i) {
+    const Item x = src.draw();
+    REQUIRE(c.append(src.row(items, x), src.self(x)) == CholeskyInfo::kSuccess);
+    items.push_back(x);
+  }
+  return c;
+}
+
 TEST_CASE("remove at every index equals the factor of the reduced matrix") {
   for (const Family family : {Family::kRandomSpd, Family::kRbf}) {
     for (const Index n : {1, 2, 3, 9, 40}) {
@@ -455,12 +466,7 @@ TEST_CASE("remove at every index equals the factor of the reduced matrix") {
       CAPTURE(n);
       Source src(family, 200 + static_cast<std::uint64_t>(n));
       std::vector<Item> items;
-      IncrementalCholesky full(n, 1e-8);
-      for (Index i = 0; i < n; ++i) {
-        const Item x = src.draw();
-        REQUIRE(full.append(src.row(items, x), src.self(x)) == CholeskyInfo::kSuccess);
-        items.push_back(x);
-      }
+      const IncrementalCholesky full = appended_factor(src, n, 1e-8, items);
       for (Index i = 0; i < n; ++i) {
         IncrementalCholesky c = full;
         c.remove(i);
@@ -482,12 +488,7 @@ TEST_CASE("remove_solve_lower equals remove, then a forward solve with the fresh
       CAPTURE(n);
       Source src(family, 300 + static_cast<std::uint64_t>(n));
       std::vector<Item> items;
-      IncrementalCholesky full(n, 1e-8);
-      for (Index i = 0; i < n; ++i) {
-        const Item x = src.draw();
-        REQUIRE(full.append(src.row(items, x), src.self(x)) == CholeskyInfo::kSuccess);
-        items.push_back(x);
-      }
+      const IncrementalCholesky full = appended_factor(src, n, 1e-8, items);
       std::mt19937_64 rng(static_cast<std::uint64_t>(n));
       std::normal_distribution<double> g;
       for (Index i = 0; i < n; ++i) {
