@@ -124,10 +124,11 @@ SnapshotContents decode_snapshot(std::string_view bytes) {
       result.header.magic() != kSnapshotMagic) {
     throw SnapshotError("not an ntk snapshot: bad magic (expected the bytes \"NTKS\")");
   }
-  if (result.header.format_version() != kSnapshotFormatVersion) {
-    throw SnapshotError("snapshot format version " +
-                        std::to_string(result.header.format_version()) +
-                        " not supported (this reader knows version " +
+  const std::uint32_t version = result.header.format_version();
+  if (version < kOldestSnapshotFormatVersion || version > kSnapshotFormatVersion) {
+    throw SnapshotError("snapshot format version " + std::to_string(version) +
+                        " not supported (this reader knows versions " +
+                        std::to_string(kOldestSnapshotFormatVersion) + " to " +
                         std::to_string(kSnapshotFormatVersion) + ")");
   }
   if (frames.size() < 2) throw SnapshotError("truncated: no trailer after the header");

@@ -1,8 +1,8 @@
 // Snapshot files: the daemon's learned state on disk, written atomically and read back
 // only when every byte checks out.
 //
-// FILE LAYOUT (format version 1, proto/ntk/v1/snapshot.proto)
-//   varint(n) SnapshotHeader       magic 0x534b544e (the bytes "NTKS"), format_version 1
+// FILE LAYOUT (format version 2, proto/ntk/v1/snapshot.proto)
+//   varint(n) SnapshotHeader       magic 0x534b544e (the bytes "NTKS"), format_version 2
 //   varint(n) KeySnapshot          one per key, strictly sorted by key
 //   varint(n) SnapshotTrailer      key_count, crc32c
 //   The trailer is the last frame of the file. Its crc32c is the CRC-32C (crc32c.h) of
@@ -41,7 +41,11 @@
 namespace ntk::daemon {
 
 inline constexpr std::uint32_t kSnapshotMagic = 0x534b544eu;  // "NTKS" little-endian
-inline constexpr std::uint32_t kSnapshotFormatVersion = 1;
+// Version 2: a model's sigma may have pending rank-1 updates (ModelState::sigma_pending),
+// which a version-1 reader would ignore, so it must refuse these files. Version 1 files
+// (no pending updates) are still read.
+inline constexpr std::uint32_t kSnapshotFormatVersion = 2;
+inline constexpr std::uint32_t kOldestSnapshotFormatVersion = 1;
 
 // A snapshot that cannot be written or used; what() is the reason (with the file name
 // when a file is involved).

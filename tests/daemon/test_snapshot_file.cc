@@ -112,7 +112,7 @@ TEST_CASE("snapshot: encode/decode round trip") {
   const std::string bytes = encode_snapshot(make_header(), keys);
   const SnapshotContents c = decode_snapshot(bytes);
   CHECK(c.header.magic() == 0x534b544eu);
-  CHECK(c.header.format_version() == 1u);
+  CHECK(c.header.format_version() == 2u);
   CHECK(c.header.writer() == "ntkd test");
   CHECK(c.header.created_unix_nano() == 1700000000123456789ull);
   REQUIRE(c.header.configured_prefixes_size() == 1);
@@ -131,7 +131,7 @@ TEST_CASE("snapshot: byte layout — magic first, trailer last with the CRC of t
   // Rebuild the file by hand from the documented layout and compare byte for byte.
   v1::SnapshotHeader h = make_header();
   h.set_magic(0x534b544eu);
-  h.set_format_version(1);
+  h.set_format_version(2);
   std::string expected;
   append_frame(h, expected);
   for (const auto& k : keys) append_frame(k, expected);
@@ -197,10 +197,16 @@ TEST_CASE("snapshot: refuses foreign files, unknown versions and inconsistent re
   };
   v1::SnapshotHeader h = make_header();
   h.set_magic(0x534b544eu);
-  h.set_format_version(2);
+  h.set_format_version(3);
   CHECK(decode_error(build(h, make_keys(), 3)) ==
-        "snapshot format version 2 not supported (this reader knows version 1)");
+        "snapshot format version 3 not supported (this reader knows versions 1 to 2)");
+  h.set_format_version(0);
+  CHECK(decode_error(build(h, make_keys(), 3)) ==
+        "snapshot format version 0 not supported (this reader knows versions 1 to 2)");
+  // Version 1 (before sigma_pending) is still read.
   h.set_format_version(1);
+  CHECK(decode_error(build(h, make_keys(), 3)).empty());
+  h.set_format_version(2);
   CHECK(decode_error(build(h, make_keys(), 3)).empty());
   CHECK(decode_error(build(h, make_keys(), 2)) ==
         "corrupt: trailer announces 2 keys, the file holds 3");
