@@ -84,10 +84,9 @@ constexpr Index kFactorPanel = 8;
 // out(r - r0, c) = init(r, c) - sum_{k < kend} A(r, k) A(j0 + c, k) for rows r in [r0, r1)
 // and the nc <= kFactorPanel columns c of the panel at j0 (A column-major, leading
 // dimension ld; init and out column-major with leading dimensions ldi and ldo; out may be
-// init). A packet of rows keeps its nc
-// sums in registers through all k: each column of A is read once per panel, not once per
-// output column as by matrix-vector products, and the kernel is bound by its
-// multiply-adds, not by memory.
+// init). A packet of rows keeps its nc sums in registers through all k: each column of A
+// is read once per panel, not once per output column as by matrix-vector products, and
+// the kernel is bound by its multiply-adds, not by memory.
 void panel_products(const double* A, Index ld, Index r0, Index r1, Index j0, Index nc, Index kend,
                     const double* init, Index ldi, double* out, Index ldo) {
   using namespace Eigen::internal;
@@ -518,6 +517,7 @@ struct RemoveBlock {
 void IncrementalCholesky::remove(Index i) { remove_impl(i, nullptr); }
 
 void IncrementalCholesky::remove_solve_lower(Index i, Eigen::Ref<VectorXd> b) {
+  check_remove_index(i);
   if (b.size() != n_ - 1) {
     invalid("remove_solve_lower: b.size() must equal size() - 1 = " + std::to_string(n_ - 1) +
             ", got " + std::to_string(b.size()));
@@ -525,11 +525,15 @@ void IncrementalCholesky::remove_solve_lower(Index i, Eigen::Ref<VectorXd> b) {
   remove_impl(i, b.data());
 }
 
-void IncrementalCholesky::remove_impl(Index i, double* x) {
+void IncrementalCholesky::check_remove_index(Index i) const {
   if (i < 0 || i >= n_) {
     invalid("remove index must be in [0, size() = " + std::to_string(n_) + "), got " +
             std::to_string(i));
   }
+}
+
+void IncrementalCholesky::remove_impl(Index i, double* x) {
+  check_remove_index(i);
   const Index n = n_;
   const Index m = n - 1 - i;  // size of the trailing block L33
   --n_;
@@ -655,7 +659,8 @@ double IncrementalCholesky::drift(const Eigen::Ref<const MatrixXd>& K) const {
           if (r == j) {
             err2 += (d + jitter_) * (d + jitter_);
           } else {
-            const double upper = d - K(r, j) + K(j, r);  // K(j, r) - LL^T(r, j)
+            // K(j, r) - LL^T(r, j): d itself when K is symmetric there
+            const double upper = K(j, r) == K(r, j) ? d : d - K(r, j) + K(j, r);
             err2 += d * d + upper * upper;
           }
         }

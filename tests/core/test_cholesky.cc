@@ -522,6 +522,10 @@ TEST_CASE("remove_solve_lower equals remove, then a forward solve with the fresh
       VectorXd wrong(n);
       const std::string msg = invalid_argument_message([&] { c.remove_solve_lower(0, wrong); });
       CHECK(contains(msg, "b.size() must equal size() - 1 = " + std::to_string(n - 1)));
+      VectorXd right(n - 1);
+      CHECK(contains(invalid_argument_message([&] { c.remove_solve_lower(n, right); }),
+                     "remove index must be in [0, size() = " + std::to_string(n) + "), got " +
+                         std::to_string(n)));
       CHECK(c.size() == n);
     }
   }

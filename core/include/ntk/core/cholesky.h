@@ -132,6 +132,7 @@ class IncrementalCholesky {
  private:
   CholeskyInfo append_pivot(Eigen::Ref<const Eigen::VectorXd> v, double k_self);
   void remove_impl(Eigen::Index i, double* x);  // x: null, or the remove_solve_lower rhs
+  void check_remove_index(Eigen::Index i) const;
 
   Eigen::MatrixXd L_;  // ld x capacity, ld = capacity rounded up to a multiple of 8 (every
                        // column starts on a 64-byte line), +8 when that is a multiple of
