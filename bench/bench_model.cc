@@ -102,6 +102,19 @@ void BM_ntk_predict(benchmark::State& state, bool ntk_kernel) {
       benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
 }
 
+// The periodic recomputation (every recompute_every updates, 1000 by default): K_D from
+// the stored inputs, the drift of L, a fresh factor (and diag(Q) under min_loss), at a
+// full dictionary. Its cost is the latency spike of the update that triggers it.
+void BM_ntk_recompute(benchmark::State& state, bool ntk_kernel, ntk::EvictionPolicy policy) {
+  const int M = static_cast<int>(state.range(0));
+  ntk::OnlineGP gp(config(M, ntk_kernel, policy), kDim);
+  for (const auto& x : gaussian_points(4 * M, 1)) gp.update(x, target(x));
+  for (auto _ : state) {
+    gp.recompute();
+    benchmark::DoNotOptimize(gp.last_drift());
+  }
+}
+
 DlibSample to_dlib(const Eigen::VectorXd& x) {
   DlibSample s;
   for (int j = 0; j < kDim; ++j) s(j) = x(j);
@@ -163,6 +176,9 @@ BENCHMARK_CAPTURE(BM_ntk_update, ntk_reject, true, ntk::EvictionPolicy::kMinLoss
     ->Apply(sizes);
 BENCHMARK_CAPTURE(BM_ntk_predict, rbf, false)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_ntk_predict, ntk, true)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_ntk_recompute, rbf_oldest, false, ntk::EvictionPolicy::kOldest)->Apply(sizes);
+BENCHMARK_CAPTURE(BM_ntk_recompute, rbf_minloss, false, ntk::EvictionPolicy::kMinLoss)
+    ->Apply(sizes);
 BENCHMARK_CAPTURE(BM_dlib_krls, admit, Path::kAdmit)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_dlib_krls, reject, Path::kReject)->Apply(sizes);
 
