@@ -237,44 +237,66 @@ void lower_solve(const double* L, Index ld, const double* dinv, Index n, double*
 }
 
 // x <- L^{-T} x: block by block from the bottom; each block first subtracts the dot
-// products of its columns (below the block) with the solved part of x.
-void upper_solve(const double* L, Index ld, const double* dinv, Index n, double* x) {
+// products of its columns (below the block) with the solved part of x. kRhs right-hand
+// sides xs[0 .. kRhs) in one pass over L (each packet of a column loaded once for all).
+template <int kRhs>
+void upper_solve_n(const double* L, Index ld, const double* dinv, Index n, double* const* xs) {
   using namespace Eigen::internal;
   for (Index hi = n; hi > 0;) {
     const Index lo = hi > kPanel ? hi - kPanel : 0;
     const Index len = n - hi;
     if (len > 0 && hi - lo == kPanel) {
-      Packet acc[kPanel];
-      _Pragma("GCC unroll 16") for (Index j = 0; j < kPanel; ++j) acc[j] = pset1<Packet>(0.0);
+      Packet acc[kRhs][kPanel];
+      _Pragma("GCC unroll 16") for (int q = 0; q < kRhs; ++q) {
+        _Pragma("GCC unroll 16") for (Index j = 0; j < kPanel; ++j) acc[q][j] = pset1<Packet>(0.0);
+      }
       Index r = hi;
       const Index vend = hi + len / kPacket * kPacket;
       for (; r < vend; r += kPacket) {
-        const Packet xv = ploadu<Packet>(x + r);
+        Packet xv[kRhs];
+        _Pragma("GCC unroll 16") for (int q = 0; q < kRhs; ++q) xv[q] = ploadu<Packet>(xs[q] + r);
         _Pragma("GCC unroll 16") for (Index j = 0; j < kPanel; ++j) {
-          acc[j] = pmadd(ploadu<Packet>(L + (lo + j) * ld + r), xv, acc[j]);
+          const Packet l = ploadu<Packet>(L + (lo + j) * ld + r);
+          _Pragma("GCC unroll 16") for (int q = 0; q < kRhs; ++q) {
+            acc[q][j] = pmadd(l, xv[q], acc[q][j]);
+          }
         }
       }
-      double dot[kPanel];
-      _Pragma("GCC unroll 16") for (Index j = 0; j < kPanel; ++j) dot[j] = predux(acc[j]);
-      for (; r < n; ++r) {
-        const double xr = x[r];
-        for (Index j = 0; j < kPanel; ++j) dot[j] += L[(lo + j) * ld + r] * xr;
+      for (int q = 0; q < kRhs; ++q) {
+        double* x = xs[q];
+        double dot[kPanel];
+        _Pragma("GCC unroll 16") for (Index j = 0; j < kPanel; ++j) dot[j] = predux(acc[q][j]);
+        for (Index rr = r; rr < n; ++rr) {
+          const double xr = x[rr];
+          for (Index j = 0; j < kPanel; ++j) dot[j] += L[(lo + j) * ld + rr] * xr;
+        }
+        for (Index j = 0; j < kPanel; ++j) x[lo + j] -= dot[j];
       }
-      for (Index j = 0; j < kPanel; ++j) x[lo + j] -= dot[j];
     } else if (len > 0) {
-      const Eigen::Map<const VectorXd> tail(x + hi, len);
-      for (Index j = lo; j < hi; ++j) {
-        x[j] -= Eigen::Map<const VectorXd>(L + j * ld + hi, len).dot(tail);
+      for (int q = 0; q < kRhs; ++q) {
+        double* x = xs[q];
+        const Eigen::Map<const VectorXd> tail(x + hi, len);
+        for (Index j = lo; j < hi; ++j) {
+          x[j] -= Eigen::Map<const VectorXd>(L + j * ld + hi, len).dot(tail);
+        }
       }
     }
     // The triangle, right-looking: row j of L within the block.
-    for (Index j = hi - 1; j >= lo; --j) {
-      const double xj = x[j] * dinv[j];
-      x[j] = xj;
-      for (Index i = lo; i < j; ++i) x[i] -= L[i * ld + j] * xj;
+    for (int q = 0; q < kRhs; ++q) {
+      double* x = xs[q];
+      for (Index j = hi - 1; j >= lo; --j) {
+        const double xj = x[j] * dinv[j];
+        x[j] = xj;
+        for (Index i = lo; i < j; ++i) x[i] -= L[i * ld + j] * xj;
+      }
     }
     hi = lo;
   }
+}
+
+void upper_solve(const double* L, Index ld, const double* dinv, Index n, double* x) {
+  double* const xs[1] = {x};
+  upper_solve_n<1>(L, ld, dinv, n, xs);
 }
 
 Index leading_dimension(Index capacity) {
@@ -413,6 +435,9 @@ struct RemoveBlock {
   double p[kCols];  // p_j
   // remove_solve_lower(): the right-hand side, indexed like w (x[j] is row i + j), or null.
   double* x = nullptr;
+  // The removal's u (see remove_impl), indexed like w, or null; u_j = l22 g_j.
+  double* u = nullptr;
+  double l22 = 0.0;
 
   const double* src(Index k) const { return a + (i + t0 + k + 1) * ld + (i + 1); }
   double* dst(Index k) const { return a + (i + t0 + k) * ld + i; }
@@ -441,6 +466,7 @@ struct RemoveBlock {
       const double inv_new = 1.0 / root_new;
       c[k] = root_s * inv_new;
       g[k] = pk * inv_new * inv_root_s;
+      if (u != nullptr) u[t] = l22 * g[k];
       p[k] = pk;
       dk[t] = sk[t] * (root_new * inv_root_s);
       // Exactly 1 / L_(k, k), not inv_old * c: an imported state sets dinv from the
@@ -517,15 +543,38 @@ struct RemoveBlock {
 
 }  // namespace
 
-void IncrementalCholesky::remove(Index i) { remove_impl(i, nullptr); }
+void IncrementalCholesky::remove(Index i) { remove_impl(i, nullptr, nullptr); }
+
+namespace {
+
+// A vector sized for the factor after a removal.
+void check_removal_vector(const char* what, Index got, Index n) {
+  if (got != n - 1) {
+    invalid(std::string(what) + ".size() must equal size() - 1 = " + std::to_string(n - 1) +
+            ", got " + std::to_string(got));
+  }
+}
+
+}  // namespace
+
+void IncrementalCholesky::remove(Index i, Eigen::Ref<VectorXd> u) {
+  check_remove_index(i);
+  check_removal_vector("u", u.size(), n_);
+  remove_impl(i, nullptr, u.data());
+}
 
 void IncrementalCholesky::remove_solve_lower(Index i, Eigen::Ref<VectorXd> b) {
   check_remove_index(i);
-  if (b.size() != n_ - 1) {
-    invalid("remove_solve_lower: b.size() must equal size() - 1 = " + std::to_string(n_ - 1) +
-            ", got " + std::to_string(b.size()));
-  }
-  remove_impl(i, b.data());
+  check_removal_vector("b", b.size(), n_);
+  remove_impl(i, b.data(), nullptr);
+}
+
+void IncrementalCholesky::remove_solve_lower(Index i, Eigen::Ref<VectorXd> b,
+                                             Eigen::Ref<VectorXd> u) {
+  check_remove_index(i);
+  check_removal_vector("b", b.size(), n_);
+  check_removal_vector("u", u.size(), n_);
+  remove_impl(i, b.data(), u.data());
 }
 
 void IncrementalCholesky::check_remove_index(Index i) const {
@@ -535,13 +584,23 @@ void IncrementalCholesky::check_remove_index(Index i) const {
   }
 }
 
-void IncrementalCholesky::remove_impl(Index i, double* x) {
+// u (when not null): u = L'^{-1} k_i for the new factor L', with k_i the column i of
+// L L^T without its entry i. In the partition above, k_i = [L11 l21; L31 l21 + l32 l22]
+// and L' = [L11 0; L31 L33'], so u = [l21; l22 L33'^{-1} l32], and L33'^{-1} l32 =
+// M^{-1} L33^{-1} l32 = M^{-1} p has the entries p_j / sqrt(s_{j-1} s_j) = g_j (M y = p
+// row by row: sum_{k<j} p_k^2 / (s_{k-1} s_k) telescopes to 1 - 1 / s_{j-1}). Both
+// parts come out of the removal's own pass: row i before it moves, g from each column.
+void IncrementalCholesky::remove_impl(Index i, double* x, double* u) {
   check_remove_index(i);
   const Index n = n_;
   const Index m = n - 1 - i;  // size of the trailing block L33
   --n_;
   const Index ld = L_.rows();
   double* const a = L_.data();
+  const double l22 = L_(i, i);
+  if (u != nullptr) {
+    for (Index c = 0; c < i; ++c) u[c] = a[c * ld + i];  // l21, before row i is overwritten
+  }
   // The rows above i: the leading block is unchanged.
   if (x != nullptr) lower_solve(a, ld, dinv_.data(), i, x);
 
@@ -565,16 +624,17 @@ void IncrementalCholesky::remove_impl(Index i, double* x) {
   double root_s = 1.0;
   double inv_root_s = 1.0;
   double* const xt = x == nullptr ? nullptr : x + i;
-  RemoveBlock b{a, ld, i, 0, std::min(kCols, m), {}, {}, {}, xt};
+  double* const ut = u == nullptr ? nullptr : u + i;
+  RemoveBlock b{a, ld, i, 0, std::min(kCols, m), {}, {}, {}, xt, ut, l22};
   b.make(w, dinv, s, root_s, inv_root_s);
   while (true) {
     const Index next = b.t0 + b.ncols;
     if (next == m) break;
     const Index next_ncols = std::min(kCols, m - next);
     b.sweep(w, next, next + next_ncols);  // the next block's rows first ...
-    RemoveBlock nb{a, ld, i, next, next_ncols, {}, {}, {}, xt};
-    nb.make(w, dinv, s, root_s,
-            inv_root_s);  // ... so that its chain overlaps the rest of this sweep
+    RemoveBlock nb{a, ld, i, next, next_ncols, {}, {}, {}, xt, ut, l22};
+    // ... so that its chain overlaps the rest of this sweep
+    nb.make(w, dinv, s, root_s, inv_root_s);
     b.sweep(w, next + next_ncols, m);
     b = nb;
   }
@@ -602,6 +662,14 @@ CholeskyInfo IncrementalCholesky::rebuild(const Eigen::Ref<const MatrixXd>& K) {
 void IncrementalCholesky::solve_lower_in_place(Eigen::Ref<VectorXd> b) const {
   check_vector_size("b", b.size(), n_);
   lower_solve(L_.data(), L_.rows(), dinv_.data(), n_, b.data());
+}
+
+void IncrementalCholesky::solve_upper_in_place(Eigen::Ref<VectorXd> b,
+                                               Eigen::Ref<VectorXd> c) const {
+  check_vector_size("b", b.size(), n_);
+  check_vector_size("c", c.size(), n_);
+  double* const xs[2] = {b.data(), c.data()};
+  upper_solve_n<2>(L_.data(), L_.rows(), dinv_.data(), n_, xs);
 }
 
 void IncrementalCholesky::solve_upper_in_place(Eigen::Ref<VectorXd> b) const {

@@ -316,11 +316,16 @@ struct Step {
 struct DeferredRemoval {
   std::atomic<Index> index{-1};
   std::mutex mutex;
+  // min_loss: Q_rr of the removed basis. diag(Q) has lost entry r already; the rest of its
+  // update, Q_ii -= Q_rr y_i^2 with y = K_{-r}^{-1} k_r, waits with the removal (see
+  // Impl::remove_basis).
+  double q_rr = 0.0;
 
   DeferredRemoval() = default;
-  DeferredRemoval(const DeferredRemoval& o) : index(o.index.load()) {}
+  DeferredRemoval(const DeferredRemoval& o) : index(o.index.load()), q_rr(o.q_rr) {}
   DeferredRemoval& operator=(const DeferredRemoval& o) {
     index.store(o.index.load());
+    q_rr = o.q_rr;
     return *this;
   }
 };
@@ -358,6 +363,11 @@ struct OnlineGP::Impl {
   // Scratch, not state: never exported.
   Workspace ws;
   VectorXd vec;
+  // min_loss: u = L'^{-1} k_r from a deferred removal, then y = L'^{-T} u; between the
+  // fused forward solve and the upper solve of one update() (never across calls),
+  // qdiag_waits_for_y says that diag(Q) still lacks its -Q_rr y^2.
+  VectorXd urem;
+  bool qdiag_waits_for_y = false;
 
   Impl(const ModelConfig& c, int d)
       : config(c),
@@ -378,7 +388,8 @@ struct OnlineGP::Impl {
         used(static_cast<std::size_t>(cap), 0),
         qdiag(cap),
         ws(cap, cap, *kernel),
-        vec(cap) {}
+        vec(cap),
+        urem(cap) {}
 
   double signal_power() const { return config.estimate_signal_power ? s2_num / s2_den : 1.0; }
 
@@ -389,19 +400,49 @@ struct OnlineGP::Impl {
     const std::lock_guard<std::mutex> lock(deferred.mutex);
     const Index r = deferred.index.load(std::memory_order_relaxed);
     if (r < 0) return;
-    chol.remove(r);
+    if (track_qdiag) {
+      Eigen::Ref<VectorXd> y = urem.head(m);
+      chol.remove(r, y);
+      chol.solve_upper_in_place(y);
+      finish_qdiag_removal(y);
+    } else {
+      chol.remove(r);
+    }
     deferred.index.store(-1, std::memory_order_release);
   }
 
-  // v <- L^{-1} v, applying a deferred removal in the same pass (update() only).
+  // The rest of diag(Q)'s update for the removal of basis r (see remove_basis):
+  // Q_{-r} = Q_{-r,-r} - Q_{-r,r} Q_{r,-r} / Q_rr with Q_{-r,r} = -Q_rr y.
+  void finish_qdiag_removal(Eigen::Ref<const VectorXd> y) {
+    qdiag.head(m).array() -= deferred.q_rr * y.array().square();
+  }
+
+  // v <- L^{-1} v, applying a deferred removal in the same pass (update() only). Under
+  // min_loss the pass also yields u, and solve_upper_fused() must follow.
   void solve_lower_fused(Eigen::Ref<VectorXd> v) {
     const Index r = deferred.index.load(std::memory_order_relaxed);
     if (r < 0) {
       chol.solve_lower_in_place(v);
+    } else if (track_qdiag) {
+      chol.remove_solve_lower(r, v, urem.head(m));
+      qdiag_waits_for_y = true;
+      deferred.index.store(-1, std::memory_order_relaxed);
     } else {
       chol.remove_solve_lower(r, v);
       deferred.index.store(-1, std::memory_order_relaxed);
     }
+  }
+
+  // q <- L^{-T} q, with y = L^{-T} u in the same pass when diag(Q) waits for it.
+  void solve_upper_fused(Eigen::Ref<VectorXd> q) {
+    if (!qdiag_waits_for_y) {
+      chol.solve_upper_in_place(q);
+      return;
+    }
+    Eigen::Ref<VectorXd> y = urem.head(m);
+    chol.solve_upper_in_place(q, y);
+    finish_qdiag_removal(y);
+    qdiag_waits_for_y = false;
   }
 
   // Entry (a, b) of the stored (upper-triangle) Sigma, by slot.
@@ -466,9 +507,9 @@ struct OnlineGP::Impl {
   // Sigma_f q = lambda Sigma q + (1 - lambda) (K_D + jI) q = lambda Sigma q + (1 - lambda) k,
   // mu_f = sqrt(lambda) mu. update() forgets for real first and passes lambda = 1.
   // Leaves kx, v = L^{-1} k, q and h in ws. solve_lower(v) replaces v by L^{-1} v.
-  template <typename LowerSolve>
+  template <typename LowerSolve, typename UpperSolve>
   Step predict_into(Eigen::Ref<const VectorXd> x, Workspace& w, double lambda,
-                    LowerSolve&& solve_lower) const {
+                    LowerSolve&& solve_lower, UpperSolve&& solve_upper) const {
     kernel->prepare(x, w.xcache);
     Step s;
     s.kss_raw = kernel->self(x, w.xcache);
@@ -485,7 +526,7 @@ struct OnlineGP::Impl {
       s.gamma2 = std::max(0.0, s.kss - v.squaredNorm());
       Eigen::Ref<VectorXd> q = w.q.head(m);
       q = v;
-      chol.solve_upper_in_place(q);
+      solve_upper(q);
       // h = Sigma_post q, in slot order.
       Eigen::Ref<VectorXd> qs = w.qs.head(hw), hs = w.hs.head(hw);
       qs.setZero();
@@ -523,8 +564,9 @@ struct OnlineGP::Impl {
 
   // predict_into with the factor settled (const callers).
   Step predict_settled(Eigen::Ref<const VectorXd> x, Workspace& w, double lambda) const {
-    return predict_into(x, w, lambda,
-                        [this](Eigen::Ref<VectorXd> v) { chol.solve_lower_in_place(v); });
+    return predict_into(
+        x, w, lambda, [this](Eigen::Ref<VectorXd> v) { chol.solve_lower_in_place(v); },
+        [this](Eigen::Ref<VectorXd> q) { chol.solve_upper_in_place(q); });
   }
 
   // Step 3, admission half: extend the dictionary by x (whose quantities are in ws).
@@ -578,18 +620,16 @@ struct OnlineGP::Impl {
     return best;
   }
 
-  // Removes basis r: the posterior is marginalized (its slot is freed) and
-  // Q_{-r} = Q_{-r,-r} - Q_{-r,r} Q_{r,-r} / Q_rr updates diag(Q).
+  // Removes basis r: the posterior is marginalized (its slot is freed), and the removal
+  // from L is deferred to the next update's forward solve. Under min_loss diag(Q) follows:
+  // Q_{-r} = Q_{-r,-r} - Q_{-r,r} Q_{r,-r} / Q_rr, and by the block inverse
+  // Q_{-r,r} = -Q_rr K_{-r}^{-1} k_r = -Q_rr L'^{-T} u with u = L'^{-1} k_r, which the
+  // removal's pass yields (IncrementalCholesky::remove): so the update waits for that pass
+  // and rides, as a second right-hand side, on the next upper solve. Until then diag(Q)
+  // is read by nothing (the next eviction criterion comes after both).
   void remove_basis(Index r) {
     if (track_qdiag) {
-      // Q e_r = L^{-T} (L^{-1} e_r), and L^{-1} e_r is zero above r: the forward solve
-      // only needs the trailing block.
-      Eigen::Ref<VectorXd> w = ws.v.head(m);
-      w.setZero();
-      w(r) = 1.0;
-      chol.solve_lower_trailing_in_place(r, w.tail(m - r));
-      chol.solve_upper_in_place(w);
-      qdiag.head(m).array() -= w.array().square() / w(r);
+      deferred.q_rr = qdiag(r);
       erase_entry(qdiag.data(), m, r);
     }
     deferred.index.store(r, std::memory_order_relaxed);  // chol.remove(r), deferred
@@ -697,8 +737,9 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   s.forget();
   if (s.m == 0) s.settle();  // no forward solve to carry it
   // 2. predict (the prequential prediction, before y is seen).
-  const Step step =
-      s.predict_into(x, s.ws, 1.0, [&s](Eigen::Ref<VectorXd> v) { s.solve_lower_fused(v); });
+  const Step step = s.predict_into(
+      x, s.ws, 1.0, [&s](Eigen::Ref<VectorXd> v) { s.solve_lower_fused(v); },
+      [&s](Eigen::Ref<VectorXd> q) { s.solve_upper_fused(q); });
   const double s2 = s.signal_power();
   result.prediction = {step.mean, s2 * step.var_f, s2 * step.var_y};
   const double residual = y - step.mean;

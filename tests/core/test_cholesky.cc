@@ -531,6 +531,94 @@ TEST_CASE("remove_solve_lower equals remove, then a forward solve with the fresh
   }
 }
 
+TEST_CASE("remove(i, u): u = L'^{-1} k_i, and with it the column i of the inverse") {
+  // Oracles: a fresh factor of the reduced matrix (u), and the inverse of the full matrix
+  // by LU (its column i, which the block inverse rebuilds from u).
+  for (const Family family : {Family::kRandomSpd, Family::kRbf}) {
+    for (const Index n : {1, 2, 3, 5, 9, 40, 130}) {
+      CAPTURE(family_name(family));
+      CAPTURE(n);
+      Source src(family, 700 + static_cast<std::uint64_t>(n));
+      std::vector<Item> items;
+      const IncrementalCholesky full = appended_factor(src, n, 1e-8, items);
+      MatrixXd K = src.gram(items);
+      K.diagonal().array() += 1e-8;
+      const MatrixXd Kinv = K.partialPivLu().inverse();
+      std::mt19937_64 rng(static_cast<std::uint64_t>(n));
+      std::normal_distribution<double> g;
+      for (Index i = 0; i < n; ++i) {
+        CAPTURE(i);
+        IncrementalCholesky with_u = full, fused = full, plain = full;
+        VectorXd u(n - 1), u_fused(n - 1);
+        with_u.remove(i, u);
+        VectorXd b(n - 1);
+        for (Index k = 0; k < n - 1; ++k) b(k) = g(rng);
+        VectorXd x = b, x_plain = b;
+        fused.remove_solve_lower(i, x, u_fused);
+        plain.remove_solve_lower(i, x_plain);
+        check_invariants(with_u, n - 1);
+        // The factor and the solve are those of the calls without u, bitwise; u is the
+        // same whichever removal computed it.
+        CHECK(bitwise_equal(with_u.matrixL(), plain.matrixL()));
+        CHECK(bitwise_equal(fused.matrixL(), plain.matrixL()));
+        CHECK(bitwise_equal(x, x_plain));
+        CHECK(bitwise_equal(u, u_fused));
+        if (n == 1) continue;
+        VectorXd k_i(n - 1);
+        for (Index r = 0, k = 0; r < n; ++r) {
+          if (r != i) k_i(k++) = K(r, i);
+        }
+        std::vector<Item> reduced = items;
+        reduced.erase(reduced.begin() + static_cast<std::ptrdiff_t>(i));
+        const MatrixXd Lf = fresh_factor(src.gram(reduced), 1e-8);
+        const VectorXd expect = Lf.triangularView<Eigen::Lower>().solve(k_i);
+        CHECK((u - expect).norm() <= 1e-9 * expect.norm() + 1e-300);
+        // Column i of K^{-1}: 1 / g2 at i, -L'^{-T} u / g2 elsewhere.
+        const double g2 = K(i, i) - u.squaredNorm();
+        VectorXd y = u;
+        with_u.solve_upper_in_place(y);
+        const double scale = Kinv.col(i).norm();
+        CHECK(std::abs(1.0 / g2 - Kinv(i, i)) <= 1e-7 * scale);
+        for (Index r = 0, k = 0; r < n; ++r) {
+          if (r != i) CHECK(std::abs(-y(k++) / g2 - Kinv(r, i)) <= 1e-7 * scale);
+        }
+      }
+      IncrementalCholesky c = full;
+      VectorXd wrong(n), right(n - 1);
+      CHECK(contains(invalid_argument_message([&] { c.remove(0, wrong); }),
+                     "u.size() must equal size() - 1 = " + std::to_string(n - 1)));
+      CHECK(contains(invalid_argument_message([&] { c.remove_solve_lower(0, right, wrong); }),
+                     "u.size() must equal size() - 1 = " + std::to_string(n - 1)));
+      CHECK(c.size() == n);
+    }
+  }
+}
+
+TEST_CASE("solve_upper_in_place(b, c) equals two single solves, bitwise") {
+  for (const Index n : {1, 7, 8, 9, 64, 131}) {
+    CAPTURE(n);
+    Source src(Family::kRbf, 900 + static_cast<std::uint64_t>(n));
+    std::vector<Item> items;
+    const IncrementalCholesky c = appended_factor(src, n, 1e-6, items);
+    std::mt19937_64 rng(static_cast<std::uint64_t>(n));
+    std::normal_distribution<double> g;
+    VectorXd b(n), d(n);
+    for (Index k = 0; k < n; ++k) {
+      b(k) = g(rng);
+      d(k) = g(rng);
+    }
+    VectorXd b1 = b, d1 = d;
+    c.solve_upper_in_place(b1);
+    c.solve_upper_in_place(d1);
+    c.solve_upper_in_place(b, d);
+    CHECK(bitwise_equal(b, b1));
+    CHECK(bitwise_equal(d, d1));
+    VectorXd wrong(n + 1);
+    CHECK(contains(invalid_argument_message([&] { c.solve_upper_in_place(b, wrong); }),
+                   "c.size() must equal size() = " + std::to_string(n)));
+  }
+}
+
 TEST_CASE("remove on extremely ill-conditioned factors: finite, backward stable") {
   // Factors installed by assign() (a snapshot can hold any valid factor) whose pivots span
   // many decades make p = L33^{-1} l32 huge; |p|^2 overflows past 1e154.
@@ -953,6 +1041,9 @@ TEST_CASE("no heap allocation after construction") {
   c.remove(77);
   c.remove_solve_lower(0, b.head(c.size() - 1));
   c.remove_solve_lower(c.size() / 2, b.head(c.size() - 1));
+  c.remove(3, v.head(c.size() - 1));
+  c.remove_solve_lower(5, b.head(c.size() - 1), v.head(c.size() - 1));
+  c.solve_upper_in_place(b.head(c.size()), v.head(c.size()));
   all_ok = all_ok && c.rebuild(K.topLeftCorner(cap, cap)) == CholeskyInfo::kSuccess;
   const long allocations = heap_calls() - start;
 

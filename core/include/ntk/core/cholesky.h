@@ -92,6 +92,15 @@ class IncrementalCholesky {
   // removal), the solve riding on the removal's pass over L. Same results as the two calls
   // up to rounding.
   void remove_solve_lower(Eigen::Index i, Eigen::Ref<Eigen::VectorXd> b);
+  // remove(i), and u <- L'^{-1} k_i with L' the new factor and k_i column i of L L^T
+  // (before the removal) without its entry i: what the block inverse of L L^T needs to
+  // update (L L^T)^{-1} for the removal: its column i is 1 / g2 at entry i and
+  // -L'^{-T} u / g2 at the others, g2 = (L L^T)_ii - u.u. Here u comes from quantities
+  // the removal's pass computes anyway: no solve.
+  // requires: u.size() == size() - 1 (and b.size() == size() - 1), before the call.
+  void remove(Eigen::Index i, Eigen::Ref<Eigen::VectorXd> u);
+  void remove_solve_lower(Eigen::Index i, Eigen::Ref<Eigen::VectorXd> b,
+                          Eigen::Ref<Eigen::VectorXd> u);
 
   // Full refactorization of K (n x n, n <= capacity) + jitter I; only the lower triangle
   // of K is read.
@@ -110,6 +119,8 @@ class IncrementalCholesky {
   // requires: b.size() == size() (std::invalid_argument otherwise). O(n^2).
   void solve_lower_in_place(Eigen::Ref<Eigen::VectorXd> b) const;
   void solve_upper_in_place(Eigen::Ref<Eigen::VectorXd> b) const;
+  // b <- L^{-T} b and c <- L^{-T} c in one pass over L.
+  void solve_upper_in_place(Eigen::Ref<Eigen::VectorXd> b, Eigen::Ref<Eigen::VectorXd> c) const;
   void solve_in_place(Eigen::Ref<Eigen::VectorXd> b) const;
   // b <- L_tt^{-1} b with L_tt = the trailing block of L from row/column `from` on: the
   // forward solve for a right-hand side that is zero above `from`.
@@ -131,7 +142,8 @@ class IncrementalCholesky {
 
  private:
   CholeskyInfo append_pivot(Eigen::Ref<const Eigen::VectorXd> v, double k_self);
-  void remove_impl(Eigen::Index i, double* x);  // x: null, or the remove_solve_lower rhs
+  // x: null, or the remove_solve_lower rhs; u: null, or remove()'s u.
+  void remove_impl(Eigen::Index i, double* x, double* u);
   void check_remove_index(Eigen::Index i) const;
 
   Eigen::MatrixXd L_;  // ld x capacity, ld = capacity rounded up to a multiple of 8 (every

@@ -25,7 +25,9 @@
 //      K_D recomputed from the stored inputs, L refactorized.
 //   Storage (model.cc): Sigma is kept in slots that do not move when a basis is removed,
 //   its rank-1 updates are folded in 8 at a time (exported as sigma_pending until then),
-//   and the eviction's downdate of L runs with the next update's forward solve.
+//   and the eviction's downdate of L runs with the next update's forward solve; under
+//   min_loss that pass also yields what diag(Q) needs for the eviction, which finishes as
+//   a second right-hand side of the next update's upper solve.
 //
 //   Signal power: with estimate_signal_power, the prior is s2 * k with s2 estimated
 //   online by maximum likelihood from the standardized residuals (y-mean)^2/var_y
