@@ -557,10 +557,10 @@ void check_removal_vector(const char* what, Index got, Index n) {
 
 }  // namespace
 
-void IncrementalCholesky::remove(Index i, Eigen::Ref<VectorXd> u) {
+double IncrementalCholesky::remove(Index i, Eigen::Ref<VectorXd> u) {
   check_remove_index(i);
   check_removal_vector("u", u.size(), n_);
-  remove_impl(i, nullptr, u.data());
+  return remove_impl(i, nullptr, u.data());
 }
 
 void IncrementalCholesky::remove_solve_lower(Index i, Eigen::Ref<VectorXd> b) {
@@ -569,12 +569,12 @@ void IncrementalCholesky::remove_solve_lower(Index i, Eigen::Ref<VectorXd> b) {
   remove_impl(i, b.data(), nullptr);
 }
 
-void IncrementalCholesky::remove_solve_lower(Index i, Eigen::Ref<VectorXd> b,
-                                             Eigen::Ref<VectorXd> u) {
+double IncrementalCholesky::remove_solve_lower(Index i, Eigen::Ref<VectorXd> b,
+                                               Eigen::Ref<VectorXd> u) {
   check_remove_index(i);
   check_removal_vector("b", b.size(), n_);
   check_removal_vector("u", u.size(), n_);
-  remove_impl(i, b.data(), u.data());
+  return remove_impl(i, b.data(), u.data());
 }
 
 void IncrementalCholesky::check_remove_index(Index i) const {
@@ -590,7 +590,9 @@ void IncrementalCholesky::check_remove_index(Index i) const {
 // M^{-1} L33^{-1} l32 = M^{-1} p has the entries p_j / sqrt(s_{j-1} s_j) = g_j (M y = p
 // row by row: sum_{k<j} p_k^2 / (s_{k-1} s_k) telescopes to 1 - 1 / s_{j-1}). Both
 // parts come out of the removal's own pass: row i before it moves, g from each column.
-void IncrementalCholesky::remove_impl(Index i, double* x, double* u) {
+// Returns ((L L^T)^{-1})_ii = |L^{-1} e_i|^2 = (1 + |p|^2) / l22^2 = (sqrt(s) / l22)^2,
+// L^{-1} e_i being [0; 1; -p] / l22.
+double IncrementalCholesky::remove_impl(Index i, double* x, double* u) {
   check_remove_index(i);
   const Index n = n_;
   const Index m = n - 1 - i;  // size of the trailing block L33
@@ -613,7 +615,7 @@ void IncrementalCholesky::remove_impl(Index i, double* x, double* u) {
       Eigen::Map<VectorXd>(x + i, m).noalias() -= x[c] * Eigen::Map<const VectorXd>(col + i, m);
     }
   }
-  if (m == 0) return;  // the last row/column: nothing below it to restore
+  if (m == 0) return 1.0 / (l22 * l22);  // the last row/column: nothing below it to restore
 
   // w = l32, copied out: the updated columns overwrite column i.
   double* const w = work_.data();
@@ -638,6 +640,8 @@ void IncrementalCholesky::remove_impl(Index i, double* x, double* u) {
     b.sweep(w, next + next_ncols, m);
     b = nb;
   }
+  const double ratio = root_s / l22;
+  return ratio * ratio;
 }
 
 CholeskyInfo IncrementalCholesky::rebuild(const Eigen::Ref<const MatrixXd>& K) {

@@ -316,16 +316,11 @@ struct Step {
 struct DeferredRemoval {
   std::atomic<Index> index{-1};
   std::mutex mutex;
-  // min_loss: Q_rr of the removed basis. diag(Q) has lost entry r already; the rest of its
-  // update, Q_ii -= Q_rr y_i^2 with y = K_{-r}^{-1} k_r, waits with the removal (see
-  // Impl::remove_basis).
-  double q_rr = 0.0;
 
   DeferredRemoval() = default;
-  DeferredRemoval(const DeferredRemoval& o) : index(o.index.load()), q_rr(o.q_rr) {}
+  DeferredRemoval(const DeferredRemoval& o) : index(o.index.load()) {}
   DeferredRemoval& operator=(const DeferredRemoval& o) {
     index.store(o.index.load());
-    q_rr = o.q_rr;
     return *this;
   }
 };
@@ -363,10 +358,11 @@ struct OnlineGP::Impl {
   // Scratch, not state: never exported.
   Workspace ws;
   VectorXd vec;
-  // min_loss: u = L'^{-1} k_r from a deferred removal, then y = L'^{-T} u; between the
-  // fused forward solve and the upper solve of one update() (never across calls),
-  // qdiag_waits_for_y says that diag(Q) still lacks its -Q_rr y^2.
+  // min_loss: u = L'^{-1} k_r from a deferred removal, then y = L'^{-T} u, and Q_rr;
+  // between the fused forward solve and the upper solve of one update() (never across
+  // calls), qdiag_waits_for_y says that diag(Q) still lacks its -Q_rr y^2.
   VectorXd urem;
+  double urem_qrr = 0.0;
   bool qdiag_waits_for_y = false;
 
   Impl(const ModelConfig& c, int d)
@@ -402,7 +398,7 @@ struct OnlineGP::Impl {
     if (r < 0) return;
     if (track_qdiag) {
       Eigen::Ref<VectorXd> y = urem.head(m);
-      chol.remove(r, y);
+      urem_qrr = chol.remove(r, y);
       chol.solve_upper_in_place(y);
       finish_qdiag_removal(y);
     } else {
@@ -412,9 +408,10 @@ struct OnlineGP::Impl {
   }
 
   // The rest of diag(Q)'s update for the removal of basis r (see remove_basis):
-  // Q_{-r} = Q_{-r,-r} - Q_{-r,r} Q_{r,-r} / Q_rr with Q_{-r,r} = -Q_rr y.
+  // Q_{-r} = Q_{-r,-r} - Q_{-r,r} Q_{r,-r} / Q_rr with Q_{-r,r} = -Q_rr y, Q_rr as the
+  // removal computed it from the factor.
   void finish_qdiag_removal(Eigen::Ref<const VectorXd> y) {
-    qdiag.head(m).array() -= deferred.q_rr * y.array().square();
+    qdiag.head(m).array() -= urem_qrr * y.array().square();
   }
 
   // v <- L^{-1} v, applying a deferred removal in the same pass (update() only). Under
@@ -424,7 +421,7 @@ struct OnlineGP::Impl {
     if (r < 0) {
       chol.solve_lower_in_place(v);
     } else if (track_qdiag) {
-      chol.remove_solve_lower(r, v, urem.head(m));
+      urem_qrr = chol.remove_solve_lower(r, v, urem.head(m));
       qdiag_waits_for_y = true;
       deferred.index.store(-1, std::memory_order_relaxed);
     } else {
@@ -628,10 +625,7 @@ struct OnlineGP::Impl {
   // and rides, as a second right-hand side, on the next upper solve. Until then diag(Q)
   // is read by nothing (the next eviction criterion comes after both).
   void remove_basis(Index r) {
-    if (track_qdiag) {
-      deferred.q_rr = qdiag(r);
-      erase_entry(qdiag.data(), m, r);
-    }
+    if (track_qdiag) erase_entry(qdiag.data(), m, r);
     deferred.index.store(r, std::memory_order_relaxed);  // chol.remove(r), deferred
     erase_row(X, m, r);
     erase_row(caches, m, r);

@@ -531,7 +531,7 @@ TEST_CASE("remove_solve_lower equals remove, then a forward solve with the fresh
   }
 }
 
-TEST_CASE("remove(i, u): u = L'^{-1} k_i, and with it the column i of the inverse") {
+TEST_CASE("remove(i, u): u = L'^{-1} k_i and Q_ii, and with them column i of the inverse") {
   // Oracles: a fresh factor of the reduced matrix (u), and the inverse of the full matrix
   // by LU (its column i, which the block inverse rebuilds from u).
   for (const Family family : {Family::kRandomSpd, Family::kRbf}) {
@@ -550,11 +550,11 @@ TEST_CASE("remove(i, u): u = L'^{-1} k_i, and with it the column i of the invers
         CAPTURE(i);
         IncrementalCholesky with_u = full, fused = full, plain = full;
         VectorXd u(n - 1), u_fused(n - 1);
-        with_u.remove(i, u);
+        const double qii = with_u.remove(i, u);
         VectorXd b(n - 1);
         for (Index k = 0; k < n - 1; ++k) b(k) = g(rng);
         VectorXd x = b, x_plain = b;
-        fused.remove_solve_lower(i, x, u_fused);
+        const double qii_fused = fused.remove_solve_lower(i, x, u_fused);
         plain.remove_solve_lower(i, x_plain);
         check_invariants(with_u, n - 1);
         // The factor and the solve are those of the calls without u, bitwise; u is the
@@ -563,6 +563,8 @@ TEST_CASE("remove(i, u): u = L'^{-1} k_i, and with it the column i of the invers
         CHECK(bitwise_equal(fused.matrixL(), plain.matrixL()));
         CHECK(bitwise_equal(x, x_plain));
         CHECK(bitwise_equal(u, u_fused));
+        CHECK(qii == qii_fused);
+        CHECK(std::abs(qii - Kinv(i, i)) <= 1e-7 * Kinv.col(i).norm());
         if (n == 1) continue;
         VectorXd k_i(n - 1);
         for (Index r = 0, k = 0; r < n; ++r) {
@@ -573,14 +575,12 @@ TEST_CASE("remove(i, u): u = L'^{-1} k_i, and with it the column i of the invers
         const MatrixXd Lf = fresh_factor(src.gram(reduced), 1e-8);
         const VectorXd expect = Lf.triangularView<Eigen::Lower>().solve(k_i);
         CHECK((u - expect).norm() <= 1e-9 * expect.norm() + 1e-300);
-        // Column i of K^{-1}: 1 / g2 at i, -L'^{-T} u / g2 elsewhere.
-        const double g2 = K(i, i) - u.squaredNorm();
+        // Column i of K^{-1}: Q_ii at i, -Q_ii L'^{-T} u elsewhere.
         VectorXd y = u;
         with_u.solve_upper_in_place(y);
         const double scale = Kinv.col(i).norm();
-        CHECK(std::abs(1.0 / g2 - Kinv(i, i)) <= 1e-7 * scale);
         for (Index r = 0, k = 0; r < n; ++r) {
-          if (r != i) CHECK(std::abs(-y(k++) / g2 - Kinv(r, i)) <= 1e-7 * scale);
+          if (r != i) CHECK(std::abs(-qii * y(k++) - Kinv(r, i)) <= 1e-7 * scale);
         }
       }
       IncrementalCholesky c = full;

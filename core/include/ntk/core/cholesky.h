@@ -93,14 +93,15 @@ class IncrementalCholesky {
   // up to rounding.
   void remove_solve_lower(Eigen::Index i, Eigen::Ref<Eigen::VectorXd> b);
   // remove(i), and u <- L'^{-1} k_i with L' the new factor and k_i column i of L L^T
-  // (before the removal) without its entry i: what the block inverse of L L^T needs to
-  // update (L L^T)^{-1} for the removal: its column i is 1 / g2 at entry i and
-  // -L'^{-T} u / g2 at the others, g2 = (L L^T)_ii - u.u. Here u comes from quantities
-  // the removal's pass computes anyway: no solve.
+  // (before the removal) without its entry i; returns Q_ii, Q = (L L^T)^{-1} before the
+  // removal. That is what the block inverse needs to update Q for the removal: column i
+  // of Q is Q_ii at entry i and -Q_ii L'^{-T} u at the others (Q_ii = 1 / ((L L^T)_ii -
+  // u.u), here computed without that cancellation). u and Q_ii come from quantities the
+  // removal's pass computes anyway: no solve.
   // requires: u.size() == size() - 1 (and b.size() == size() - 1), before the call.
-  void remove(Eigen::Index i, Eigen::Ref<Eigen::VectorXd> u);
-  void remove_solve_lower(Eigen::Index i, Eigen::Ref<Eigen::VectorXd> b,
-                          Eigen::Ref<Eigen::VectorXd> u);
+  double remove(Eigen::Index i, Eigen::Ref<Eigen::VectorXd> u);
+  double remove_solve_lower(Eigen::Index i, Eigen::Ref<Eigen::VectorXd> b,
+                            Eigen::Ref<Eigen::VectorXd> u);
 
   // Full refactorization of K (n x n, n <= capacity) + jitter I; only the lower triangle
   // of K is read.
@@ -143,7 +144,7 @@ class IncrementalCholesky {
  private:
   CholeskyInfo append_pivot(Eigen::Ref<const Eigen::VectorXd> v, double k_self);
   // x: null, or the remove_solve_lower rhs; u: null, or remove()'s u.
-  void remove_impl(Eigen::Index i, double* x, double* u);
+  double remove_impl(Eigen::Index i, double* x, double* u);
   void check_remove_index(Eigen::Index i) const;
 
   Eigen::MatrixXd L_;  // ld x capacity, ld = capacity rounded up to a multiple of 8 (every
