@@ -182,6 +182,23 @@ void BM_solve_tri(benchmark::State& state, Tri tri, bool eigen) {
   }
 }
 
+// Two right-hand sides in one pass over L (the model's upper solve after a min_loss
+// eviction); compare with twice BM_solve_tri/upper.
+void BM_solve_upper_pair(benchmark::State& state) {
+  const Index n = state.range(0);
+  Dictionary dict(n, 3);
+  const IncrementalCholesky& chol = dict.chol();
+  VectorXd b = VectorXd::Ones(n), c = VectorXd::LinSpaced(n, 1.0, 2.0);
+  for (auto _ : state) {
+    chol.solve_upper_in_place(b, c);
+    benchmark::DoNotOptimize(b.data());
+    benchmark::DoNotOptimize(c.data());
+    benchmark::ClobberMemory();
+    b.normalize();  // keeps the values bounded; O(n)
+    c.normalize();
+  }
+}
+
 void BM_rebuild(benchmark::State& state) {
   const Index n = state.range(0);
   Dictionary dict(n, 4);
@@ -220,6 +237,7 @@ BENCHMARK_CAPTURE(BM_solve_tri, lower, Tri::kLower, false)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_solve_tri, lower_eigen, Tri::kLower, true)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_solve_tri, upper, Tri::kUpper, false)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_solve_tri, upper_eigen, Tri::kUpper, true)->Apply(sizes);
+BENCHMARK(BM_solve_upper_pair)->Apply(sizes);
 BENCHMARK(BM_rebuild)->Apply(sizes);
 
 }  // namespace

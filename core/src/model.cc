@@ -29,7 +29,10 @@
 //                           kPending at a time (flush()): one pass over Sigma per kPending
 //                           updates instead of one per update. Rows and columns of Sigma
 //                           and rows of U at free slots are zero
-//   qdiag.head(m)           diag((K_D + jitter I)^{-1}), maintained under kMinLoss only
+//   qdiag.head(m)           diag((K_D + jitter I)^{-1}), maintained under kMinLoss only;
+//                           while an eviction's removal is deferred (deferred.index >= 0)
+//                           it lacks that eviction's -Q_rr y^2 (remove_basis), which
+//                           settle() or the next update's solves apply
 //   s2_num / s2_den         forgotten sums of squared standardized residuals / counts
 // The +1 in cap holds an admitted sample until the eviction decides which basis goes
 // (KRLS-T ranks the new point together with the old ones). The square buffers have a
@@ -358,9 +361,10 @@ struct OnlineGP::Impl {
   // Scratch, not state: never exported.
   Workspace ws;
   VectorXd vec;
-  // min_loss: u = L'^{-1} k_r from a deferred removal, then y = L'^{-T} u, and Q_rr;
-  // between the fused forward solve and the upper solve of one update() (never across
-  // calls), qdiag_waits_for_y says that diag(Q) still lacks its -Q_rr y^2.
+  // min_loss: u = L'^{-1} k_r from a deferred removal, then y = L'^{-T} u, and Q_rr.
+  // qdiag_waits_for_y: the removal has been applied to L (by the fused forward solve) and
+  // diag(Q) waits for the upper solve of the same update(); never set across calls (a
+  // removal still deferred across calls is settle()'s to finish).
   VectorXd urem;
   double urem_qrr = 0.0;
   bool qdiag_waits_for_y = false;
@@ -389,8 +393,9 @@ struct OnlineGP::Impl {
 
   double signal_power() const { return config.estimate_signal_power ? s2_num / s2_den : 1.0; }
 
-  // Applies a deferred removal to the factor. Safe to call from concurrent const members of
-  // OnlineGP (the Impl itself is never const).
+  // Applies a deferred removal to the factor and, under min_loss, finishes diag(Q) for it.
+  // Safe to call from concurrent const members of OnlineGP (the Impl itself is never
+  // const).
   void settle() {
     if (deferred.index.load(std::memory_order_acquire) < 0) return;
     const std::lock_guard<std::mutex> lock(deferred.mutex);
@@ -623,7 +628,8 @@ struct OnlineGP::Impl {
   // Q_{-r,r} = -Q_rr K_{-r}^{-1} k_r = -Q_rr L'^{-T} u with u = L'^{-1} k_r, which the
   // removal's pass yields (IncrementalCholesky::remove): so the update waits for that pass
   // and rides, as a second right-hand side, on the next upper solve. Until then diag(Q)
-  // is read by nothing (the next eviction criterion comes after both).
+  // is read by nothing that does not settle first (the next eviction criterion comes
+  // after both solves; export, check_invariants and recompute settle).
   void remove_basis(Index r) {
     if (track_qdiag) erase_entry(qdiag.data(), m, r);
     deferred.index.store(r, std::memory_order_relaxed);  // chol.remove(r), deferred

@@ -642,6 +642,42 @@ TEST_CASE("remove on extremely ill-conditioned factors: finite, backward stable"
     // sqrt(1e320 + 1e20) = 1e160 to double precision.
     CHECK(std::abs(c.matrixL()(0, 0) / 1e160 - 1.0) <= 4 * std::numeric_limits<double>::epsilon());
   }
+  SUBCASE("s overflows mid-sweep: remove(i, u) switches to hypot, u and Q_ii stay exact") {
+    // Removing row 0 with a trailing pivot of 1e-160 at trailing column 2: p_2 ~ 1e160, so
+    // s = 1 + |p|^2 overflows there and the sweep carries sqrt(s) by hypot from then on.
+    // l22 = 1e20 keeps Q_00 = (1 + |p|^2) / l22^2 ~ 1e280 finite. Checked in long double.
+    using MatL = Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic>;
+    using VecL = Eigen::Matrix<long double, Eigen::Dynamic, 1>;
+    const Index n = 7;
+    MatrixXd L = MatrixXd::Zero(n, n);
+    const double diag[n] = {1e20, 1.0, 0.5, 1e-160, 2.0, 1.0, 0.75};
+    std::mt19937_64 rng(11);
+    std::uniform_real_distribution<double> unif(0.5, 1.5);
+    for (Index j = 0; j < n; ++j) {
+      L(j, j) = diag[j];
+      for (Index r = j + 1; r < n; ++r) L(r, j) = unif(rng);
+    }
+    IncrementalCholesky c(n, 0.0);
+    REQUIRE(c.assign(L) == CholeskyInfo::kSuccess);
+    VectorXd u(n - 1);
+    const double q00 = c.remove(0, u);
+    check_invariants(c, n - 1);
+    const MatL Ll = L.cast<long double>();
+    const MatL K = Ll * Ll.transpose();
+    // Q_00 = |L^{-1} e_0|^2.
+    VecL e = VecL::Zero(n);
+    e(0) = 1.0L;
+    const VecL z = Ll.triangularView<Eigen::Lower>().solve(e);
+    const long double q00_true = z.squaredNorm();
+    CHECK(std::isfinite(q00));
+    CHECK(std::abs(static_cast<long double>(q00) / q00_true - 1.0L) <= 1e-12L);
+    // L' u = k_0 (column 0 of K without entry 0), relative to |L'| |u|.
+    const MatL Ln = MatrixXd(c.matrixL()).cast<long double>();
+    const VecL ul = u.cast<long double>();
+    const VecL k0 = K.col(0).tail(n - 1);
+    const long double res = (Ln * ul - k0).norm() / (Ln.norm() * ul.norm());
+    CHECK(res <= 1e-14L);
+  }
   SUBCASE("random factors with pivots in [1e-6, 1]: L' L'^T = the reduced L L^T") {
     // Checked in long double against (P L)(P L)^T, P deleting row i, relative to its norm.
     using MatL = Eigen::Matrix<long double, Eigen::Dynamic, Eigen::Dynamic>;

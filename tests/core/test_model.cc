@@ -154,48 +154,53 @@ TEST_CASE(
     "force") {
   // lambda = 1 as well: without forgetting the covariance updates stay pending between
   // folds, and the slots are reused across evictions.
-  for (const double forgetting : {0.98, 1.0}) {
-    for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
-      for (const char* spec : kKernels) {
-        CAPTURE(spec);
-        CAPTURE(ntk::to_string(policy));
-        CAPTURE(forgetting);
-        ModelConfig c;
-        c.kernel = ntk::KernelSpec::parse(spec);
-        c.budget = 12;
-        c.noise_variance = 0.02;
-        c.forgetting = forgetting;
-        c.admission_threshold = 1e-3;
-        c.eviction = policy;
-        c.estimate_signal_power = false;
-        c.recompute_every = 50;
-        c.jitter = 1e-9;
-        const auto kernel = ntk::make_kernel(c.kernel);
-        OnlineGP gp(c, 3);
-        ntk::test::NaiveKrlst naive(c, kernel);
-        const auto xs = random_inputs(300, 3, 31);
-        std::mt19937_64 rng(7);
-        std::normal_distribution<double> noise(0.0, 0.1);
-        int evictions = 0;
-        for (std::size_t t = 0; t < xs.size(); ++t) {
-          // a drifting target, so forgetting matters
-          const double y = target(xs[t]) + 0.01 * static_cast<double>(t) * xs[t](2) + noise(rng);
-          // The const calls settle the factor's deferred removal; on the other updates the
-          // removal rides on the next forward solve.
-          const bool probe = t % 3 == 0;
-          const Prediction p_pure = probe ? gp.predict(xs[t]) : Prediction{};
-          const auto expect = naive.update(xs[t], y);
-          const ntk::UpdateResult r = gp.update(xs[t], y);
-          check_close(r.prediction, expect.pred, 1e-8);
-          if (probe) check_close(p_pure, r.prediction, 1e-11);
-          CHECK(r.admitted == expect.admitted);
-          CHECK(r.evicted == expect.evicted);
-          evictions += r.evicted >= 0;
-          REQUIRE(gp.dictionary_size() <= c.budget);
-          REQUIRE(gp.dictionary_size() == static_cast<int>(naive.dict().size()));
-          if (probe || t + 1 == xs.size()) gp.check_invariants(1e-7);
+  // Budgets 1 and 2: evictions at the last index (nothing below it in the factor) and
+  // dictionaries of one point between updates.
+  for (const int budget : {12, 2, 1}) {
+    for (const double forgetting : {0.98, 1.0}) {
+      for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
+        for (const char* spec : kKernels) {
+          CAPTURE(spec);
+          CAPTURE(ntk::to_string(policy));
+          CAPTURE(forgetting);
+          CAPTURE(budget);
+          ModelConfig c;
+          c.kernel = ntk::KernelSpec::parse(spec);
+          c.budget = budget;
+          c.noise_variance = 0.02;
+          c.forgetting = forgetting;
+          c.admission_threshold = 1e-3;
+          c.eviction = policy;
+          c.estimate_signal_power = false;
+          c.recompute_every = 50;
+          c.jitter = 1e-9;
+          const auto kernel = ntk::make_kernel(c.kernel);
+          OnlineGP gp(c, 3);
+          ntk::test::NaiveKrlst naive(c, kernel);
+          const auto xs = random_inputs(300, 3, 31);
+          std::mt19937_64 rng(7);
+          std::normal_distribution<double> noise(0.0, 0.1);
+          int evictions = 0;
+          for (std::size_t t = 0; t < xs.size(); ++t) {
+            // a drifting target, so forgetting matters
+            const double y = target(xs[t]) + 0.01 * static_cast<double>(t) * xs[t](2) + noise(rng);
+            // The const calls settle the factor's deferred removal; on the other updates the
+            // removal rides on the next forward solve.
+            const bool probe = t % 3 == 0;
+            const Prediction p_pure = probe ? gp.predict(xs[t]) : Prediction{};
+            const auto expect = naive.update(xs[t], y);
+            const ntk::UpdateResult r = gp.update(xs[t], y);
+            check_close(r.prediction, expect.pred, 1e-8);
+            if (probe) check_close(p_pure, r.prediction, 1e-11);
+            CHECK(r.admitted == expect.admitted);
+            CHECK(r.evicted == expect.evicted);
+            evictions += r.evicted >= 0;
+            REQUIRE(gp.dictionary_size() <= c.budget);
+            REQUIRE(gp.dictionary_size() == static_cast<int>(naive.dict().size()));
+            if (probe || t + 1 == xs.size()) gp.check_invariants(1e-7);
+          }
+          CHECK(evictions > 50);
         }
-        CHECK(evictions > 50);
       }
     }
   }
@@ -365,37 +370,51 @@ TEST_CASE("export/import round trip gives bit-identical predictions") {
 }
 
 TEST_CASE("concurrent const calls settle a deferred removal once, as a sequential call does") {
-  ModelConfig c;
-  c.budget = 24;
-  c.eviction = EvictionPolicy::kOldest;
-  const auto xs = random_inputs(200, 3, 97);
-  OnlineGP a(c, 3), b(c, 3);
-  ntk::UpdateResult last;
-  for (const VectorXd& x : xs) {
-    last = a.update(x, target(x));
-    b.update(x, target(x));
-  }
-  REQUIRE(last.evicted == 0);  // the last update left its removal from the factor deferred
-  const auto probes = random_inputs(64, 3, 98);
-  std::vector<Prediction> expect;
-  for (const VectorXd& x : probes) expect.push_back(b.predict(x));
-  std::vector<std::vector<Prediction>> got(4);
-  std::vector<std::thread> threads;
-  for (std::size_t k = 0; k < got.size(); ++k) {
-    threads.emplace_back([&, k] {
-      for (const VectorXd& x : probes) got[k].push_back(a.predict(x));
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  for (const auto& g : got) {
-    REQUIRE(g.size() == expect.size());
-    for (std::size_t i = 0; i < g.size(); ++i) {
-      CHECK(g[i].mean == expect[i].mean);
-      CHECK(g[i].var_y == expect[i].var_y);
+  // Under min_loss, settling also finishes diag(Q) for the eviction.
+  for (const EvictionPolicy policy : {EvictionPolicy::kOldest, EvictionPolicy::kMinLoss}) {
+    CAPTURE(ntk::to_string(policy));
+    ModelConfig c;
+    c.budget = 24;
+    c.eviction = policy;
+    const auto xs = random_inputs(400, 3, 97);
+    OnlineGP a(c, 3), b(c, 3);
+    ntk::UpdateResult last;
+    std::size_t t = 0;
+    // Until past 200 updates, and until an update has evicted: its removal from the factor
+    // is then deferred.
+    for (; t < xs.size() && (t < 200 || last.evicted < 0); ++t) {
+      last = a.update(xs[t], target(xs[t]));
+      b.update(xs[t], target(xs[t]));
+    }
+    REQUIRE(last.evicted >= 0);
+    const auto probes = random_inputs(64, 3, 98);
+    std::vector<Prediction> expect;
+    for (const VectorXd& x : probes) expect.push_back(b.predict(x));
+    std::vector<std::vector<Prediction>> got(4);
+    std::vector<std::thread> threads;
+    for (std::size_t k = 0; k < got.size(); ++k) {
+      threads.emplace_back([&, k] {
+        for (const VectorXd& x : probes) got[k].push_back(a.predict(x));
+      });
+    }
+    for (std::thread& th : threads) th.join();
+    for (const auto& g : got) {
+      REQUIRE(g.size() == expect.size());
+      for (std::size_t i = 0; i < g.size(); ++i) {
+        CHECK(g[i].mean == expect[i].mean);
+        CHECK(g[i].var_y == expect[i].var_y);
+      }
+    }
+    a.check_invariants(1e-9);
+    check_bitwise_equal(a.export_state(), b.export_state());
+    // And both go on alike: a settled, b fusing nothing (its export settled it too).
+    for (; t < xs.size(); ++t) {
+      const ntk::UpdateResult ra = a.update(xs[t], target(xs[t]));
+      const ntk::UpdateResult rb = b.update(xs[t], target(xs[t]));
+      REQUIRE(ra.prediction.mean == rb.prediction.mean);
+      REQUIRE(ra.evicted == rb.evicted);
     }
   }
-  a.check_invariants(1e-9);
-  check_bitwise_equal(a.export_state(), b.export_state());
 }
 
 TEST_CASE("import refuses inconsistent states") {

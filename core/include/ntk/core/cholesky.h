@@ -9,7 +9,9 @@
 //   append(k, k_self)  O(n^2)        forward solve + new pivot
 //   remove(i)          O((n-i)^2)    delete row/column i, restore the trailing block
 //                                    with a rank-1 update (Gill-Golub-Murray-Saunders
-//                                    method C1); O(i (n-i)) more to close the gap
+//                                    method C1); O(i (n-i)) more to close the gap;
+//                                    remove(i, u) also yields what the inverse's update
+//                                    needs, remove_solve_lower(i, b[, u]) also solves
 //   rebuild(K)         O(n^3)        full refactorization (periodic recomputation)
 //   Reference: Golub & Van Loan, Matrix Computations (4th ed.), 6.5.4 (updating the
 //   Cholesky factorization); Seeger, "Low rank updates for the Cholesky decomposition"
@@ -97,8 +99,10 @@ class IncrementalCholesky {
   // removal. That is what the block inverse needs to update Q for the removal: column i
   // of Q is Q_ii at entry i and -Q_ii L'^{-T} u at the others (Q_ii = 1 / ((L L^T)_ii -
   // u.u), here computed without that cancellation). u and Q_ii come from quantities the
-  // removal's pass computes anyway: no solve.
-  // requires: u.size() == size() - 1 (and b.size() == size() - 1), before the call.
+  // removal's pass computes anyway: no solve. Q_ii is +inf where it overflows (a factor
+  // whose pivots span more than ~300 decades, possible only through assign()).
+  // requires: u.size() == size() - 1 (and b.size() == size() - 1), before the call;
+  //           u and b do not overlap.
   double remove(Eigen::Index i, Eigen::Ref<Eigen::VectorXd> u);
   double remove_solve_lower(Eigen::Index i, Eigen::Ref<Eigen::VectorXd> b,
                             Eigen::Ref<Eigen::VectorXd> u);
@@ -120,7 +124,7 @@ class IncrementalCholesky {
   // requires: b.size() == size() (std::invalid_argument otherwise). O(n^2).
   void solve_lower_in_place(Eigen::Ref<Eigen::VectorXd> b) const;
   void solve_upper_in_place(Eigen::Ref<Eigen::VectorXd> b) const;
-  // b <- L^{-T} b and c <- L^{-T} c in one pass over L.
+  // b <- L^{-T} b and c <- L^{-T} c in one pass over L; b and c must not overlap.
   void solve_upper_in_place(Eigen::Ref<Eigen::VectorXd> b, Eigen::Ref<Eigen::VectorXd> c) const;
   void solve_in_place(Eigen::Ref<Eigen::VectorXd> b) const;
   // b <- L_tt^{-1} b with L_tt = the trailing block of L from row/column `from` on: the
