@@ -449,11 +449,12 @@ struct RemoveBlock {
   // k > i + t0 and receives the new ones.
   //
   // s is carried (s_j = s_{j-1} + p_j^2, one multiply-add on the chain from column to
-  // column), and sqrt(s) and its reciprocal are computed from it off that chain: 6% faster
-  // at n = 256 and 13% at n = 64 on an AMD EPYC (Zen 5) than carrying sqrt(s), where a
-  // square root sat on the chain (no difference on an Intel Sapphire Rapids). s overflows once |p| > 1e154, which an assigned factor
-  // with a pivot ratio near 1e-155 reaches; from there on (s stays infinite) sqrt(s) is
-  // carried as root_s = hypot(root_s, p_j), finite up to |p| = 1e308.
+  // column), and sqrt(s) and its reciprocal are computed from it off that chain: 6%
+  // faster at n = 256 and 13% at n = 64 on an AMD EPYC (Zen 5) than carrying sqrt(s),
+  // where a square root sat on the chain (no difference on an Intel Sapphire Rapids).
+  // s overflows once |p| > 1e154, which an assigned factor with a pivot ratio near
+  // 1e-155 reaches; from there on (s stays infinite) sqrt(s) is carried as
+  // root_s = hypot(root_s, p_j), finite up to |p| = 1e308.
   void make(double* w, double* dinv, double& s, double& root_s, double& inv_root_s) {
     for (Index k = 0; k < ncols; ++k) {
       const Index t = t0 + k;
