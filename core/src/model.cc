@@ -425,14 +425,15 @@ struct OnlineGP::Impl {
     const Index r = deferred.index.load(std::memory_order_relaxed);
     if (r < 0) {
       chol.solve_lower_in_place(v);
-    } else if (track_qdiag) {
+      return;
+    }
+    if (track_qdiag) {
       urem_qrr = chol.remove_solve_lower(r, v, urem.head(m));
       qdiag_waits_for_y = true;
-      deferred.index.store(-1, std::memory_order_relaxed);
     } else {
       chol.remove_solve_lower(r, v);
-      deferred.index.store(-1, std::memory_order_relaxed);
     }
+    deferred.index.store(-1, std::memory_order_relaxed);
   }
 
   // q <- L^{-T} q, with y = L^{-T} u in the same pass when diag(Q) waits for it.
