@@ -239,13 +239,19 @@ void lower_solve(const double* L, Index ld, const double* dinv, Index n, double*
 // x <- L^{-T} x: block by block from the bottom; each block first subtracts the dot
 // products of its columns (below the block) with the solved part of x. kRhs right-hand
 // sides xs[0 .. kRhs) in one pass over L (each packet of a column loaded once for all).
+// Block boundaries are multiples of kPanel (the bottom block takes n mod kPanel columns),
+// so every rectangle starts at an aligned row: with n = 257 (a full dictionary plus the
+// admitted sample) blocks counted from n made every AVX-512 load straddle two cache
+// lines.
 template <int kRhs>
 void upper_solve_n(const double* L, Index ld, const double* dinv, Index n, double* const* xs) {
   using namespace Eigen::internal;
   for (Index hi = n; hi > 0;) {
-    const Index lo = hi > kPanel ? hi - kPanel : 0;
+    const Index lo = (hi - 1) / kPanel * kPanel;
     const Index len = n - hi;
-    if (len > 0 && hi - lo == kPanel) {
+    if (len > 0) {
+      // Only the bottom block can be narrower than kPanel, and it has nothing below it.
+      eigen_assert(hi - lo == kPanel);
       Packet acc[kRhs][kPanel];
       _Pragma("GCC unroll 16") for (int q = 0; q < kRhs; ++q) {
         _Pragma("GCC unroll 16") for (Index j = 0; j < kPanel; ++j) acc[q][j] = pset1<Packet>(0.0);
@@ -271,14 +277,6 @@ void upper_solve_n(const double* L, Index ld, const double* dinv, Index n, doubl
           for (Index j = 0; j < kPanel; ++j) dot[j] += L[(lo + j) * ld + rr] * xr;
         }
         for (Index j = 0; j < kPanel; ++j) x[lo + j] -= dot[j];
-      }
-    } else if (len > 0) {
-      for (int q = 0; q < kRhs; ++q) {
-        double* x = xs[q];
-        const Eigen::Map<const VectorXd> tail(x + hi, len);
-        for (Index j = lo; j < hi; ++j) {
-          x[j] -= Eigen::Map<const VectorXd>(L + j * ld + hi, len).dot(tail);
-        }
       }
     }
     // The triangle, right-looking: row j of L within the block.
