@@ -1,8 +1,10 @@
 // Online GP update and prediction throughput, steady state (dictionary full, evicting),
 // d = 7, against dlib::krls (radial_basis_kernel, max dictionary size M) on the same
 // streams. Samples that enter the dictionary and samples that do not are measured
-// separately, since their costs differ (by about 30x for dlib). After the benchmarks the
-// program prints the ratios dlib time / ntkstream time from this one run.
+// separately, since their costs differ (by about 30x for dlib). BM_reference_pieces times
+// the issue's yardstick (plain Eigen pieces of one step) on the same machine. After the
+// benchmarks the program prints the ratios dlib time / ntkstream time and ntkstream time /
+// reference time from this one run.
 //
 //   cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DNTK_NATIVE=ON
 //         -DNTK_BUILD_BENCH=ON
@@ -12,6 +14,9 @@
 #include <dlib/svm.h>
 #include <unistd.h>
 
+#include <Eigen/Cholesky>
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <map>
 #include <random>
@@ -154,6 +159,67 @@ void BM_dlib_krls(benchmark::State& state, Path path) {
       benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
 }
 
+// The issue's yardstick, timed in the same run: the O(M^2) pieces of one full-budget step,
+// each by a plain Eigen call, as the issue lists them: the RBF kernel row; append (forward
+// solve L^{-1}k, pivot, new row); a second solve (L^{-T}); remove-oldest (the factor shifted
+// by one row and column, then Eigen's rank-1 update of the trailing block, the routine
+// behind LLT::rankUpdate); a rank-1 update of the covariance. The issue measured these at
+// about 3, 7, 19-22 and 70-90 us at M = 64, 128, 256, 512 on its machine and set the goal
+// for a full update at M = 256 against them (<= 20 us); their time here is the scale on
+// which that goal is read on another machine (main() prints the ratios).
+void BM_reference_pieces(benchmark::State& state) {
+  const int M = static_cast<int>(state.range(0));
+  constexpr double kJitter = 1e-6;
+  const double gamma = 1.0 / (2.0 * kRbfLengthscale * kRbfLengthscale);
+  const auto warm = gaussian_points(M, 1);
+  Eigen::MatrixXd X(M + 1, kDim), K(M, M), L = Eigen::MatrixXd::Zero(M + 1, M + 1);
+  for (int i = 0; i < M; ++i) X.row(i) = warm[static_cast<std::size_t>(i)].transpose();
+  const auto window_gram = [&] {  // K <- k(X, X) + jitter I over the window
+    for (int i = 0; i < M; ++i) {
+      for (int j = 0; j < M; ++j) K(i, j) = std::exp(-gamma * (X.row(i) - X.row(j)).squaredNorm());
+      K(i, i) += kJitter;
+    }
+  };
+  window_gram();
+  L.topLeftCorner(M, M) = Eigen::LLT<Eigen::MatrixXd>(K).matrixL();
+  Eigen::MatrixXd sigma = 0.5 * K;
+  Eigen::VectorXd k(M), v(M), q(M), w(M);
+  const auto stream = gaussian_points(1 << 14, 2);
+  std::size_t s = 0;
+  for (auto _ : state) {
+    const Eigen::VectorXd& x = stream[s];
+    if (++s == stream.size()) s = 0;
+    // Kernel row.
+    for (int i = 0; i < M; ++i) k(i) = std::exp(-gamma * (X.row(i).transpose() - x).squaredNorm());
+    // Append: the forward solve and the pivot.
+    v = k;
+    L.topLeftCorner(M, M).triangularView<Eigen::Lower>().solveInPlace(v);
+    L.row(M).head(M) = v.transpose();
+    L(M, M) = std::sqrt(std::max(1.0 + kJitter - v.squaredNorm(), kJitter));
+    X.row(M) = x.transpose();
+    // The second solve.
+    q = v;
+    L.topLeftCorner(M, M).triangularView<Eigen::Lower>().transpose().solveInPlace(q);
+    // Covariance rank-1 update.
+    sigma.selfadjointView<Eigen::Lower>().rankUpdate(q, -1e-9);
+    // Remove the oldest: shift by one row and column, rank-1 update of the trailing block.
+    w = L.col(0).tail(M);
+    for (int j = 0; j < M; ++j) L.col(j).segment(j, M - j) = L.col(j + 1).segment(j + 1, M - j);
+    for (int j = 0; j < kDim; ++j) {
+      for (int i = 0; i < M; ++i) X(i, j) = X(i + 1, j);
+    }
+    auto trailing = L.topLeftCorner(M, M);
+    Eigen::internal::llt_inplace<double, Eigen::Lower>::rankUpdate(trailing, w, 1.0);
+    benchmark::DoNotOptimize(L(M - 1, M - 1));
+  }
+  benchmark::DoNotOptimize(sigma(0, 0));
+  // The steps are real: L is still the factor of the window's Gram matrix.
+  window_gram();
+  const auto Lm = L.topLeftCorner(M, M).triangularView<Eigen::Lower>();
+  state.counters["factor_error"] =
+      (Eigen::MatrixXd(Lm) * Eigen::MatrixXd(Lm).transpose() - K).norm() / K.norm();
+}
+
 void sizes(benchmark::internal::Benchmark* b) {
   for (int M : {32, 64, 128, 256, 512}) b->Arg(M);
   b->Unit(benchmark::kMicrosecond);
@@ -179,6 +245,7 @@ BENCHMARK_CAPTURE(BM_ntk_predict, ntk, true)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_ntk_recompute, rbf_oldest, false, ntk::EvictionPolicy::kOldest)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_ntk_recompute, rbf_minloss, false, ntk::EvictionPolicy::kMinLoss)
     ->Apply(sizes);
+BENCHMARK(BM_reference_pieces)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_dlib_krls, admit, Path::kAdmit)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_dlib_krls, reject, Path::kReject)->Apply(sizes);
 
@@ -217,6 +284,30 @@ int main(int argc, char** argv) {
     if (da > 0 && oo > 0 && om > 0 && dr > 0 && orj > 0) {
       std::printf("%6d %26.1f %26.1f %22.1f\n", M, da / oo, da / om, dr / orj);
     }
+  }
+  // The issue's goal, <= 20 us where its machine took 19-22 us for the reference pieces at
+  // M = 256, is <= 0.91-1.05 times the reference on any machine.
+  std::printf(
+      "\nRatios from this run (ntkstream time / reference pieces time, see "
+      "BM_reference_pieces):\n");
+  const char* const paths[] = {"rbf_minloss_admit", "rbf_oldest_admit", "rbf_reject",
+                               "ntk_minloss_admit", "ntk_oldest_admit", "ntk_reject"};
+  std::printf("%6s", "M");
+  for (const char* path : paths) std::printf(" %18s", path);
+  std::printf("\n");
+  for (int M : {32, 64, 128, 256, 512}) {
+    const double ref = t("BM_reference_pieces", M);
+    if (ref <= 0) continue;
+    std::printf("%6d", M);
+    for (const char* path : paths) {
+      const double ours = t(std::string("BM_ntk_update/") + path, M);
+      if (ours > 0) {
+        std::printf(" %18.2f", ours / ref);
+      } else {
+        std::printf(" %18s", "-");
+      }
+    }
+    std::printf("\n");
   }
   return 0;
 }
