@@ -33,6 +33,11 @@
 //                           while an eviction's removal is deferred (deferred.index >= 0)
 //                           it lacks that eviction's -Q_rr y^2 (remove_basis), which
 //                           settle() or the next update's solves apply
+//   ahat, abeta, ahat_valid min_loss only, when ahat_valid: (K_D + jitter I)^{-1} mu =
+//                           ahat + e with |e_i| <= sqrt(qdiag_i) abeta (see last_is_pick());
+//                           while an eviction's removal waits for y (ahat_waits_for_y) ahat
+//                           lacks that eviction's ahat_r y, which settle() or the next
+//                           update's solves apply
 //   s2_num / s2_den         forgotten sums of squared standardized residuals / counts
 // The +1 in cap holds an admitted sample until the eviction decides which basis goes
 // (KRLS-T ranks the new point together with the old ones). The square buffers have a
@@ -308,6 +313,7 @@ struct Step {
   double kss_raw = 0.0;  // k(x, x)
   double kss = 0.0;      // k(x, x) + jitter
   double gamma2 = 0.0;   // kss - k.q, the ALD residual
+  double qh = 0.0;       // q^T h = q^T Sigma q
   double var_f = 0.0;
   double var_y = 0.0;
   double mean = 0.0;
@@ -368,6 +374,13 @@ struct OnlineGP::Impl {
   VectorXd urem;
   double urem_qrr = 0.0;
   bool qdiag_waits_for_y = false;
+  // min_loss: alpha = (K_D + jI)^{-1} mu known up to a bounded error (CONVENTION), so that
+  // most evictions of the sample just admitted need no solve (last_is_pick()).
+  VectorXd ahat;
+  double abeta = 0.0;
+  bool ahat_valid = false;
+  double ahat_r = 0.0;  // alpha_r of the eviction whose removal waits for y
+  bool ahat_waits_for_y = false;
 
   Impl(const ModelConfig& c, int d)
       : config(c),
@@ -389,7 +402,8 @@ struct OnlineGP::Impl {
         qdiag(cap),
         ws(cap, cap, *kernel),
         vec(cap),
-        urem(cap) {}
+        urem(cap),
+        ahat(cap) {}
 
   double signal_power() const { return config.estimate_signal_power ? s2_num / s2_den : 1.0; }
 
@@ -415,8 +429,15 @@ struct OnlineGP::Impl {
   // The rest of diag(Q)'s update for the removal of basis r (see remove_basis):
   // Q_{-r} = Q_{-r,-r} - Q_{-r,r} Q_{r,-r} / Q_rr with Q_{-r,r} = -Q_rr y, Q_rr as the
   // removal computed it from the factor.
+  // ahat follows the same way: K_{-r}^{-1} mu_{-r} = alpha_{-r} + alpha_r y, since
+  // y = K_{-r}^{-1} k_r (the error term e transforms alike, and stays within its bound:
+  // (e_{-r} + e_r y)_i = (K_{-r}^{-1} d_{-r})_i for the same accumulated mean change d).
   void finish_qdiag_removal(Eigen::Ref<const VectorXd> y) {
     qdiag.head(m).array() -= urem_qrr * y.array().square();
+    if (ahat_waits_for_y) {
+      ahat.head(m) += ahat_r * y;
+      ahat_waits_for_y = false;
+    }
   }
 
   // v <- L^{-1} v, applying a deferred removal in the same pass (update() only). Under
@@ -542,7 +563,8 @@ struct OnlineGP::Impl {
       Eigen::Ref<VectorXd> h = w.h.head(m);
       for (Index i = 0; i < m; ++i) h(i) = hs(slot[static_cast<std::size_t>(i)]);
       if (lambda < 1.0) h = lambda * h + (1.0 - lambda) * kx;
-      s.var_f = std::max(0.0, s.gamma2 + q.dot(h));
+      s.qh = q.dot(h);
+      s.var_f = std::max(0.0, s.gamma2 + s.qh);
       s.mean = std::sqrt(lambda) * q.dot(mu.head(m));
     }
     s.var_y = config.noise_variance + s.var_f;
@@ -563,6 +585,10 @@ struct OnlineGP::Impl {
       sig(b, b) += (1.0 - lambda) * config.jitter;
     }
     mu.head(m) *= std::sqrt(lambda);
+    // alpha scales with mu (K_D is not forgotten), and so does its error bound.
+    ahat.head(m) *= std::sqrt(lambda);
+    ahat_r *= std::sqrt(lambda);
+    abeta *= std::sqrt(lambda);
   }
 
   // predict_into with the factor settled (const callers).
@@ -605,9 +631,47 @@ struct OnlineGP::Impl {
     return true;
   }
 
-  // Step 4: KRLS-T's criterion |(Q mu)_i| / Q_ii, or the oldest basis.
-  Index choose_eviction() {
+  // Step 3, absorption half, for ahat: alpha = (K_D + jI)^{-1} mu after mu += c p. By the
+  // block inverse, an admission extends alpha by 0 and (K_D' + jI)^{-1} [h; var_f] =
+  // [(K_D + jI)^{-1} h - q; 1]; without admission p = h. The unknown c (K_D + jI)^{-1} h
+  // joins the error bound: |((K_D + jI)^{-1} Sigma q)_i| <= sqrt(Q_ii) sqrt(q^T Sigma q) by
+  // Cauchy-Schwarz in Sigma's inner product and Sigma <= K_D + jI (a posterior covariance
+  // never exceeds its prior; forgetting and marginalizing keep that).
+  void absorb_ahat(bool admitted, double c, double qh) {
+    if (admitted) {
+      const Index last = m - 1;
+      ahat.head(last) -= c * ws.q.head(last);
+      ahat(last) = c;
+    }
+    abeta += std::abs(c) * std::sqrt(std::max(qh, 0.0));
+  }
+
+  // True when the bound on ahat proves that the admitted sample (entry m - 1, known
+  // exactly: alpha_{m-1} = c) has the strictly smallest |alpha_i| / Q_ii, with a relative
+  // margin against rounding. On a typical stream most admitted samples are evicted again
+  // at once, and this saves the two solves of alpha for them.
+  bool last_is_pick() const {
+    constexpr double kMargin = 1e-3;
+    const Index last = m - 1;
+    const double loss = std::abs(ahat(last)) / qdiag(last) * (1.0 + kMargin);
+    const double slack = abeta * (1.0 + kMargin);
+    for (Index i = 0; i < last; ++i) {
+      // Written so that a NaN anywhere fails the proof.
+      if (!(std::abs(ahat(i)) - std::sqrt(qdiag(i)) * slack > loss * qdiag(i))) return false;
+    }
+    return true;
+  }
+
+  // Step 4: KRLS-T's criterion |(Q mu)_i| / Q_ii, or the oldest basis. Called right after
+  // an admission (ws.q is the admitted sample's q unless q_current is false: a
+  // recomputation in between reuses the workspace).
+  Index choose_eviction(bool q_current) {
     if (config.eviction == EvictionPolicy::kOldest) return 0;
+    const Index last = m - 1;
+    if (ahat_valid && q_current && last_is_pick()) {
+      ahat.head(last) += ahat(last) * ws.q.head(last);  // y = (K_D + jI)^{-1} k = q
+      return last;
+    }
     Eigen::Ref<VectorXd> alpha = ws.v.head(m);
     alpha = mu.head(m);
     chol.solve_in_place(alpha);
@@ -619,6 +683,15 @@ struct OnlineGP::Impl {
         best_loss = loss;
         best = i;
       }
+    }
+    ahat.head(m) = alpha;
+    abeta = 0.0;
+    ahat_valid = q_current;
+    if (best == last) {
+      ahat.head(last) += alpha(last) * ws.q.head(last);
+    } else {
+      ahat_r = alpha(best);
+      ahat_waits_for_y = true;  // remove_basis() erases entry best
     }
     return best;
   }
@@ -632,7 +705,10 @@ struct OnlineGP::Impl {
   // is read by nothing that does not settle first (the next eviction criterion comes
   // after both solves; export, check_invariants and recompute settle).
   void remove_basis(Index r) {
-    if (track_qdiag) erase_entry(qdiag.data(), m, r);
+    if (track_qdiag) {
+      erase_entry(qdiag.data(), m, r);
+      erase_entry(ahat.data(), m, r);
+    }
     deferred.index.store(r, std::memory_order_relaxed);  // chol.remove(r), deferred
     erase_row(X, m, r);
     erase_row(caches, m, r);
@@ -685,6 +761,7 @@ struct OnlineGP::Impl {
       --m;
     }
     if (track_qdiag) recompute_qdiag();
+    ahat_valid = false;  // bases may have been dropped; the next eviction solves afresh
     since_recompute = 0;
     ++counters.recomputes;
   }
@@ -758,6 +835,7 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   s.mu.head(m) += (residual / step.var_y) * p;
   // Sigma_post -= p p^T / var_y as (p / sqrt(var_y)) (p / sqrt(var_y))^T, one product per
   // entry, so the update is bitwise symmetric; collected in U, in slot order.
+  if (s.ahat_valid) s.absorb_ahat(result.admitted, residual / step.var_y, step.qh);
   p /= std::sqrt(step.var_y);
   {
     Eigen::Ref<VectorXd> u = s.U.col(s.npend).head(s.hw);
@@ -785,7 +863,7 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   // 4. evict when over budget (the criterion reads mu, L and diag(Q), not Sigma). The
   // basis's slot is freed, which drops its row and column of Sigma and of U.
   if (s.m > s.config.budget) {
-    const Index r = s.choose_eviction();
+    const Index r = s.choose_eviction(!result.recomputed);
     s.remove_basis(r);
     result.evicted = static_cast<int>(r);
     ++s.counters.evicted;
@@ -1068,6 +1146,19 @@ void OnlineGP::check_invariants(double tol) const {
     if ((s.qdiag.head(m) - fresh).norm() > tol * fresh.norm()) {
       fail("diag(Q) differs from a fresh inverse (error " +
            num((s.qdiag.head(m) - fresh).norm() / fresh.norm()) + ")");
+    }
+    if (s.ahat_valid) {
+      // (K_D + jI)^{-1} mu = ahat + e, |e_i| <= sqrt(Q_ii) abeta (CONVENTION).
+      const VectorXd alpha = Kj.llt().solve(s.mu.head(m));
+      const double ascale = tol * alpha.cwiseAbs().maxCoeff();
+      for (Index i = 0; i < m; ++i) {
+        const double err = std::abs(alpha(i) - s.ahat(i));
+        const double bound = std::sqrt(fresh(i)) * s.abeta;
+        if (err > bound * (1.0 + 1e-6) + ascale) {
+          fail("alpha estimate off its bound at " + std::to_string(i) + ": |error| " + num(err) +
+               " > " + num(bound));
+        }
+      }
     }
   }
 }
