@@ -833,9 +833,9 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   const Index m = s.m;
   Eigen::Ref<VectorXd> p = s.ws.h.head(m);
   s.mu.head(m) += (residual / step.var_y) * p;
+  if (s.ahat_valid) s.absorb_ahat(result.admitted, residual / step.var_y, step.qh);
   // Sigma_post -= p p^T / var_y as (p / sqrt(var_y)) (p / sqrt(var_y))^T, one product per
   // entry, so the update is bitwise symmetric; collected in U, in slot order.
-  if (s.ahat_valid) s.absorb_ahat(result.admitted, residual / step.var_y, step.qh);
   p /= std::sqrt(step.var_y);
   {
     Eigen::Ref<VectorXd> u = s.U.col(s.npend).head(s.hw);
