@@ -35,9 +35,8 @@
 //                           settle() or the next update's solves apply
 //   ahat, abeta, ahat_valid min_loss only, when ahat_valid: (K_D + jitter I)^{-1} mu =
 //                           ahat + e with |e_i| <= sqrt(qdiag_i) abeta (see last_is_pick());
-//                           while an eviction's removal waits for y (ahat_waits_for_y) ahat
-//                           lacks that eviction's ahat_r y, which settle() or the next
-//                           update's solves apply
+//                           like qdiag, while an eviction's removal is deferred it lacks
+//                           that eviction's ahat_r y, which finish_removal() applies
 //   s2_num / s2_den         forgotten sums of squared standardized residuals / counts
 // The +1 in cap holds an admitted sample until the eviction decides which basis goes
 // (KRLS-T ranks the new point together with the old ones). The square buffers have a
@@ -380,7 +379,6 @@ struct OnlineGP::Impl {
   double abeta = 0.0;
   bool ahat_valid = false;
   double ahat_r = 0.0;  // alpha_r of the eviction whose removal waits for y
-  bool ahat_waits_for_y = false;
 
   Impl(const ModelConfig& c, int d)
       : config(c),
@@ -419,25 +417,23 @@ struct OnlineGP::Impl {
       Eigen::Ref<VectorXd> y = urem.head(m);
       urem_qrr = chol.remove(r, y);
       chol.solve_upper_in_place(y);
-      finish_qdiag_removal(y);
+      finish_removal(y);
     } else {
       chol.remove(r);
     }
     deferred.index.store(-1, std::memory_order_release);
   }
 
-  // The rest of diag(Q)'s update for the removal of basis r (see remove_basis):
-  // Q_{-r} = Q_{-r,-r} - Q_{-r,r} Q_{r,-r} / Q_rr with Q_{-r,r} = -Q_rr y, Q_rr as the
-  // removal computed it from the factor.
-  // ahat follows the same way: K_{-r}^{-1} mu_{-r} = alpha_{-r} + alpha_r y, since
-  // y = K_{-r}^{-1} k_r (the error term e transforms alike, and stays within its bound:
-  // (e_{-r} + e_r y)_i = (K_{-r}^{-1} d_{-r})_i for the same accumulated mean change d).
-  void finish_qdiag_removal(Eigen::Ref<const VectorXd> y) {
+  // The rest of the min_loss state's update for the removal of basis r (see
+  // remove_basis), from y = L'^{-T} u = K_{-r}^{-1} k_r:
+  //   diag(Q): Q_{-r} = Q_{-r,-r} - Q_{-r,r} Q_{r,-r} / Q_rr with Q_{-r,r} = -Q_rr y, Q_rr
+  //            as the removal computed it from the factor;
+  //   ahat:    K_{-r}^{-1} mu_{-r} = alpha_{-r} + alpha_r y (the error term e transforms
+  //            alike and stays within its bound: (e_{-r} + e_r y)_i = (K_{-r}^{-1} d_{-r})_i
+  //            for the same accumulated mean change d).
+  void finish_removal(Eigen::Ref<const VectorXd> y) {
     qdiag.head(m).array() -= urem_qrr * y.array().square();
-    if (ahat_waits_for_y) {
-      ahat.head(m) += ahat_r * y;
-      ahat_waits_for_y = false;
-    }
+    if (ahat_valid) ahat.head(m) += ahat_r * y;
   }
 
   // v <- L^{-1} v, applying a deferred removal in the same pass (update() only). Under
@@ -465,7 +461,7 @@ struct OnlineGP::Impl {
     }
     Eigen::Ref<VectorXd> y = urem.head(m);
     chol.solve_upper_in_place(q, y);
-    finish_qdiag_removal(y);
+    finish_removal(y);
     qdiag_waits_for_y = false;
   }
 
@@ -663,36 +659,27 @@ struct OnlineGP::Impl {
   }
 
   // Step 4: KRLS-T's criterion |(Q mu)_i| / Q_ii, or the oldest basis. Called right after
-  // an admission (ws.q is the admitted sample's q unless q_current is false: a
-  // recomputation in between reuses the workspace).
-  Index choose_eviction(bool q_current) {
+  // an admission. Under min_loss ahat then waits, like diag(Q), for the removal's y.
+  Index choose_eviction() {
     if (config.eviction == EvictionPolicy::kOldest) return 0;
-    const Index last = m - 1;
-    if (ahat_valid && q_current && last_is_pick()) {
-      ahat.head(last) += ahat(last) * ws.q.head(last);  // y = (K_D + jI)^{-1} k = q
-      return last;
-    }
-    Eigen::Ref<VectorXd> alpha = ws.v.head(m);
-    alpha = mu.head(m);
-    chol.solve_in_place(alpha);
-    Index best = 0;
-    double best_loss = std::numeric_limits<double>::infinity();
-    for (Index i = 0; i < m; ++i) {
-      const double loss = std::abs(alpha(i)) / qdiag(i);
-      if (loss < best_loss) {
-        best_loss = loss;
-        best = i;
+    Index best = m - 1;
+    if (!ahat_valid || !last_is_pick()) {
+      Eigen::Ref<VectorXd> alpha = ahat.head(m);
+      alpha = mu.head(m);
+      chol.solve_in_place(alpha);
+      abeta = 0.0;
+      ahat_valid = true;
+      best = 0;
+      double best_loss = std::numeric_limits<double>::infinity();
+      for (Index i = 0; i < m; ++i) {
+        const double loss = std::abs(alpha(i)) / qdiag(i);
+        if (loss < best_loss) {
+          best_loss = loss;
+          best = i;
+        }
       }
     }
-    ahat.head(m) = alpha;
-    abeta = 0.0;
-    ahat_valid = q_current;
-    if (best == last) {
-      ahat.head(last) += alpha(last) * ws.q.head(last);
-    } else {
-      ahat_r = alpha(best);
-      ahat_waits_for_y = true;  // remove_basis() erases entry best
-    }
+    ahat_r = ahat(best);  // remove_basis() erases entry best
     return best;
   }
 
@@ -863,7 +850,7 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   // 4. evict when over budget (the criterion reads mu, L and diag(Q), not Sigma). The
   // basis's slot is freed, which drops its row and column of Sigma and of U.
   if (s.m > s.config.budget) {
-    const Index r = s.choose_eviction(!result.recomputed);
+    const Index r = s.choose_eviction();
     s.remove_basis(r);
     result.evicted = static_cast<int>(r);
     ++s.counters.evicted;

@@ -27,7 +27,10 @@
 //   its rank-1 updates are folded in 8 at a time (exported as sigma_pending until then),
 //   and the eviction's downdate of L runs with the next update's forward solve; under
 //   min_loss that pass also yields what diag(Q) needs for the eviction, which finishes as
-//   a second right-hand side of the next update's upper solve.
+//   a second right-hand side of the next update's upper solve. min_loss also keeps an
+//   estimate of (K_D + jitter I)^{-1} mu with a proven error bound, so that evicting the
+//   sample just admitted (the usual case) needs no solve when the bound proves it is the
+//   criterion's pick; otherwise the criterion is solved exactly.
 //
 //   Signal power: with estimate_signal_power, the prior is s2 * k with s2 estimated
 //   online by maximum likelihood from the standardized residuals (y-mean)^2/var_y
