@@ -498,6 +498,52 @@ TEST_CASE("import refuses inconsistent states") {
   }
 }
 
+TEST_CASE("the dictionary holds the admitted inputs, in order, with their update counts") {
+  // Every entry is the stream's input at its sample number, and the numbers increase; under
+  // oldest-first with every sample admitted the dictionary is the last M inputs (a sliding
+  // window, in closed form). Checked after every update, over 40 evictions with budget 5:
+  // evictions of every position, and several passes through the inputs' buffers.
+  for (const EvictionPolicy policy : {EvictionPolicy::kOldest, EvictionPolicy::kMinLoss}) {
+    CAPTURE(ntk::to_string(policy));
+    ModelConfig c;
+    c.budget = 5;
+    c.admission_threshold = 0.0;
+    c.eviction = policy;
+    OnlineGP gp(c, 3);
+    const auto xs = random_inputs(45, 3, 53);
+    std::vector<int> evicted_at(static_cast<std::size_t>(c.budget + 1), 0);
+    for (std::size_t t = 0; t < xs.size(); ++t) {
+      const ntk::UpdateResult r = gp.update(xs[t], target(xs[t]));
+      REQUIRE(r.admitted);
+      if (r.evicted >= 0) ++evicted_at[static_cast<std::size_t>(r.evicted)];
+      const ntk::ModelState st = gp.export_state();
+      const auto m = static_cast<std::size_t>(gp.dictionary_size());
+      REQUIRE(m == std::min<std::size_t>(t + 1, 5));
+      REQUIRE(st.samples.size() == m);
+      const auto all = gp.explain(xs[t], gp.dictionary_size());
+      for (std::size_t i = 0; i < m; ++i) {
+        const std::uint64_t n = st.samples[i];
+        if (policy == EvictionPolicy::kOldest) CHECK(n == t + 1 - m + i);
+        REQUIRE(n <= t);
+        if (i > 0) CHECK(n > st.samples[i - 1]);
+        const auto row = static_cast<Eigen::Index>(i);
+        CHECK(gp.inputs().row(row) == xs[n].transpose());
+        CHECK(st.inputs.row(row) == xs[n].transpose());
+      }
+      for (const auto& e : all) CHECK(e.sample == st.samples[static_cast<std::size_t>(e.index)]);
+      gp.check_invariants(1e-8);
+    }
+    if (policy == EvictionPolicy::kOldest) {
+      CHECK(evicted_at[0] == 40);
+    } else {
+      // min_loss picks the newest entry most often, but not only; evictions at index 1 or 2
+      // move the entries in front of them
+      CHECK(evicted_at[5] < 40);
+      CHECK(evicted_at[1] + evicted_at[2] > 0);
+    }
+  }
+}
+
 TEST_CASE("explain: contributions add up to the mean, largest first") {
   ModelConfig c;
   c.budget = 20;
