@@ -353,7 +353,7 @@ struct Workspace {
         kscratch(cap, std::max<Index>(1, kernel.scratch_cols())) {}
 };
 
-// K_D of the m stored points (X, caches), the way admission builds it: row i is
+// K_D of the m stored points (in), the way admission builds it: row i is
 // kernel.row() of x_i against x_0..x_i, mirrored into column i, so K is bitwise symmetric.
 // w needs room for m points; row is scratch of size >= m. No allocation.
 void gram_by_rows(const Kernel& kernel, const Inputs& in, Index m, MatrixXd& K, Workspace& w,

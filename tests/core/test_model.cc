@@ -544,6 +544,43 @@ TEST_CASE("the dictionary holds the admitted inputs, in order, with their update
   }
 }
 
+TEST_CASE("recompute drops the bases a singular Gram matrix refuses and keeps the rest") {
+  // Linear kernel, d = 1, no jitter, integer inputs 1, 3, 2, 5: K_D = x x^T has rank 1 and
+  // every pivot after the first is exactly 0, so the refactorization refuses index 1 three
+  // times (erasing in front of the middle, then behind it) and keeps the first basis. Such
+  // a state arrives only by import: the factor given is valid, the inputs are not.
+  ModelConfig c;
+  c.kernel = ntk::KernelSpec::parse("linear");
+  c.budget = 6;
+  c.jitter = 0.0;
+  c.eviction = EvictionPolicy::kOldest;
+  ntk::ModelState st;
+  st.config = c;
+  st.dim = 1;
+  st.inputs = ntk::RowMatrixXd(4, 1);
+  st.inputs << 1.0, 3.0, 2.0, 5.0;
+  st.samples = {10, 11, 12, 13};
+  st.gram = st.inputs * st.inputs.transpose();
+  st.factor = MatrixXd::Identity(4, 4);
+  st.mu = VectorXd::LinSpaced(4, 1.0, 4.0);
+  st.sigma = MatrixXd::Identity(4, 4);
+  st.s2_num = st.s2_den = 1.0;
+  OnlineGP gp = OnlineGP::import_state(st);
+  gp.recompute();
+  CHECK(gp.counters().pivot_failures == 3);
+  REQUIRE(gp.dictionary_size() == 1);
+  CHECK(gp.inputs()(0, 0) == 1.0);
+  CHECK(gp.mean_vector()(0) == 1.0);
+  const ntk::ModelState after = gp.export_state();
+  CHECK(after.samples == std::vector<std::uint64_t>{10});
+  CHECK(after.factor(0, 0) == 1.0);
+  // The model goes on from there: the next input is admitted only if independent (d = 1:
+  // never), and the prediction is the one-basis posterior's.
+  const ntk::UpdateResult r = gp.update(VectorXd::Constant(1, 2.0), 0.0);
+  CHECK(!r.admitted);
+  CHECK(r.prediction.mean == doctest::Approx(2.0));
+}
+
 TEST_CASE("explain: contributions add up to the mean, largest first") {
   ModelConfig c;
   c.budget = 20;
