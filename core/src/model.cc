@@ -438,6 +438,17 @@ struct OnlineGP::Impl {
   double abeta = 0.0;
   bool ahat_valid = false;
   double ahat_r = 0.0;  // alpha_r of the eviction whose removal waits for y
+  // min_loss: fresh is the entry this update() admitted (-1 when none, or after a
+  // recompute); qdiag_prev and ahat_prev hold diag(Q) and ahat from before that admission
+  // (ahat only when it was valid; ahat_saved only until a fresh solve replaces ahat). Most
+  // evictions remove that entry again, which returns the dictionary to the one they belong
+  // to: they are restored exactly, and the removal's y = K_{-r}^{-1} k_r is the update's
+  // own q, so neither a deferred pass over L nor a second right-hand side in the next
+  // upper solve is needed.
+  Index fresh = -1;
+  bool ahat_saved = false;
+  VectorXd qdiag_prev;
+  VectorXd ahat_prev;
 
   Impl(const ModelConfig& c, int d)
       : config(c),
@@ -458,7 +469,9 @@ struct OnlineGP::Impl {
         ws(cap, cap, *kernel),
         vec(cap),
         urem(cap),
-        ahat(cap) {}
+        ahat(cap),
+        qdiag_prev(track_qdiag ? cap : 0),
+        ahat_prev(track_qdiag ? cap : 0) {}
 
   double signal_power() const { return config.estimate_signal_power ? s2_num / s2_den : 1.0; }
 
@@ -670,6 +683,10 @@ struct OnlineGP::Impl {
     Sigma(sn, sn) = s.var_f;
     mu(m) = s.mean;
     if (track_qdiag) {
+      fresh = m;
+      qdiag_prev.head(m) = qdiag.head(m);
+      ahat_saved = ahat_valid;
+      if (ahat_saved) ahat_prev.head(m) = ahat.head(m);
       // Block inverse of [[K, k], [k^T, kss]]: Q += q q^T / g2 and a new diagonal 1 / g2,
       // with g2 the pivot^2 the factor accepted.
       const double l = chol.matrixL()(m, m);
@@ -724,6 +741,7 @@ struct OnlineGP::Impl {
       chol.solve_in_place(alpha);
       abeta = 0.0;
       ahat_valid = true;
+      ahat_saved = false;
       best = 0;
       double best_loss = std::numeric_limits<double>::infinity();
       for (Index i = 0; i < m; ++i) {
@@ -746,12 +764,26 @@ struct OnlineGP::Impl {
   // and rides, as a second right-hand side, on the next upper solve. Until then diag(Q)
   // is read by nothing that does not settle first (the next eviction criterion comes
   // after both solves; export, check_invariants and recompute settle).
+  // The entry this update() admitted is the exception (see fresh): L drops its last row at
+  // once, in O(1), and diag(Q) and ahat return to their values before the admission (ahat
+  // by the map above with y = q when a fresh solve has replaced it).
   void remove_basis(Index r) {
-    if (track_qdiag) {
-      erase_entry(qdiag.data(), m, r);
-      erase_entry(ahat.data(), m, r);
+    if (track_qdiag && r == fresh && r == m - 1) {
+      chol.remove(r);
+      qdiag.head(r) = qdiag_prev.head(r);
+      if (ahat_saved) {
+        ahat.head(r) = ahat_prev.head(r);
+      } else {
+        ahat.head(r) += ahat_r * ws.q.head(r);
+      }
+    } else {
+      if (track_qdiag) {
+        erase_entry(qdiag.data(), m, r);
+        erase_entry(ahat.data(), m, r);
+      }
+      deferred.index.store(r, std::memory_order_relaxed);  // chol.remove(r), deferred
     }
-    deferred.index.store(r, std::memory_order_relaxed);  // chol.remove(r), deferred
+    fresh = -1;
     in.erase(m, r);
     if (keep_gram) erase_row_col(K, m, r);
     release_slot(slot[static_cast<std::size_t>(r)]);
@@ -799,6 +831,7 @@ struct OnlineGP::Impl {
     }
     if (track_qdiag) recompute_qdiag();
     ahat_valid = false;  // bases may have been dropped; the next eviction solves afresh
+    fresh = -1;          // diag(Q) is new, and the admitted entry may have been dropped
     since_recompute = 0;
     ++counters.recomputes;
   }
@@ -863,6 +896,7 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   s.s2_den = lambda * s.s2_den + 1.0;
 
   // 3. admit (ALD test), then absorb y with p = [h; var_f] or p = h.
+  s.fresh = -1;
   if (s.m == 0 || step.gamma2 > s.config.admission_threshold * step.kss) {
     result.admitted = s.admit(x, step);
   }
