@@ -56,6 +56,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "detail/simd.h"
+
 namespace ntk {
 
 using Eigen::Index;
@@ -723,11 +725,27 @@ struct OnlineGP::Impl {
     const Index last = m - 1;
     const double loss = std::abs(ahat(last)) / qdiag(last) * (1.0 + kMargin);
     const double slack = abeta * (1.0 + kMargin);
-    for (Index i = 0; i < last; ++i) {
-      // Written so that a NaN anywhere fails the proof.
-      if (!(std::abs(ahat(i)) - std::sqrt(qdiag(i)) * slack > loss * qdiag(i))) return false;
+    // Entry i passes when |ahat_i| - sqrt(Q_ii) slack > loss Q_ii; ordered comparisons, so
+    // that a NaN anywhere fails the proof. Branch-free over packets: a scalar loop with its
+    // sqrt per entry took 3-4% of the update at M = 256.
+    namespace simd = detail::simd;
+    const double* a = ahat.data();
+    const double* qd = qdiag.data();
+    const simd::Packet vloss = simd::set1(loss), vslack = simd::set1(slack);
+    const simd::Packet all = simd::lt(simd::set1(0.0), simd::set1(1.0));
+    simd::Packet passes = all;
+    Index i = 0;
+    for (; i + simd::kLanes <= last; i += simd::kLanes) {
+      const simd::Packet q = simd::loadu(qd + i);
+      const simd::Packet lhs =
+          simd::sub(simd::abs(simd::loadu(a + i)), simd::mul(simd::sqrt(q), vslack));
+      passes = simd::mask_and(passes, simd::lt(simd::mul(vloss, q), lhs));
     }
-    return true;
+    bool pass = !simd::any(simd::mask_andnot(all, passes));
+    for (; i < last; ++i) {
+      pass = pass && std::abs(a[i]) - std::sqrt(qd[i]) * slack > loss * qd[i];
+    }
+    return pass;
   }
 
   // Step 4: KRLS-T's criterion |(Q mu)_i| / Q_ii, or the oldest basis. Called right after

@@ -155,8 +155,9 @@ TEST_CASE(
   // lambda = 1 as well: without forgetting the covariance updates stay pending between
   // folds, and the slots are reused across evictions.
   // Budgets 1 and 2: evictions at the last index (nothing below it in the factor) and
-  // dictionaries of one point between updates.
-  for (const int budget : {12, 2, 1}) {
+  // dictionaries of one point between updates. Budget 24: min_loss's certificate
+  // (last_is_pick) runs over several whole packets, even 8-wide ones, before its tail.
+  for (const int budget : {24, 12, 2, 1}) {
     for (const double forgetting : {0.98, 1.0}) {
       for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
         for (const char* spec : kKernels) {
