@@ -786,7 +786,7 @@ struct OnlineGP::Impl {
   // once, in O(1), and diag(Q) and ahat return to their values before the admission (ahat
   // by the map above with y = q when a fresh solve has replaced it).
   void remove_basis(Index r) {
-    if (track_qdiag && r == fresh && r == m - 1) {
+    if (r == fresh) {  // set under min_loss only, and then always m - 1
       chol.remove(r);
       qdiag.head(r) = qdiag_prev.head(r);
       if (ahat_saved) {
