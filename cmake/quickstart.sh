@@ -2,8 +2,7 @@
 # The README's two commands: install what is missing, build, and run.
 #   bash cmake/quickstart.sh demo   # build and run the demo
 #   bash cmake/quickstart.sh test   # build and pass the whole test suite (release, ASan/UBSan,
-#                                   # and core built for this CPU, and for x86-64-v3 when
-#                                   # this CPU has AVX-512)
+#                                   # and core built for this CPU)
 # Environment: BUILD_DIR (default build), JOBS (default: cores, at most 2 under CI).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -66,23 +65,14 @@ case "$mode" in
     echo "== tests (ASan/UBSan; long-running 'slow' tests run only in the release pass)"
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
       ctest --test-dir "$build/asan" --output-on-failure -j "$jobs" -LE slow
-    echo "== core tests built for this CPU (-march=native: the AVX/AVX-512 code paths)"
-    # The default builds target baseline x86-64 (SSE2), so the wider-SIMD branches of the
-    # kernels, the triangular solves and the covariance updates run only here.
+    echo "== core tests built for this CPU (-march=native: the widest SIMD code paths)"
+    # The default builds test libntkcore's x86-64-v3 copy on a CPU with AVX2 and FMA, and
+    # its baseline (SSE2) copy in the *_x86_64 tests (tests/CMakeLists.txt); the 8-wide
+    # (AVX-512) branches of the kernels, the triangular solves and the covariance updates
+    # run only here, on a machine that has them.
     configure "$build/native" "$release_flags" -DNTK_NATIVE=ON -DNTK_BUILD_STREAM=OFF \
       -DNTK_BUILD_EXAMPLES=OFF
     cmake --build "$build/native" -j "$jobs"
     ctest --test-dir "$build/native" --output-on-failure -j "$jobs"
-    # On an AVX-512 machine the native build takes the 8-wide branches, so the 4-wide
-    # (AVX2) ones get a pass of their own: x86-64-v3, the NTK_ARCH deployment choice.
-    flags=$(grep -m1 '^flags' /proc/cpuinfo 2>/dev/null || true)
-    has() { [[ " $flags " == *" $1 "* ]]; }
-    if has avx512f && has avx2 && has fma && has bmi2 && has movbe && has f16c && has abm; then
-      echo "== core tests built for x86-64-v3 (AVX2/FMA: the 4-wide code paths)"
-      configure "$build/v3" "$release_flags" -DNTK_ARCH=x86-64-v3 -DNTK_BUILD_STREAM=OFF \
-        -DNTK_BUILD_EXAMPLES=OFF
-      cmake --build "$build/v3" -j "$jobs"
-      ctest --test-dir "$build/v3" --output-on-failure -j "$jobs"
-    fi
     ;;
 esac

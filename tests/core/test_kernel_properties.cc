@@ -18,8 +18,8 @@
 //     of Cho & Saul, bias-free relu kernels are homogeneous of degree 2, bias-free erf
 //     kernels are odd; closed forms of rbf, polynomial and linear;
 //   - row(): any M (packet tails, chunk boundaries), strided inputs, writes exactly M
-//     values, allocates nothing (counting global operator new and, where the linker
-//     supports --wrap, malloc/calloc/realloc, so that Eigen temporaries would be caught);
+//     values, allocates nothing (counting global operator new and, on glibc and under
+//     ASan, malloc/calloc/realloc, so that Eigen temporaries would be caught);
 //   - simd::atan_ratio and simd::atan_unit_ratio against atan2 (the transcendentals the
 //     row path adds);
 //   - rbf row(): duplicates of points of norm 1e150, where the row path's |x - y|^2 is all
@@ -868,9 +868,9 @@ TEST_CASE("dot_rows: the M dot products of row(), every path, any M and d, strid
 
 TEST_CASE("row() allocates nothing") {
   if (!ntk::test::allocations_include_malloc()) {
-    MESSAGE("counting operator new only (no --wrap=malloc on this platform)");
+    MESSAGE("counting operator new only (malloc is not counted on this platform)");
   }
-  // Sanity: the counter sees the standard library's allocations and, with the wrapped
+  // Sanity: the counter sees the standard library's allocations and, where it counts
   // malloc, Eigen's (the pointers escape so that the allocations cannot be elided).
   {
     const long before = ntk::test::allocations();

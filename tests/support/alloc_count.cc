@@ -1,44 +1,78 @@
-// Replaced global operator new/delete that count allocations (support/alloc_count.h), and
-// with NTK_TEST_WRAP_MALLOC (set by tests/CMakeLists.txt together with the linker's
-// --wrap=malloc,--wrap=calloc,--wrap=realloc) every malloc/calloc/realloc made from the
-// binary's objects, ntk::core and Eigen's aligned allocations included. In a translation
-// unit of its own so that no caller sees the malloc/free pairing.
+// Counting allocator (support/alloc_count.h). In a translation unit of its own so that no
+// caller sees the malloc/free pairing.
+//
+// What is counted, by build:
+// - glibc, no sanitizer: malloc, calloc and realloc are defined here. A definition in the
+//   program replaces libc's for every module of the process, the shared libntkcore.so
+//   (NTK_HWCAPS) and Eigen's aligned allocations in it included; each forwards to glibc's
+//   own entry point (__libc_malloc, ...), whose blocks libc's free() releases. The
+//   replaced operator new counts once and takes its block from __libc_malloc directly.
+// - AddressSanitizer: its allocator serves malloc and operator new alike, and reports
+//   every allocation to a hook (__sanitizer_install_malloc_and_free_hooks): one count
+//   each, whatever module asked. Replacing malloc here would bypass its checks.
+// - elsewhere: operator new only.
 #include "support/alloc_count.h"
 
 #include <atomic>
+#include <cstddef>
 #include <cstdlib>
 #include <new>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define NTK_TEST_COUNT_SANITIZER_HOOK 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define NTK_TEST_COUNT_SANITIZER_HOOK 1
+#endif
+#endif
+#if !defined(NTK_TEST_COUNT_SANITIZER_HOOK) && defined(__GLIBC__)
+#define NTK_TEST_COUNT_MALLOC 1
+#endif
 
 namespace {
 std::atomic<long> g_allocations{0};
 }  // namespace
 
-#if defined(NTK_TEST_WRAP_MALLOC)
+#if defined(NTK_TEST_COUNT_SANITIZER_HOOK)
+extern "C" int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void*,
+                                                                             std::size_t),
+                                                         void (*free_hook)(const volatile void*));
+namespace {
+void count_malloc(const volatile void*, std::size_t) { ++g_allocations; }
+void ignore_free(const volatile void*) {}
+// Both hooks are required: with a null one the call installs nothing and returns 0.
+const int g_hook_installed = __sanitizer_install_malloc_and_free_hooks(count_malloc, ignore_free);
+}  // namespace
+#define NTK_UNCOUNTED_MALLOC std::malloc
+#define NTK_COUNT_NEW() static_cast<void>(0)
+#elif defined(NTK_TEST_COUNT_MALLOC)
 extern "C" {
-void* __real_malloc(std::size_t n);
-void* __real_calloc(std::size_t n, std::size_t size);
-void* __real_realloc(void* p, std::size_t n);
-void* __wrap_malloc(std::size_t n) {
+void* __libc_malloc(std::size_t n);
+void* __libc_calloc(std::size_t n, std::size_t size);
+void* __libc_realloc(void* p, std::size_t n);
+void* malloc(std::size_t n) noexcept {
   ++g_allocations;
-  return __real_malloc(n);
+  return __libc_malloc(n);
 }
-void* __wrap_calloc(std::size_t n, std::size_t size) {
+void* calloc(std::size_t n, std::size_t size) noexcept {
   ++g_allocations;
-  return __real_calloc(n, size);
+  return __libc_calloc(n, size);
 }
-void* __wrap_realloc(void* p, std::size_t n) {
+void* realloc(void* p, std::size_t n) noexcept {
   ++g_allocations;
-  return __real_realloc(p, n);
+  return __libc_realloc(p, n);
 }
 }
-#define NTK_UNCOUNTED_MALLOC __real_malloc
+#define NTK_UNCOUNTED_MALLOC __libc_malloc
+#define NTK_COUNT_NEW() ++g_allocations
 #else
 #define NTK_UNCOUNTED_MALLOC std::malloc
+#define NTK_COUNT_NEW() ++g_allocations
 #endif
 
-// Counted once each (the malloc underneath is not counted again).
+// Counted once each.
 void* operator new(std::size_t n) {
-  ++g_allocations;
+  NTK_COUNT_NEW();
   if (void* p = NTK_UNCOUNTED_MALLOC(n ? n : 1)) return p;
   throw std::bad_alloc();
 }
@@ -53,7 +87,9 @@ namespace ntk::test {
 long allocations() { return g_allocations.load(); }
 
 bool allocations_include_malloc() {
-#if defined(NTK_TEST_WRAP_MALLOC)
+#if defined(NTK_TEST_COUNT_SANITIZER_HOOK)
+  return g_hook_installed != 0;
+#elif defined(NTK_TEST_COUNT_MALLOC)
   return true;
 #else
   return false;

@@ -1,7 +1,7 @@
 // Counting allocator for the zero-allocation tests: a test binary made with
-// ntk_count_allocations() (tests/CMakeLists.txt) has its global operator new replaced by
-// one that counts every call, and on Linux static builds also every malloc, calloc and
-// realloc (the linker's --wrap), so Eigen's allocations inside ntk::core count too.
+// ntk_count_allocations() (tests/CMakeLists.txt) counts every operator new and, on glibc
+// and under AddressSanitizer, every malloc, calloc and realloc of the process, so that
+// Eigen's allocations inside ntk::core (static or shared) count too (alloc_count.cc).
 #pragma once
 
 namespace ntk::test {
