@@ -22,6 +22,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "bench_context.h"
 #include "ntk/core/cholesky.h"
 
 namespace {
@@ -242,4 +243,11 @@ BENCHMARK(BM_rebuild)->Apply(sizes);
 
 }  // namespace
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  ntk::bench::add_build_context();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_context.h"
 #include "ntk/core/kernel.h"
 
 namespace {
@@ -160,6 +161,7 @@ int main(int argc, char** argv) {
       }
     }
   }
+  ntk::bench::add_build_context();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   Collector collector;

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_context.h"
 #include "ntk/core/model.h"
 
 namespace {
@@ -264,6 +265,7 @@ class Collector : public benchmark::ConsoleReporter {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const bool like_for_like = ntk::bench::add_build_context();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   Collector collector;
@@ -273,6 +275,13 @@ int main(int argc, char** argv) {
     const auto it = collector.times.find(name + "/" + std::to_string(M));
     return it == collector.times.end() ? 0.0 : it->second;
   };
+  if (!like_for_like) {
+    std::printf(
+        "\nNote: ntk::core runs wider SIMD than this program (see ntk_core and\n"
+        "program_double_lanes above), so dlib and the reference pieces below run narrower\n"
+        "code than ntkstream. For like-for-like ratios configure with NTK_ARCH (or\n"
+        "NTK_NATIVE), or hide AVX2 from the loader: GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2.\n");
+  }
   std::printf("\nRatios from this run (dlib::krls time / ntkstream time, same stream, RBF):\n");
   std::printf("%6s %26s %26s %22s\n", "M", "admit: dlib/ours(oldest)", "admit: dlib/ours(minloss)",
               "reject: dlib/ours");

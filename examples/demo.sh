@@ -44,6 +44,7 @@ done
 tcp=$(sed -n 's/^tcp=//p' "$out/ports")
 metrics=$(sed -n 's/^metrics=//p' "$out/ports")
 echo "== ntkd is listening on $tcp (metrics: http://$metrics/metrics)"
+echo "   $("$ntkd" --version): the loader's pick for this CPU (README, \"Building for a CPU\")"
 
 # 2. Replay the recorded series through the daemon as fast as it goes: the key is
 #    configured with the model flags, every reading is answered with a prediction.

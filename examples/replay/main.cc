@@ -16,6 +16,7 @@
 #include <iostream>
 #include <optional>
 
+#include "ntk/core/build_info.h"
 #include "options.h"
 #ifdef NTK_REPLAY_CONNECT
 #include "remote.h"
@@ -63,6 +64,12 @@ int main(int argc, char** argv) {
   }
   if (options.help) {
     std::cout << rp::replay_usage();
+    return 0;
+  }
+  if (options.version) {
+    const ntk::CoreBuild core = ntk::core_build();
+    std::cout << "ntk-replay " << NTK_VERSION << " (ntk::core: " << core.target << ", " << core.simd
+              << ")\n";
     return 0;
   }
 

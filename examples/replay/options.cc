@@ -111,6 +111,8 @@ through a running ntkd (instead of --offline; the same outputs, bit-identical pr
   --record FILE              also write the session's requests (delimited ntk.v1.Request)
                              to FILE; replay it later with --connect --input FILE.pb
   --help                     this text
+  --version                  the version, and the instruction set of the ntk::core copy
+                             that runs (it decides updates_per_second)
 Errors in the command line or the file: one line on stderr, exit status 2.
 )";
 }
@@ -175,6 +177,7 @@ ReplayOptions parse_replay_args(int argc, const char* const* argv) {
   const std::map<std::string, std::function<void()>, std::less<>> switches = {
       {"--help", [&] { o.help = true; }},
       {"-h", [&] { o.help = true; }},
+      {"--version", [&] { o.version = true; }},
       {"--offline", [&] { o.offline = true; }},
       {"--time-feature", [&] { s.time_feature = true; }},
       {"--exclude-anomalies", [&] { s.exclude_anomalies = true; }},
@@ -207,7 +210,7 @@ ReplayOptions parse_replay_args(int argc, const char* const* argv) {
     }
     h->second(arg, value);
   }
-  if (o.help) return o;
+  if (o.help || o.version) return o;
 
   if (o.offline == o.connect.has_value()) {
     throw UsageError("the mode is required: --offline or --connect HOST:PORT (see --help)");

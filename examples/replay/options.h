@@ -19,6 +19,7 @@ class UsageError : public std::invalid_argument {
 
 struct ReplayOptions {
   bool help = false;
+  bool version = false;
   bool offline = false;
   // --connect HOST:PORT: the same replay through a running ntkd (remote.h), under the
   // stream key --key (default: the input's file name), at --speed x the recorded pace

@@ -24,6 +24,7 @@
 #include "http_server.h"
 #include "log.h"
 #include "metrics.h"
+#include "ntk/core/build_info.h"
 #include "ntk/stream/server.h"
 #include "sd_notify.h"
 #include "snapshot_file.h"
@@ -182,9 +183,12 @@ int run(const ntk::daemon::DaemonOptions& options) {
   asio::signal_set signals(control, SIGINT, SIGTERM, SIGHUP);
   std::signal(SIGPIPE, SIG_IGN);
 
+  const ntk::CoreBuild core = ntk::core_build();
   Status status;
   status.update([&](ntk::daemon::DaemonStatus& s) {
     s.version = kVersion;
+    s.core_target = std::string(core.target);
+    s.core_simd = std::string(core.simd);
     s.start_time_unix_seconds = unix_seconds();
   });
   if (options.port_file) std::filesystem::remove(*options.port_file);
@@ -278,7 +282,11 @@ int run(const ntk::daemon::DaemonOptions& options) {
     std::string where = ports;
     for (auto& ch : where) ch = ch == '\n' ? ' ' : ch;
     if (!where.empty()) where.pop_back();
-    log(Level::kInfo, "ready", {{"version", kVersion}, {"listening", where}});
+    log(Level::kInfo, "ready",
+        {{"version", kVersion},
+         {"core", std::string(core.target)},
+         {"simd", std::string(core.simd)},
+         {"listening", where}});
   }
   notify("READY=1\nSTATUS=listening");
 
@@ -370,7 +378,9 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (options.version) {
-    std::cout << "ntkd " << kVersion << "\n";
+    const ntk::CoreBuild core = ntk::core_build();
+    std::cout << "ntkd " << kVersion << " (ntk::core: " << core.target << ", " << core.simd
+              << ")\n";
     return 0;
   }
   ntk::daemon::set_min_level(options.log_level);

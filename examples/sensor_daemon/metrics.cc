@@ -99,9 +99,16 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
   const std::string protobuf_version =
       google::protobuf::internal::VersionString(GOOGLE_PROTOBUF_VERSION);
 
-  p.family("ntkd_build_info", "gauge", "Build of the running daemon (always 1).");
+  p.family("ntkd_build_info", "gauge",
+           "Build of the running daemon (always 1); core: the instruction-set level of the "
+           "ntk::core copy it runs, simd: the vector instructions that copy uses.");
   p.sample("ntkd_build_info",
-           {{"version", st.version}, {"protobuf", protobuf_version}, {"format", "ntk.v1"}}, 1);
+           {{"version", st.version},
+            {"protobuf", protobuf_version},
+            {"format", "ntk.v1"},
+            {"core", st.core_target},
+            {"simd", st.core_simd}},
+           1);
   p.family("ntkd_start_time_seconds", "gauge", "Start time of the daemon, Unix seconds.");
   p.sample("ntkd_start_time_seconds", st.start_time_unix_seconds);
   p.family("ntkd_ready", "gauge",

@@ -41,6 +41,9 @@ std::string prom_number(double value);
 // What the daemon itself knows, besides the server's counters and key stats.
 struct DaemonStatus {
   std::string version;
+  // The copy of ntk::core the process runs (ntk::core_build()): -march level and SIMD.
+  std::string core_target;
+  std::string core_simd;
   double start_time_unix_seconds = 0;
   double now_unix_seconds = 0;
   bool ready = false;

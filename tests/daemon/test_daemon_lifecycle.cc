@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "daemon_harness.h"
+#include "ntk/core/build_info.h"
 #include "ntk/core/series.h"
 #include "ntk/stream/convert.h"
 #include "prom_parse.h"
@@ -423,7 +424,12 @@ TEST_CASE("metrics: scraped over HTTP and parsed; counters match the traffic") {
   CHECK(e.at("ntkd_dictionary_size_max") <= 64);
   CHECK(e.at("ntkd_ready") == 1);
   CHECK(e.at("ntkd_snapshot_restored_keys") == 0);
-  CHECK(e.has("ntkd_build_info{format=\"ntk.v1\",protobuf=\"3.21.12\",version=\"0.1.0\"}"));
+  // The daemon runs the copy of ntk::core this test process runs: same machine, same
+  // environment, same loader (test_build checks which copy that is).
+  const ntk::CoreBuild core = ntk::core_build();
+  CHECK(e.has("ntkd_build_info{core=\"" + std::string(core.target) +
+              "\",format=\"ntk.v1\",protobuf=\"3.21.12\",simd=\"" + std::string(core.simd) +
+              "\",version=\"0.1.0\"}"));
   CHECK(ntk::test::http_get(d.metrics(), "/nope").first == 404);
   CHECK(d.stop() == 0);
 }
@@ -466,7 +472,7 @@ TEST_CASE("SIGHUP reloads the key defaults for new keys; a bad reload keeps the 
   CHECK(d.stop() == 0);
 }
 
-TEST_CASE("start-up failures: bad config (2), bad flag (2), --help (0), busy port or dir (1)") {
+TEST_CASE("start-up: bad config or flag (2), --help and --version (0), busy port or dir (1)") {
   TempDir dir;
   auto run = [&](std::vector<std::string> args, const std::string& log) {
     args.insert(args.begin(), NTK_NTKD_BIN);
@@ -494,6 +500,13 @@ TEST_CASE("start-up failures: bad config (2), bad flag (2), --help (0), busy por
   std::tie(status, out) = run({"--help"}, "help.log");
   CHECK(status == 0);
   CHECK(out.rfind("usage: ntkd [options]", 0) == 0);
+
+  // --version names the copy of ntk::core the daemon runs (the one this process runs).
+  std::tie(status, out) = run({"--version"}, "version.log");
+  CHECK(status == 0);
+  const ntk::CoreBuild core = ntk::core_build();
+  CHECK(out == "ntkd 0.1.0 (ntk::core: " + std::string(core.target) + ", " +
+                   std::string(core.simd) + ")\n");
 
   // A port that is taken, and a snapshot directory held by a running daemon.
   Daemon d{dir, {}, {}, nullptr, {}};

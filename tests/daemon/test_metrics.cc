@@ -71,6 +71,8 @@ v1::Stats make_stats(int keys) {
 ntk::daemon::DaemonStatus make_status() {
   ntk::daemon::DaemonStatus st;
   st.version = "0.1.0";
+  st.core_target = "x86-64-v3";
+  st.core_simd = "AVX2+FMA";
   st.start_time_unix_seconds = 1700000000.5;
   st.now_unix_seconds = 1700000100.0;
   st.ready = true;
@@ -111,7 +113,8 @@ TEST_CASE("metrics: the exposition parses and its numbers are the aggregates") {
   const auto e = parse_prometheus(ntk::daemon::render_metrics(stats, make_status()));
 
   CHECK(e.types.at("ntkd_build_info") == "gauge");
-  CHECK(e.at("ntkd_build_info{format=\"ntk.v1\",protobuf=\"3.21.12\",version=\"0.1.0\"}") == 1);
+  CHECK(e.at("ntkd_build_info{core=\"x86-64-v3\",format=\"ntk.v1\",protobuf=\"3.21.12\","
+             "simd=\"AVX2+FMA\",version=\"0.1.0\"}") == 1);
   CHECK(!e.has("ntkd_requests_total"));  // by kind only: no unlabelled total to double-count
   CHECK(e.at("ntkd_requests_total{kind=\"observation\"}") == 400);
   CHECK(e.at("ntkd_requests_total{kind=\"sensor_reading\"}") == 600);

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "accuracy.h"
+#include "ntk/core/build_info.h"
 #include "replay.h"
 #include "series_csv.h"
 #include "support/cli.h"
@@ -255,6 +256,13 @@ TEST_CASE("ntk-replay: bad command lines and bad files give one line and exit st
   CHECK(help.status == 0);
   CHECK(help.out.find("--value-column") != std::string::npos);
   CHECK(help.out.find("--noise-candidates") != std::string::npos);
+
+  // The version names the copy of ntk::core that runs, the one this process runs.
+  const Run version = replay({"--version"});
+  const ntk::CoreBuild core = ntk::core_build();
+  CHECK(version.status == 0);
+  CHECK(version.out == "ntk-replay 0.1.0 (ntk::core: " + std::string(core.target) + ", " +
+                           std::string(core.simd) + ")\n");
 }
 
 TEST_CASE("ntk-replay: the noise ratio is raced by default, fixed by --noise") {
