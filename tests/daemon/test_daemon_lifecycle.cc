@@ -98,6 +98,16 @@ v1::KeyConfig resolved_config(Client& c, const std::string& key) {
   return resp.stats().keys(0).config();
 }
 
+// Creates `key` in the daemon with the series' first value, and returns the in-process
+// reference for it: built from the key's resolved config, having seen that value too.
+Reference open_key(Client& c, const std::string& key, const std::vector<double>& values) {
+  c.send(ntk::test::sensor_reading(key, 0, kT0, values[0]));
+  REQUIRE(c.receive().has_prediction());
+  Reference ref(resolved_config(c, key));
+  ref.observe(0, values[0]);
+  return ref;
+}
+
 // Sends values[from, to) as key `key` (pipelined) and checks every answer against ref.
 void feed_and_check(Client& c, Reference& ref, const std::string& key,
                     const std::vector<double>& values, std::uint64_t from, std::uint64_t to) {
@@ -181,11 +191,7 @@ TEST_CASE("lifecycle: port 0, feed, SIGTERM, restart from the snapshot, identica
   std::optional<Reference> ref;
   {
     Client c(d.tcp());
-    // The first value creates the key; its resolved config drives the reference.
-    c.send(ntk::test::sensor_reading("s1", 0, kT0, y[0]));
-    REQUIRE(c.receive().has_prediction());
-    ref.emplace(resolved_config(c, "s1"));
-    ref->observe(0, y[0]);
+    ref.emplace(open_key(c, "s1", y));
     feed_and_check(c, *ref, "s1", y, 1, 250);
   }
   CHECK(d.stop() == 0);
@@ -234,10 +240,7 @@ TEST_CASE("a snapshot written by the x86-64-v3 copy of ntk::core restores in the
   std::optional<Reference> ref;
   {
     Client c(d.tcp());
-    c.send(ntk::test::sensor_reading("s1", 0, kT0, y[0]));
-    REQUIRE(c.receive().has_prediction());
-    ref.emplace(resolved_config(c, "s1"));
-    ref->observe(0, y[0]);
+    ref.emplace(open_key(c, "s1", y));
     feed_and_check(c, *ref, "s1", y, 1, 250);
   }
   CHECK(d.stop() == 0);
@@ -281,10 +284,7 @@ TEST_CASE("kill -9: predictions continue from the last snapshot") {
   std::optional<Reference> lost;  // the state that was never saved
   {
     Client c(d.tcp());
-    c.send(ntk::test::sensor_reading("k", 0, kT0, y[0]));
-    REQUIRE(c.receive().has_prediction());
-    ref.emplace(resolved_config(c, "k"));
-    ref->observe(0, y[0]);
+    ref.emplace(open_key(c, "k", y));
     feed_and_check(c, *ref, "k", y, 1, 150);
     // A snapshot on request: the Ack comes once it is durable.
     const v1::Response ack = c.call(snapshot_request());
@@ -315,10 +315,7 @@ TEST_CASE("a corrupt or truncated newest snapshot is refused and the previous on
   std::optional<Reference> at100;
   {
     Client c(d.tcp());
-    c.send(ntk::test::sensor_reading("c", 0, kT0, y[0]));
-    REQUIRE(c.receive().has_prediction());
-    at100.emplace(resolved_config(c, "c"));
-    at100->observe(0, y[0]);
+    at100.emplace(open_key(c, "c", y));
     feed_and_check(c, *at100, "c", y, 1, 100);
     REQUIRE(c.call(snapshot_request()).has_ack());  // generation 1: 100 values
     Reference later = *at100;
