@@ -359,7 +359,8 @@ CholeskyInfo IncrementalCholesky::assign(const Eigen::Ref<const MatrixXd>& L) {
   const Index n = L.rows();
   for (Index j = 0; j < n; ++j) {
     const double d = L(j, j);
-    if (!(d > 0.0 && std::isfinite(d))) {
+    // 1 / d must be finite too (the solves multiply by it): a subnormal d is refused.
+    if (!(d > 0.0 && std::isfinite(d) && std::isfinite(1.0 / d))) {
       failed_index_ = j;
       return CholeskyInfo::kNotPositiveDefinite;
     }
@@ -720,8 +721,16 @@ double IncrementalCholesky::drift(const Eigen::Ref<const MatrixXd>& K) const {
     invalid("K must be size() x size() = " + std::to_string(n_) + " x " + std::to_string(n_) +
             ", got " + std::to_string(K.rows()) + " x " + std::to_string(K.cols()));
   }
-  const double scale = K.norm();
-  if (scale == 0.0) return 0.0;
+  // Every difference and entry is scaled by the power of two p ~ 1 / max |K_ij| before it
+  // is squared, so that neither squares of kernel values near 1e300 overflow nor those
+  // near 1e-170 underflow; the scaling is exact, so at ordinary scales nothing changes.
+  if (n_ == 0) return 0.0;
+  const double kmax = K.cwiseAbs().maxCoeff();
+  if (kmax == 0.0) return 0.0;
+  if (!std::isfinite(kmax)) return std::numeric_limits<double>::infinity();
+  const double p = std::ldexp(1.0, -std::max(std::ilogb(kmax), -1000));
+  const double scale = (K * p).norm();
+  const double jitter = jitter_ * p;
   // The lower triangle of D = K - L L^T, kFactorPanel columns and up to kChunk rows at a
   // time (panel_products, into a stack buffer); each entry (r, c), r > c, is checked
   // against both K(r, c) and K(c, r).
@@ -740,12 +749,12 @@ double IncrementalCholesky::drift(const Eigen::Ref<const MatrixXd>& K) const {
       for (Index c = 0; c < nc; ++c) {
         const Index j = j0 + c;
         for (Index r = std::max(r0, j); r < r0 + rows; ++r) {
-          const double d = buf[c * kChunk + r - r0];  // K(r, j) - LL^T(r, j)
+          const double d = buf[c * kChunk + r - r0] * p;  // K(r, j) - LL^T(r, j), scaled
           if (r == j) {
-            err2 += (d + jitter_) * (d + jitter_);
+            err2 += (d + jitter) * (d + jitter);
           } else {
             // K(j, r) - LL^T(r, j): d itself when K is symmetric there
-            const double upper = K(j, r) == K(r, j) ? d : d - K(r, j) + K(j, r);
+            const double upper = K(j, r) == K(r, j) ? d : d + (K(j, r) - K(r, j)) * p;
             err2 += d * d + upper * upper;
           }
         }

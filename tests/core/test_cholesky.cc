@@ -847,6 +847,49 @@ TEST_CASE("drift is ~1e-16 after a rebuild and measures a perturbed factor") {
   CHECK(e.drift(MatrixXd(0, 0)) == 0.0);
 }
 
+TEST_CASE("drift is scale-invariant down to 1e-170 and up to 1e290, and exact in between") {
+  // Kernel values of accepted inputs reach 1e300 (linear or NTK kernels at |x| = 1e150):
+  // squared unscaled they overflowed (NaN), and near 1e-170 they underflowed (0).
+  Source src(Family::kRandomSpd, 23);
+  std::vector<Item> items;
+  for (int i = 0; i < 40; ++i) items.push_back(src.draw());
+  const MatrixXd K = src.gram(items);
+  IncrementalCholesky c(40, 0.0);
+  REQUIRE(c.rebuild(K) == CholeskyInfo::kSuccess);
+  MatrixXd P = c.matrixL();
+  P(20, 10) += 1e-3;
+  REQUIRE(c.assign(P) == CholeskyInfo::kSuccess);
+  const double d1 = c.drift(K);
+  CHECK(relative_difference(d1, dense_drift(P, K, 0.0)) <= 1e-10);
+  for (const double s : {1e-170, 1e-100, 0x1p-300, 1e100, 1e290}) {
+    CAPTURE(s);
+    IncrementalCholesky cs(40, 0.0);
+    REQUIRE(cs.assign(P * std::sqrt(s)) == CholeskyInfo::kSuccess);
+    const double ds = cs.drift(K * s);
+    CHECK(std::isfinite(ds));
+    CHECK(relative_difference(ds, d1) <= 1e-12);
+  }
+  // A power-of-two scale changes nothing at all.
+  IncrementalCholesky c4(40, 0.0);
+  REQUIRE(c4.assign(P * 0x1p-40) == CholeskyInfo::kSuccess);
+  CHECK(c4.drift(K * 0x1p-80) == d1);
+}
+
+TEST_CASE("assign refuses a diagonal whose reciprocal overflows") {
+  // The solves multiply by the stored 1 / L_kk: a subnormal pivot gave inf, then NaN.
+  MatrixXd L(2, 2);
+  L << 1.0, 0.0, 0.5, 1e-310;
+  IncrementalCholesky c(2);
+  CHECK(c.assign(L) == CholeskyInfo::kNotPositiveDefinite);
+  CHECK(c.failed_index() == 1);
+  CHECK(c.size() == 0);
+  L(1, 1) = 1e-300;  // small but normal: accepted, and solves stay finite
+  REQUIRE(c.assign(L) == CholeskyInfo::kSuccess);
+  VectorXd b = VectorXd::Ones(2);
+  c.solve_lower_in_place(b);
+  CHECK(b.allFinite());
+}
+
 TEST_CASE("a non-positive pivot is a status and leaves the factor bitwise unchanged") {
   // RBF points, jitter 0. Appending a copy of point 0: L(:, 0) = K(:, 0) exactly (L00 = 1),
   // so the forward solve gives v = e_0 exactly and pivot^2 = 1 - 1 = 0 exactly.
