@@ -70,6 +70,9 @@ namespace {
 constexpr std::uint64_t kDriftCheckPeriod = 16;
 // Pseudo-observations behind the initial signal power s2 = 1 (standardized data).
 constexpr double kSignalPowerPrior = 1.0;
+// Cap on one squared standardized residual in the signal power's sum: 1e280 times any
+// feasible count of updates stays far below the largest double.
+constexpr double kMaxResidual2 = 1e280;
 // Rank-1 covariance updates collected before they are folded into Sigma (flush()). A rank-1
 // pass over Sigma is bound by memory traffic (about 5 us at M = 256); a fold of 8 by its 8
 // multiply-adds per entry (about 11 us), so 1.4 us per update. Pending columns cost
@@ -311,7 +314,10 @@ std::string_view to_string(EvictionPolicy p) {
 
 void ModelConfig::validate() const {
   kernel.validate();
-  if (budget < 1) invalid("budget must be >= 1, got " + std::to_string(budget));
+  if (budget < 1 || budget > kMaxBudget) {
+    invalid("budget must be in [1, " + std::to_string(kMaxBudget) + "], got " +
+            std::to_string(budget));
+  }
   if (!(noise_variance > 0.0) || !std::isfinite(noise_variance)) {
     invalid("noise_variance must be finite and > 0, got " + num(noise_variance));
   }
@@ -456,7 +462,7 @@ struct OnlineGP::Impl {
       : config(c),
         dim(d),
         kernel(make_kernel(c.kernel)),
-        cap(c.budget + 1),
+        cap(Index{c.budget} + 1),
         track_qdiag(c.eviction == EvictionPolicy::kMinLoss),
         keep_gram(c.forgetting < 1.0),
         chol(cap, c.jitter),
@@ -826,8 +832,10 @@ struct OnlineGP::Impl {
     c.noalias() = L.leftCols(j + 1) * L.row(j).head(j + 1).transpose();
     c -= kj;
     c(j) -= config.jitter;
-    const double scale = kj.norm();
-    return scale > 0.0 ? c.norm() / scale : c.norm();
+    // stableNorm: kernel values near 1e300 (linear kernel, inputs near 1e150) or 1e-170
+    // neither overflow nor underflow when squared.
+    const double scale = kj.stableNorm();
+    return scale > 0.0 ? c.stableNorm() / scale : c.stableNorm();
   }
 
   // Step 5: K_D from the stored inputs (into K, maintained or scratch), drift measured, L
@@ -852,6 +860,66 @@ struct OnlineGP::Impl {
     fresh = -1;          // diag(Q) is new, and the admitted entry may have been dropped
     since_recompute = 0;
     ++counters.recomputes;
+  }
+
+  // import_state's consistency checks on a state already in place (O(m^3); allocates).
+  // The state's parts must belong together, as update() leaves them; check_invariants()
+  // holds an exported state to 1e-8, these to 1e-6 (drift: the larger of that and 100
+  // drift bounds, which the model checks only one column at a time):
+  //   L L^T = K_D + jI, and gram = K_D, with K_D the kernel of the inputs;
+  //   sigma - P P^T is a covariance (non-negative variances, |S_ij| <= sqrt(S_ii S_jj));
+  //   qdiag = diag((L L^T)^{-1}), as recompute() would set it.
+  // A factor or posterior from another dictionary, a corrupted or hand-edited snapshot is
+  // refused with std::invalid_argument instead of producing wrong predictions.
+  void check_imported(const ModelState& st) {
+    constexpr double kTol = 1e-6;
+    if (m == 0) return;
+    const auto refuse = [](const std::string& what) { invalid("import: " + what); };
+    MatrixXd Kfresh(m, m);
+    {
+      Workspace w(m, 1, *kernel);
+      VectorXd row(m);
+      gram_by_rows(*kernel, in, m, Kfresh, w, row);
+    }
+    const double kscale = Kfresh.stableNorm();
+    const double drift_tol = std::max(kTol, 100.0 * config.drift_bound);
+    const double drift = chol.drift(Kfresh);
+    if (!(drift <= drift_tol)) {
+      refuse("factor is not the Cholesky factor of the inputs' kernel matrix (relative error " +
+             num(drift) + ", tolerance " + num(drift_tol) + ")");
+    }
+    if (keep_gram && st.gram != st.gram.transpose()) refuse("gram is not symmetric");
+    const double gram_err = (st.gram - Kfresh).stableNorm();
+    if (!(gram_err <= kTol * kscale)) {
+      refuse("gram is not the inputs' kernel matrix (relative error " +
+             num(kscale > 0.0 ? gram_err / kscale : gram_err) + ")");
+    }
+    MatrixXd S = st.sigma;
+    if (st.sigma_pending.cols() > 0) S.noalias() -= st.sigma_pending * st.sigma_pending.transpose();
+    const double sscale = std::max(S.diagonal().cwiseAbs().maxCoeff(), 1e-300);
+    for (Index j = 0; j < m; ++j) {
+      if (S(j, j) < -kTol * sscale) {
+        refuse("posterior variance " + std::to_string(j) + " is negative: " + num(S(j, j)));
+      }
+      for (Index i = 0; i < j; ++i) {
+        const double bound = std::sqrt(std::max(S(i, i), 0.0) * std::max(S(j, j), 0.0));
+        if (std::abs(S(i, j)) > bound + kTol * sscale) {
+          refuse("sigma is not a covariance: |sigma(" + std::to_string(i) + ", " +
+                 std::to_string(j) + ")| = " + num(std::abs(S(i, j))) +
+                 " > sqrt(sigma_ii sigma_jj) = " + num(bound));
+        }
+      }
+    }
+    if (track_qdiag) {
+      recompute_qdiag();  // into qdiag, then back to the imported values (bit-identity)
+      const VectorXd qfresh = qdiag.head(m);
+      qdiag.head(m) = st.qdiag;
+      const double qerr = (st.qdiag - qfresh).stableNorm();
+      if (!(st.qdiag.minCoeff() > 0.0) || !(qerr <= kTol * qfresh.stableNorm())) {
+        refuse("qdiag is not diag((L L^T)^-1) of the factor (relative error " +
+               num(qerr / qfresh.stableNorm()) + ")");
+      }
+    }
   }
 
   // diag(Q)_i = |L^{-1} e_i|^2; L^{-1} e_i is zero above i. O(m^3 / 3), no allocation.
@@ -909,8 +977,10 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   const double s2 = s.signal_power();
   result.prediction = {step.mean, s2 * step.var_f, s2 * step.var_y};
   const double residual = y - step.mean;
-  // Signal power by maximum likelihood on standardized residuals (KRLS-T).
-  s.s2_num = lambda * s.s2_num + residual * residual / step.var_y;
+  // Signal power by maximum likelihood on standardized residuals (KRLS-T). A squared
+  // standardized residual counts at most kMaxResidual2, so that s2_num stays finite for
+  // every accepted target (|y| <= 1e150 squares to 1e300, and var_y may be small).
+  s.s2_num = lambda * s.s2_num + std::fmin(residual * residual / step.var_y, kMaxResidual2);
   s.s2_den = lambda * s.s2_den + 1.0;
 
   // 3. admit (ALD test), then absorb y with p = [h; var_f] or p = h.
@@ -1104,8 +1174,32 @@ OnlineGP OnlineGP::import_state(const ModelState& st) {
     invalid("import: signal power statistics must be finite and > 0, got " + num(st.s2_num) +
             " / " + num(st.s2_den));
   }
+  for (Index i = 0; i < m; ++i) {
+    const double norm = st.inputs.row(i).stableNorm();
+    if (!(norm <= kMaxMagnitude)) {
+      invalid("import: input " + std::to_string(i) + " has norm " + num(norm) +
+              ", above the 1e150 update() accepts");
+    }
+  }
+  // Counters and admission numbers as update() produces them: every admission is an
+  // update, every eviction an admission, and the dictionary keeps admission order.
+  if (st.admitted > st.updates || st.evicted > st.admitted || st.since_recompute > st.updates) {
+    invalid("import: inconsistent counters: updates " + std::to_string(st.updates) + ", admitted " +
+            std::to_string(st.admitted) + ", evicted " + std::to_string(st.evicted) +
+            ", since_recompute " + std::to_string(st.since_recompute));
+  }
+  for (std::size_t i = 0; i < st.samples.size(); ++i) {
+    if (st.samples[i] >= st.updates || (i > 0 && st.samples[i] <= st.samples[i - 1])) {
+      invalid(
+          "import: samples must increase and stay below updates = " + std::to_string(st.updates) +
+          ", got " + std::to_string(st.samples[i]) + " at index " + std::to_string(i));
+    }
+  }
+  if (!(st.last_drift >= 0.0) || !std::isfinite(st.last_drift)) {
+    invalid("import: last_drift must be finite and >= 0, got " + num(st.last_drift));
+  }
   if (s.chol.assign(st.factor) != CholeskyInfo::kSuccess) {
-    invalid("import: factor has a non-positive diagonal at index " +
+    invalid("import: factor has a non-positive, subnormal or non-finite entry in row " +
             std::to_string(s.chol.failed_index()));
   }
   s.m = m;
@@ -1142,6 +1236,7 @@ OnlineGP OnlineGP::import_state(const ModelState& st) {
   s.counters.pivot_failures = st.pivot_failures;
   s.since_recompute = st.since_recompute;
   s.last_drift = st.last_drift;
+  s.check_imported(st);
   return gp;
 }
 
@@ -1163,8 +1258,8 @@ double OnlineGP::drift() const {
   const MatrixXd L = s.chol.matrixL().triangularView<Eigen::Lower>();
   MatrixXd E = L * L.transpose() - Kfresh;
   E.diagonal().array() -= s.config.jitter;
-  const double scale = Kfresh.norm();
-  return scale > 0.0 ? E.norm() / scale : E.norm();
+  const double scale = Kfresh.stableNorm();
+  return scale > 0.0 ? E.stableNorm() / scale : E.stableNorm();
 }
 
 void OnlineGP::check_invariants(double tol) const {

@@ -3,7 +3,9 @@
 // against RLS AR(7); plus the strong guarantee, zero allocations per update, snapshots.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <random>
 #include <stdexcept>
 #include <thread>
@@ -288,7 +290,12 @@ TEST_CASE("config validation names the field and value") {
     mutate(c);
     CHECK_THROWS_WITH_AS(OnlineGP(c, 2), doctest::Contains(text), std::invalid_argument);
   };
-  bad([](ModelConfig& c) { c.budget = 0; }, "budget must be >= 1, got 0");
+  bad([](ModelConfig& c) { c.budget = 0; }, "budget must be in [1, 16384], got 0");
+  // Above the bound: refused before (budget + 1) is formed, let alone allocated.
+  bad([](ModelConfig& c) { c.budget = ntk::kMaxBudget + 1; },
+      "budget must be in [1, 16384], got 16385");
+  bad([](ModelConfig& c) { c.budget = std::numeric_limits<int>::max(); },
+      "budget must be in [1, 16384], got 2147483647");
   bad([](ModelConfig& c) { c.noise_variance = 0; }, "noise_variance");
   bad([](ModelConfig& c) { c.forgetting = 1.5; }, "forgetting must be in (0, 1], got 1.5");
   bad([](ModelConfig& c) { c.forgetting = 0; }, "forgetting");
@@ -488,7 +495,7 @@ TEST_CASE("import refuses inconsistent states") {
     ntk::ModelState s = good;
     s.factor(4, 4) = -1.0;
     CHECK_THROWS_WITH_AS(OnlineGP::import_state(s),
-                         doctest::Contains("non-positive diagonal at index 4"),
+                         doctest::Contains("non-positive, subnormal or non-finite entry in row 4"),
                          std::invalid_argument);
   }
   {
@@ -496,6 +503,117 @@ TEST_CASE("import refuses inconsistent states") {
     s.config.budget = 4;
     CHECK_THROWS_WITH_AS(OnlineGP::import_state(s), doctest::Contains("exceed the budget"),
                          std::invalid_argument);
+  }
+}
+
+TEST_CASE("import refuses a state whose parts do not belong together") {
+  // Each part is well formed alone (shapes, finite entries, a positive factor diagonal),
+  // but they contradict each other or what update() can produce; a model built from them
+  // would predict wrongly (a factor scaled by 2 predicted 0.13 for 0.50) or NaN.
+  for (const double forgetting : {1.0, 0.99}) {  // gram is state only when forgetting < 1
+    CAPTURE(forgetting);
+    ModelConfig c;
+    c.budget = 8;
+    c.forgetting = forgetting;
+    OnlineGP gp(c, 3);
+    for (const VectorXd& x : random_inputs(20, 3, 81)) gp.update(x, target(x));
+    const ntk::ModelState good = gp.export_state();
+    const VectorXd probe = VectorXd::Constant(3, 0.3);
+    {
+      const OnlineGP back = OnlineGP::import_state(good);
+      CHECK(back.predict(probe).mean == gp.predict(probe).mean);
+    }
+    const auto refused = [&](const char* text, auto&& mutate) {
+      ntk::ModelState s = good;
+      mutate(s);
+      CHECK_THROWS_WITH_AS(OnlineGP::import_state(s), doctest::Contains(text),
+                           std::invalid_argument);
+    };
+    refused("factor is not the Cholesky factor of the inputs' kernel matrix",
+            [](ntk::ModelState& s) { s.factor *= 2.0; });
+    refused("factor is not the Cholesky factor",
+            [](ntk::ModelState& s) { s.factor(6, 2) += 1e-3; });
+    refused("factor is not the Cholesky factor",  // another dictionary's inputs
+            [](ntk::ModelState& s) { s.inputs.row(3) *= 1.01; });
+    refused("subnormal", [](ntk::ModelState& s) { s.factor(7, 7) = 1e-310; });
+    refused("gram is not the inputs' kernel matrix",
+            [](ntk::ModelState& s) { s.gram(5, 2) = s.gram(2, 5) += 0.5; });
+    if (forgetting < 1.0) {
+      refused("gram is not symmetric", [](ntk::ModelState& s) { s.gram(5, 2) += 1e-12; });
+    }
+    refused("input 4 has norm 9.9", [](ntk::ModelState& s) {
+      s.inputs.row(4).setZero();
+      s.inputs(4, 0) = 1e200;
+    });
+    refused("posterior variance 0 is negative", [](ntk::ModelState& s) {
+      s.sigma = -s.sigma;
+      s.sigma_pending.setZero();
+    });
+    refused("sigma is not a covariance", [](ntk::ModelState& s) {
+      s.sigma(1, 6) = s.sigma(6, 1) = 10.0 * std::sqrt(s.sigma(1, 1) * s.sigma(6, 6)) + 1.0;
+    });
+    refused("qdiag is not diag((L L^T)^-1)", [](ntk::ModelState& s) { s.qdiag(3) *= 1.5; });
+    refused("qdiag is not diag((L L^T)^-1)", [](ntk::ModelState& s) {
+      s.qdiag.setZero();
+      s.qdiag(0) = -1.0;
+    });
+    refused("inconsistent counters", [](ntk::ModelState& s) { s.admitted = s.updates + 1; });
+    refused("inconsistent counters", [](ntk::ModelState& s) { s.evicted = s.admitted + 1; });
+    refused("inconsistent counters", [](ntk::ModelState& s) {
+      s.since_recompute = std::numeric_limits<std::uint64_t>::max();
+    });
+    refused("samples must increase",
+            [](ntk::ModelState& s) { std::swap(s.samples[2], s.samples[3]); });
+    refused("samples must increase", [](ntk::ModelState& s) { s.samples.back() = s.updates; });
+    refused("last_drift must be finite",
+            [](ntk::ModelState& s) { s.last_drift = std::numeric_limits<double>::quiet_NaN(); });
+  }
+}
+
+TEST_CASE("targets at the accepted limit keep the signal power finite") {
+  // |y| = 1e150 with noise 1e-6: a squared standardized residual near 1e306, whose sum over
+  // updates overflowed and left every later variance inf, and the model's own export
+  // unimportable. One residual now counts at most 1e280.
+  ModelConfig c;
+  c.budget = 8;
+  c.noise_variance = 1e-6;
+  OnlineGP gp(c, 2);
+  VectorXd x(2);
+  x << 0.3, -0.7;
+  for (int t = 0; t < 2000; ++t) {
+    const ntk::UpdateResult r = gp.update(x, t % 2 ? 1e150 : -1e150);
+    REQUIRE(std::isfinite(r.prediction.var_y));
+  }
+  CHECK(std::isfinite(gp.signal_power()));
+  CHECK(gp.signal_power() > 1e270);  // the targets' scale is still seen
+  const auto others = random_inputs(3, 2, 5);
+  for (int t = 0; t < 200; ++t) gp.update(others[static_cast<std::size_t>(t % 3)], 1.0);
+  const ntk::Prediction p = gp.predict(others[0]);
+  CHECK(std::isfinite(p.var_y));
+  const OnlineGP back = OnlineGP::import_state(gp.export_state());
+  CHECK(back.predict(others[0]).var_y == p.var_y);
+  gp.check_invariants();
+}
+
+TEST_CASE("the drift checks work at the extremes of the accepted input scale") {
+  // drift_bound 1e-300 is exceeded by any rounding, so the column check every 16 updates
+  // recomputes each time; with the relu NTK at |x| near 1e150 (kernel values near 1e300)
+  // its unscaled squares overflowed to NaN and it never did.
+  for (const double scale : {1.0, 0.999e150}) {
+    CAPTURE(scale);
+    ModelConfig c;
+    c.budget = 8;
+    c.recompute_every = 0;
+    c.drift_bound = 1e-300;
+    c.kernel = ntk::KernelSpec::parse("ntk:activation=relu,depth=2,b_std=0");
+    OnlineGP gp(c, 2);
+    int recomputes = 0;
+    for (const VectorXd& x : random_inputs(160, 2, 3)) {
+      recomputes += gp.update(x.normalized() * scale, std::tanh(x(0))).recomputed;
+    }
+    CHECK(recomputes >= 9);
+    CHECK(std::isfinite(gp.drift()));
+    CHECK(gp.drift() < 1e-12);
   }
 }
 
@@ -549,7 +667,8 @@ TEST_CASE("recompute drops the bases a singular Gram matrix refuses and keeps th
   // Linear kernel, d = 1, no jitter, integer inputs 1, 3, 2, 5: K_D = x x^T has rank 1 and
   // every pivot after the first is exactly 0, so the refactorization refuses index 1 three
   // times (erasing in front of the middle, then behind it) and keeps the first basis. Such
-  // a state arrives only by import: the factor given is valid, the inputs are not.
+  // a state arrives only by import: the factor given is that of K_D + 1e-8 I, within the
+  // tolerance import_state allows (a relative error of 5e-10), but not of K_D itself.
   ModelConfig c;
   c.kernel = ntk::KernelSpec::parse("linear");
   c.budget = 6;
@@ -562,10 +681,12 @@ TEST_CASE("recompute drops the bases a singular Gram matrix refuses and keeps th
   st.inputs << 1.0, 3.0, 2.0, 5.0;
   st.samples = {10, 11, 12, 13};
   st.gram = st.inputs * st.inputs.transpose();
-  st.factor = MatrixXd::Identity(4, 4);
+  st.factor = 1e-4 * MatrixXd::Identity(4, 4);
+  st.factor.col(0) = st.inputs.col(0);
   st.mu = VectorXd::LinSpaced(4, 1.0, 4.0);
   st.sigma = MatrixXd::Identity(4, 4);
   st.s2_num = st.s2_den = 1.0;
+  st.updates = st.admitted = 14;
   OnlineGP gp = OnlineGP::import_state(st);
   gp.recompute();
   CHECK(gp.counters().pivot_failures == 3);

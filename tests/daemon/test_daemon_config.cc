@@ -156,8 +156,11 @@ TEST_CASE("config errors: FILE:LINE:COLUMN and the reason") {
                  "defaults { series { lags: 4 } }\n"
                  "overrides {\n  key_prefix: \"fx/\"\n  config {\n    series {\n"
                  "      model { budget: 0 }\n    }\n  }\n}\n");
-  CHECK(load_error(p) == p + ":6:15: overrides[0] (key_prefix \"fx/\"): model: budget must be >= "
-                             "1, got 0");
+  CHECK(load_error(p) == p + ":6:15: overrides[0] (key_prefix \"fx/\"): model: budget must be in "
+                             "[1, 16384], got 0");
+  p = write_file(dir, "f2.textproto", "defaults { series { model { budget: 2147483647 } } }\n");
+  CHECK(load_error(p) ==
+        p + ":1:29: defaults: model: budget must be in [1, 16384], got 2147483647");
   p = write_file(dir, "g.textproto",
                  "defaults {\n  series { model { kernel { spec: \"ntk:depth=-1\" } } }\n}\n");
   CHECK(load_error(p) == p + ":2:29: defaults: kernel spec: depth must be >= 0, got -1");

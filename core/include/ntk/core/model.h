@@ -64,6 +64,11 @@ namespace ntk {
 // refused with std::invalid_argument, like NaN, and leave the model unchanged.
 inline constexpr double kMaxMagnitude = 1e150;
 
+// Largest budget ModelConfig::validate() accepts. A model allocates three square
+// (budget + 1)^2 matrices of doubles up front (6.4 GB at this bound) and an update costs
+// O(budget^2) (about 25 us at 256, so near 0.1 s here).
+inline constexpr int kMaxBudget = 16384;
+
 // What happens when an admitted sample would exceed the budget.
 enum class EvictionPolicy {
   // KRLS-T's criterion: drop the basis whose removal changes the posterior mean least,
@@ -77,7 +82,7 @@ std::string_view to_string(EvictionPolicy);
 
 struct ModelConfig {
   KernelSpec kernel;                  // default: the NTK of an erf network, depth 2
-  int budget = 64;                    // M, maximum dictionary size (>= 1)
+  int budget = 64;                    // M, maximum dictionary size, in [1, kMaxBudget]
   double noise_variance = 1e-2;       // noise variance (a ratio to s2 when estimated)
   double forgetting = 1.0;            // lambda in (0, 1]; 1: stationary, no forgetting
   double admission_threshold = 1e-4;  // ALD threshold on gamma2 / k(x,x), in [0, 1)
