@@ -382,7 +382,11 @@ class Server::Impl::Session final : public Owner {
   std::shared_ptr<Session> self() { return std::static_pointer_cast<Session>(shared_from_this()); }
   std::size_t capacity() const { return slots_.size(); }
   std::uint32_t index(std::uint64_t n) const { return static_cast<std::uint32_t>(n % capacity()); }
-  bool ring_full() const { return next_ - head_ >= capacity(); }
+  // Reading (and decoding) waits while the ring is full, and while an answer from every
+  // shard (Stats of a prefix, Snapshot) is unwritten: such an answer can be megabytes, and
+  // a client that pipelines them without reading must not make the server hold one per
+  // slot.
+  bool ring_full() const { return next_ - head_ >= capacity() || head_ < barrier_end_; }
   void count_request(const v1::Request& request) {
     ++uncounted_requests_[static_cast<std::size_t>(detail::request_kind(request))];
   }
@@ -456,6 +460,7 @@ class Server::Impl::Session final : public Owner {
   // the ring is full wait there (reading paused) until writes free slots.
   void process_input() {
     if (!input_pending_ || closed_) return;
+    const std::uint64_t first_slot = next_;
     for (;;) {
       if (ring_full()) break;
       const FrameResult r = decoder_.next();
@@ -497,12 +502,18 @@ class Server::Impl::Session final : public Owner {
         continue;
       }
       count_request(s.request);
-      if (impl_.route(*this, id, batches_)) mark_ready(id);
+      if (impl_.route(*this, id, batches_)) {
+        mark_ready(id);
+      } else if (s.parts && s.parts->kind != Parts::Kind::kChannels) {
+        barrier_end_ = next_;  // not yet posted: s.parts is still this strand's
+      }
     }
     flush_counters();
     impl_.post_batches(shared_from_this(), batches_);
     if (decoder_.buffered_bytes() > 0) {
-      if (!partial_) partial_since_ = Clock::now();
+      // The read timeout runs from the start of the incomplete frame: from now if a frame
+      // completed in this call (or none was partial), else from when it was first seen.
+      if (!partial_ || next_ != first_slot) partial_since_ = Clock::now();
       partial_ = true;
     } else {
       partial_ = false;
@@ -650,11 +661,12 @@ class Server::Impl::Session final : public Owner {
   std::vector<asio::const_buffer> buffers_;  // not state: the write in flight's buffers
 
   std::uint64_t head_ = 0, write_end_ = 0, next_ = 0;
-  bool reading_ = false;        // a read is in flight
-  bool writing_ = false;        // a write is in flight
-  bool input_pending_ = false;  // the decoder holds fed bytes not yet consumed
-  bool stop_reading_ = false;   // EOF, framing error or drain: no more reads
-  bool flushing_ = false;       // close once every answer is written
+  std::uint64_t barrier_end_ = 0;  // reading waits until head_ reaches it (ring_full)
+  bool reading_ = false;           // a read is in flight
+  bool writing_ = false;           // a write is in flight
+  bool input_pending_ = false;     // the decoder holds fed bytes not yet consumed
+  bool stop_reading_ = false;      // EOF, framing error or drain: no more reads
+  bool flushing_ = false;          // close once every answer is written
   bool draining_ = false;
   bool lingering_ = false;
   bool closed_ = false;
@@ -980,6 +992,7 @@ void Server::Impl::finish_parts(const std::shared_ptr<Owner>& owner, std::uint32
   switch (p.kind) {
     case Parts::Kind::kChannels:
       write_response(p.response, owner->framed(), s.response);
+      s.parts.reset();  // only the bytes wait for the write
       done.push_back(id);
       return;
     case Parts::Kind::kStats: {
@@ -993,6 +1006,7 @@ void Server::Impl::finish_parts(const std::shared_ptr<Owner>& owner, std::uint32
                 [](const v1::KeyStats& a, const v1::KeyStats& b) { return a.key() < b.key(); });
       for (auto& k : all) *stats->add_keys() = std::move(k);
       write_response(p.response, owner->framed(), s.response);
+      s.parts.reset();  // the Response can be as large as its bytes
       done.push_back(id);
       return;
     }
@@ -1021,6 +1035,7 @@ void Server::Impl::finish_parts(const std::shared_ptr<Owner>& owner, std::uint32
           }
         }
         write_response(response, owner->framed(), slot.response);
+        slot.parts.reset();
         owner->complete({id});
       });
       return;

@@ -581,6 +581,65 @@ TEST_CASE("a client that never reads cannot grow the server's memory") {
   CHECK(server.counters().tcp_frames() == sent + 1);  // + the other client's request
 }
 
+TEST_CASE("a client that pipelines Stats of every key without reading holds one answer") {
+  // A Stats of a key prefix (and a Snapshot) is answered by every shard and can be
+  // megabytes; the session reads no further request until such an answer is written, so a
+  // client that never reads holds at most about one of them in the server (it held one
+  // per slot: 100 requests of 5 MB grew the server by 2.4 GB).
+  ServerOptions options = small_options();
+  options.max_queued_responses = 1024;
+  Server server(options);
+  server.start();
+  {
+    Client loader("127.0.0.1", server.port(), with_timeout());
+    std::vector<v1::Request> keys;
+    for (std::uint64_t k = 0; k < 4000; ++k) {
+      keys.push_back(reading("key-with-a-longish-name/" + std::to_string(k), 1, 1.0));
+    }
+    for (const v1::Response& r : loader.call_many(keys)) REQUIRE(r.has_prediction());
+  }
+  Client probe("127.0.0.1", server.port(), with_timeout());
+  const v1::Response one = probe.call(control_stats(std::nullopt, std::string("")));
+  REQUIRE(one.stats().keys_size() == 4000);
+  const std::size_t answer_bytes = one.ByteSizeLong();
+  MESSAGE("one Stats answer: " << answer_bytes << " bytes");
+  REQUIRE(answer_bytes > (1u << 20));
+
+  const std::uint64_t frames_before = server.counters().tcp_frames();
+  Client silent("127.0.0.1", server.port(), with_timeout());
+  std::string frames;
+  constexpr int kRequests = 100;
+  for (int i = 0; i < kRequests; ++i) {
+    v1::Request r = control_stats(std::nullopt, std::string(""));
+    r.set_seq(static_cast<std::uint64_t>(i) + 1);
+    frames += frame_of(r);
+  }
+  silent.send_raw(bytes_of(frames), kRequests);  // 100 small frames: all reach the server
+  // The answers fill the socket buffers after a few; then the server stops decoding.
+  std::uint64_t read = 0;
+  for (int round = 0; round < 50; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const std::uint64_t now = server.counters().tcp_frames() - frames_before;
+    if (now == read && round > 10) break;
+    read = now;
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  const std::uint64_t settled = server.counters().tcp_frames() - frames_before;
+  MESSAGE("Stats requests decoded while the client did not read: " << settled << " of "
+                                                                   << kRequests);
+  CHECK(settled == read);
+  // Socket buffers (a few MB on loopback) hold a handful of answers; one more is held by
+  // the server. Without the barrier all 100 were decoded at once.
+  CHECK(settled < 20);
+  // Reading now: every request answered, in order, each with every key.
+  for (int i = 0; i < kRequests; ++i) {
+    const v1::Response r = silent.receive();
+    REQUIRE(r.seq() == static_cast<std::uint64_t>(i) + 1);
+    REQUIRE(r.stats().keys_size() == 4000);
+  }
+  CHECK(server.counters().tcp_frames() - frames_before == kRequests);
+}
+
 TEST_CASE("UDP ingest: one Request per datagram") {
   ServerOptions options = small_options();
   options.udp_listen = {"127.0.0.1:0"};
@@ -671,6 +730,27 @@ TEST_CASE("idle and read timeouts close only the silent connection") {
     const std::string f = frame_of(reading("i", 1, 1.0));
     c.send_raw(bytes_of(f.substr(0, 3)), 0);
     CHECK(server_closes(c));
+  }
+  SUBCASE("frames that each complete in time, over writes that never end between frames") {
+    // The timeout runs from the start of the incomplete frame, not from the last moment
+    // the decoder was empty: 12 frames, each finished 50 ms after it began, 600 ms in all.
+    Client c("127.0.0.1", server.port(), with_timeout());
+    std::string stream;
+    constexpr int kFrames = 12;
+    for (int t = 1; t <= kFrames; ++t) stream += frame_of(reading("p", t, signal(7, t)));
+    const std::size_t step = stream.size() / kFrames;
+    for (int t = 0; t < kFrames; ++t) {
+      const std::size_t from = t * step + (t == 0 ? 0 : step / 2);
+      const std::size_t to = t + 1 == kFrames ? stream.size() : (t + 1) * step + step / 2;
+      c.send_raw(bytes_of(stream.substr(from, to - from)), 0);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    c.send_raw({}, kFrames);
+    for (int t = 1; t <= kFrames; ++t) {
+      const v1::Response r = c.receive();
+      REQUIRE(r.seq() == static_cast<std::uint64_t>(t));
+      CHECK(r.has_prediction());
+    }
   }
   CHECK(eventually([&] { return server.counters().connections_open() == 0; }));
 }
