@@ -70,6 +70,12 @@ namespace {
 constexpr std::uint64_t kDriftCheckPeriod = 16;
 // Pseudo-observations behind the initial signal power s2 = 1 (standardized data).
 constexpr double kSignalPowerPrior = 1.0;
+// Floor on the noise variance as a fraction of the prior variance k(x, x) + jitter of each
+// input. Absorbing y leaves the posterior variance var_f noise / var_y, computed as
+// var_f - var_f^2 / var_y with an error of a few ulps of var_f: at noise / k(x, x) near
+// 1e-16 it came out negative and the model diverged. 1e-12 leaves four digits of margin
+// and is far below the 1e-6 that the cleanest series want.
+constexpr double kMinRelativeNoise = 1e-12;
 // Cap on one squared standardized residual in the signal power's sum: 1e280 times any
 // feasible count of updates stays far below the largest double.
 constexpr double kMaxResidual2 = 1e280;
@@ -641,7 +647,7 @@ struct OnlineGP::Impl {
       s.var_f = std::max(0.0, s.gamma2 + s.qh);
       s.mean = std::sqrt(lambda) * q.dot(mu.head(m));
     }
-    s.var_y = config.noise_variance + s.var_f;
+    s.var_y = std::max(config.noise_variance, kMinRelativeNoise * s.kss) + s.var_f;
     return s;
   }
 

@@ -81,9 +81,12 @@ enum class EvictionPolicy {
 std::string_view to_string(EvictionPolicy);
 
 struct ModelConfig {
-  KernelSpec kernel;                  // default: the NTK of an erf network, depth 2
-  int budget = 64;                    // M, maximum dictionary size, in [1, kMaxBudget]
-  double noise_variance = 1e-2;       // noise variance (a ratio to s2 when estimated)
+  KernelSpec kernel;  // default: the NTK of an erf network, depth 2
+  int budget = 64;    // M, maximum dictionary size, in [1, kMaxBudget]
+  // Noise variance (a ratio to s2 when estimated). Each sample uses at least 1e-12 times
+  // its prior variance k(x, x) + jitter: below that, double precision cannot represent
+  // the posterior update (its variances would come out negative).
+  double noise_variance = 1e-2;
   double forgetting = 1.0;            // lambda in (0, 1]; 1: stationary, no forgetting
   double admission_threshold = 1e-4;  // ALD threshold on gamma2 / k(x,x), in [0, 1)
   EvictionPolicy eviction = EvictionPolicy::kMinLoss;
