@@ -231,8 +231,18 @@ int run(const ntk::daemon::DaemonOptions& options) {
         return {503, "text/plain; charset=utf-8", "not ready: " + phase + "\n"};
       }
       if (path == "/metrics") {
+        // Never waits: while a snapshot loads or the server drains, the endpoint's one
+        // thread must stay free for /livez and /readyz, and partial sums over the keys
+        // would make counters go down.
+        const std::optional<v1::Stats> stats = server.try_stats(all_keys);
+        if (!stats) {
+          const auto [ready, phase] = status.readiness();
+          return {503, "text/plain; charset=utf-8",
+                  "metrics unavailable while the server is busy (" +
+                      (ready ? std::string("starting or stopping") : phase) + "); retry\n"};
+        }
         return {200, "text/plain; version=0.0.4; charset=utf-8",
-                ntk::daemon::render_metrics(server.stats(all_keys), status.get())};
+                ntk::daemon::render_metrics(*stats, status.get())};
       }
       return {404, "text/plain; charset=utf-8", "not found (try /metrics, /livez, /readyz)\n"};
     });

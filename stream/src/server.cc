@@ -254,6 +254,8 @@ struct Server::Impl {
   template <typename Fn>
   void on_each_shard(Fn&& fn) const;
   ModelSnapshot collect_snapshot(std::vector<std::vector<v1::KeySnapshot>>&& parts) const;
+  // Server::stats with `lifecycle` held shared.
+  v1::Stats stats_locked(const v1::Control::GetStats& scope) const;
 
   // --- sessions registry (not the hot path)
   void add_session(const std::shared_ptr<Session>& s);
@@ -1291,11 +1293,21 @@ v1::ServerCounters Server::counters() const { return impl_->counters.to_proto();
 
 v1::Stats Server::stats(const v1::Control::GetStats& scope) const {
   std::shared_lock lock(impl_->lifecycle);
+  return impl_->stats_locked(scope);
+}
+
+std::optional<v1::Stats> Server::try_stats(const v1::Control::GetStats& scope) const {
+  std::shared_lock lock(impl_->lifecycle, std::try_to_lock);
+  if (!lock.owns_lock()) return std::nullopt;
+  return impl_->stats_locked(scope);
+}
+
+v1::Stats Server::Impl::stats_locked(const v1::Control::GetStats& scope) const {
   v1::Stats stats;
-  std::vector<std::vector<v1::KeyStats>> parts(impl_->shards.size());
+  std::vector<std::vector<v1::KeyStats>> parts(shards.size());
   if (scope.has_key()) {
-    const std::size_t target = detail::shard_of(scope.key(), impl_->shards.size());
-    impl_->on_each_shard([&](const Impl::ShardActor& a) {
+    const std::size_t target = detail::shard_of(scope.key(), shards.size());
+    on_each_shard([&](const ShardActor& a) {
       if (a.index != target) return;
       std::vector<v1::KeyStats> found;
       a.shard.collect_stats(scope.key(), found);
@@ -1304,11 +1316,10 @@ v1::Stats Server::stats(const v1::Control::GetStats& scope) const {
       }
     });
   } else if (scope.has_key_prefix()) {
-    impl_->on_each_shard([&](const Impl::ShardActor& a) {
-      a.shard.collect_stats(scope.key_prefix(), parts[a.index]);
-    });
+    on_each_shard(
+        [&](const ShardActor& a) { a.shard.collect_stats(scope.key_prefix(), parts[a.index]); });
   }
-  *stats.mutable_server() = impl_->counters.to_proto();
+  *stats.mutable_server() = counters.to_proto();
   std::vector<v1::KeyStats> all;
   for (auto& p : parts) {
     for (auto& k : p) all.push_back(std::move(k));

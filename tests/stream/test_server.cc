@@ -12,6 +12,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -638,6 +639,51 @@ TEST_CASE("a client that pipelines Stats of every key without reading holds one 
     REQUIRE(r.stats().keys_size() == 4000);
   }
   CHECK(server.counters().tcp_frames() - frames_before == kRequests);
+}
+
+TEST_CASE("try_stats answers at once while import_models holds the server") {
+  // What /metrics uses: it must not wait for a snapshot's restore (the endpoint's one
+  // thread would also hold up /livez), and must never see half the keys.
+  Server source(small_options());
+  source.start();
+  {
+    Client loader("127.0.0.1", source.port(), with_timeout());
+    std::vector<v1::Request> keys;
+    for (std::uint64_t k = 0; k < 6000; ++k)
+      keys.push_back(reading("k" + std::to_string(k), 1, 1.0));
+    for (const v1::Response& r : loader.call_many(keys)) REQUIRE(r.has_prediction());
+  }
+  const ntk::stream::ModelSnapshot snapshot = source.export_models();
+  source.stop();
+  REQUIRE(snapshot.keys.size() == 6000);
+
+  Server target(small_options());
+  v1::Control::GetStats all;
+  all.set_key_prefix("");
+  std::atomic<bool> started{false}, done{false};
+  std::thread importer([&] {
+    started = true;
+    target.import_models(snapshot);
+    done = true;
+  });
+  while (!started) std::this_thread::yield();
+  int busy = 0, answered = 0;
+  while (!done) {
+    const std::optional<v1::Stats> s = target.try_stats(all);
+    if (!s) {
+      ++busy;
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    } else {
+      ++answered;
+      CHECK((s->keys_size() == 0 || s->keys_size() == 6000));  // atomic import
+    }
+  }
+  importer.join();
+  MESSAGE("during the import: " << busy << " busy, " << answered << " answered");
+  CHECK(busy > 0);
+  const std::optional<v1::Stats> after = target.try_stats(all);
+  REQUIRE(after);
+  CHECK(after->keys_size() == 6000);
 }
 
 TEST_CASE("UDP ingest: one Request per datagram") {

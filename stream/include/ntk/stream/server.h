@@ -177,6 +177,9 @@ class Server {
   // (sorted by key). An unknown key yields no KeyStats (on the wire: UNKNOWN_KEY).
   // Blocks until every shard concerned has answered. Works before start() and after stop().
   v1::Stats stats(const v1::Control::GetStats& scope = {}) const;
+  // stats(), or nothing at once while start(), stop() (a drain) or import_models() holds
+  // the server: for callers that must not wait, such as a metrics endpoint.
+  std::optional<v1::Stats> try_stats(const v1::Control::GetStats& scope = {}) const;
 
   // Every key's state and the Control.Configure prefixes, consistent per key (each shard
   // is exported on its strand; keys of different shards may be exported at slightly
