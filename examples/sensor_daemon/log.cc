@@ -112,6 +112,23 @@ std::string format_log_line(std::string_view ts, Level level, std::string_view m
   return line;
 }
 
+bool LogRateLimit::allow(Clock::time_point now, std::uint64_t* suppressed) {
+  std::lock_guard lock(mutex_);
+  *suppressed = 0;
+  if (used_ == 0 || now - window_start_ >= window_) {
+    *suppressed = dropped_;
+    dropped_ = 0;
+    window_start_ = now;
+    used_ = 0;
+  }
+  if (used_ < burst_) {
+    ++used_;
+    return true;
+  }
+  ++dropped_;
+  return false;
+}
+
 void set_min_level(Level level) { g_min_level.store(static_cast<int>(level)); }
 
 void log(Level level, std::string_view msg, std::initializer_list<Field> fields) {

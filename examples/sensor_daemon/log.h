@@ -7,7 +7,10 @@
 // write(2), so lines never interleave.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <initializer_list>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -27,6 +30,26 @@ std::string format_log_line(std::string_view ts, Level level, std::string_view m
 // A value as logfmt writes it: bare when it has no space, quote, '=' or control
 // character and is not empty; otherwise double-quoted with \" \\ \n \t \r escaped.
 std::string logfmt_value(std::string_view value);
+
+// At most `burst` lines per `window` for one source of lines that clients can trigger
+// (e.g. protobuf's diagnostics on malformed requests), so that no client can flood the
+// log. allow() says whether a line may be written now; when a new window opens after
+// lines were dropped, it also returns (in *suppressed) how many, for one summary line.
+// Thread-safe.
+class LogRateLimit {
+ public:
+  using Clock = std::chrono::steady_clock;
+  LogRateLimit(int burst, Clock::duration window) : burst_(burst), window_(window) {}
+  bool allow(Clock::time_point now, std::uint64_t* suppressed);
+
+ private:
+  std::mutex mutex_;
+  const int burst_;
+  const Clock::duration window_;
+  Clock::time_point window_start_{};
+  int used_ = 0;
+  std::uint64_t dropped_ = 0;
+};
 
 // Lines below the minimum level are dropped (default: info).
 void set_min_level(Level level);

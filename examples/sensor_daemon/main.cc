@@ -164,9 +164,19 @@ void notify(const char* state) {
   }
 }
 
-// Protobuf's own diagnostics become log lines too.
+// Protobuf's own diagnostics become log lines too. Malformed requests trigger them (e.g.
+// invalid UTF-8 in a string field: one line per request, besides its counted Error), so
+// at most 20 lines per 10 s, and then a count of those dropped.
 void protobuf_log(google::protobuf::LogLevel level, const char* file, int line,
                   const std::string& message) {
+  static ntk::daemon::LogRateLimit limit(20, std::chrono::seconds(10));
+  std::uint64_t dropped = 0;
+  const bool allowed = limit.allow(ntk::daemon::LogRateLimit::Clock::now(), &dropped);
+  if (dropped > 0) {
+    log(Level::kWarning, "protobuf diagnostics suppressed (rate limit)",
+        {{"lines", std::to_string(dropped)}});
+  }
+  if (!allowed) return;
   log(level >= google::protobuf::LOGLEVEL_ERROR ? Level::kError : Level::kWarning, "protobuf",
       {{"file", file}, {"line", std::to_string(line)}, {"detail", message}});
 }

@@ -218,3 +218,22 @@ TEST_CASE("the shipped example config loads") {
   CHECK(c.snapshot_interval_seconds() == 300u);
   CHECK(c.metrics_listen() == "127.0.0.1:9464");
 }
+
+TEST_CASE("LogRateLimit: a burst per window, then a count of the lines dropped") {
+  using ntk::daemon::LogRateLimit;
+  using namespace std::chrono_literals;
+  LogRateLimit limit(3, 10s);
+  const LogRateLimit::Clock::time_point t0{};
+  std::uint64_t dropped = 99;
+  for (int i = 0; i < 3; ++i) {
+    CHECK(limit.allow(t0 + 1s + i * 1ms, &dropped));
+    CHECK(dropped == 0);
+  }
+  for (int i = 0; i < 5; ++i) CHECK_FALSE(limit.allow(t0 + 2s, &dropped));
+  CHECK_FALSE(limit.allow(t0 + 10s, &dropped));  // the window is [1 s, 11 s)
+  CHECK(dropped == 0);
+  CHECK(limit.allow(t0 + 11s, &dropped));  // a new window reports the 6 dropped once
+  CHECK(dropped == 6);
+  CHECK(limit.allow(t0 + 12s, &dropped));
+  CHECK(dropped == 0);
+}
