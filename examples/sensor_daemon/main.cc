@@ -261,7 +261,8 @@ int run(const ntk::daemon::DaemonOptions& options) {
   }
 
   // Restore the newest snapshot that is intact and imports completely; refused ones are
-  // reported and the next older one is tried. Never half a snapshot: import is atomic.
+  // reported, set aside (never pruned) and the next older one is tried. Snapshots refused
+  // at an earlier start are tried first. Never half a snapshot: import is atomic.
   if (store) {
     status.set_phase("restoring snapshot", false);
     const auto result = store->load_latest([&](const ntk::daemon::SnapshotContents& c) {
@@ -273,7 +274,9 @@ int run(const ntk::daemon::DaemonOptions& options) {
     });
     for (const auto& refusal : result.refused) {
       log(Level::kError, "snapshot refused",
-          {{"path", refusal.path.string()}, {"reason", refusal.reason}});
+          {{"path", refusal.path.string()},
+           {"reason", refusal.reason},
+           {"kept_as", refusal.kept_as.string()}});
     }
     if (result.snapshot) {
       const auto& c = result.snapshot->contents;
@@ -285,6 +288,12 @@ int run(const ntk::daemon::DaemonOptions& options) {
           {{"path", result.snapshot->path.string()},
            {"keys", std::to_string(c.keys.size())},
            {"writer", c.header.writer()}});
+      if (const auto& from = result.snapshot->set_aside_as) {
+        log(Level::kWarning,
+            "restored a snapshot refused at an earlier start; the snapshots written since "
+            "are older generations now",
+            {{"from", from->string()}, {"path", result.snapshot->path.string()}});
+      }
     } else if (!result.refused.empty()) {
       log(Level::kError, "no usable snapshot: starting with no keys",
           {{"dir", config.snapshot_dir()}, {"refused", std::to_string(result.refused.size())}});

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <ios>
 #include <iterator>
 #include <sstream>
 #include <system_error>
@@ -170,7 +171,13 @@ SnapshotContents decode_snapshot(std::string_view bytes) {
 SnapshotContents read_snapshot_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw SnapshotError(path.string() + ": cannot open: " + errno_text(errno));
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string bytes;
+  try {
+    bytes.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  } catch (const std::ios_base::failure& e) {
+    // libstdc++'s filebuf throws on a read error (EIO, a directory) whatever the mask.
+    throw SnapshotError(path.string() + ": read error: " + e.what());
+  }
   if (in.bad()) throw SnapshotError(path.string() + ": read error");
   try {
     return decode_snapshot(bytes);
@@ -267,21 +274,28 @@ SnapshotStore::SnapshotStore(std::filesystem::path dir, int keep)
       std::filesystem::remove(entry.path(), ec);
     }
   }
-  const auto existing = scan();
-  if (!existing.empty()) next_generation_ = existing.front().first + 1;
+  for (const bool set_aside : {false, true}) {
+    const auto existing = scan(set_aside);
+    if (!existing.empty()) {
+      next_generation_ = std::max(next_generation_, existing.front().first + 1);
+    }
+  }
 }
 
 SnapshotStore::~SnapshotStore() {
   if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the flock
 }
 
-std::vector<std::pair<std::uint64_t, std::filesystem::path>> SnapshotStore::scan() const {
-  std::vector<std::pair<std::uint64_t, std::filesystem::path>> found;
+SnapshotStore::Found SnapshotStore::scan(bool set_aside) const {
+  Found found;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir_, ec)) {
-    if (auto g = parse_generation(entry.path().filename().string())) {
-      found.emplace_back(*g, entry.path());
+    std::string name = entry.path().filename().string();
+    if (set_aside) {
+      if (!name.ends_with(kRefusedSuffix)) continue;
+      name.resize(name.size() - kRefusedSuffix.size());
     }
+    if (auto g = parse_generation(name)) found.emplace_back(*g, entry.path());
   }
   std::sort(found.begin(), found.end(),
             [](const auto& a, const auto& b) { return a.first > b.first; });
@@ -290,29 +304,95 @@ std::vector<std::pair<std::uint64_t, std::filesystem::path>> SnapshotStore::scan
 
 std::vector<std::filesystem::path> SnapshotStore::files() const {
   std::vector<std::filesystem::path> out;
-  for (auto& [g, p] : scan()) out.push_back(p);
+  for (auto& [g, p] : scan(false)) out.push_back(p);
   return out;
 }
 
+std::vector<std::filesystem::path> SnapshotStore::refused_files() const {
+  std::vector<std::filesystem::path> out;
+  for (auto& [g, p] : scan(true)) out.push_back(p);
+  return out;
+}
+
+namespace {
+
+// Renames `from` to `to` (which must not exist yet) and makes the rename durable; "" on
+// success, otherwise why not.
+std::string rename_durably(const std::filesystem::path& from, const std::filesystem::path& to) {
+  std::error_code ec;
+  if (std::filesystem::symlink_status(to, ec).type() != std::filesystem::file_type::not_found) {
+    return to.string() + ": already exists";
+  }
+  if (::rename(from.c_str(), to.c_str()) != 0) {
+    return "rename to " + to.string() + ": " + errno_text(errno);
+  }
+  const std::filesystem::path dir = to.has_parent_path() ? to.parent_path() : ".";
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);  // best effort: the rename is done either way
+    ::close(dfd);
+  }
+  return "";
+}
+
+}  // namespace
+
 SnapshotStore::LoadResult SnapshotStore::load_latest(
-    const std::function<void(const SnapshotContents&)>& accept) const {
+    const std::function<void(const SnapshotContents&)>& accept) {
+  std::lock_guard lock(mutex_);
   LoadResult result;
-  for (auto& [g, path] : scan()) {
+  // The contents if the file decodes and `accept` takes it; otherwise the refusal is
+  // recorded (kept_as: where it is, the caller moves it if it must).
+  auto try_file = [&](const std::filesystem::path& path) -> std::optional<SnapshotContents> {
     std::optional<SnapshotContents> contents;
     try {
       contents = read_snapshot_file(path);
     } catch (const SnapshotError& e) {
-      result.refused.push_back({path, e.what()});
-      continue;
+      result.refused.push_back({path, e.what(), path});
+      return std::nullopt;
     }
     try {
       if (accept) accept(*contents);
     } catch (const std::exception& e) {
-      result.refused.push_back({path, path.string() + ": refused: " + e.what()});
-      continue;
+      result.refused.push_back({path, path.string() + ": refused: " + e.what(), path});
+      return std::nullopt;
     }
-    result.snapshot = Loaded{path, std::move(*contents)};
+    return contents;
+  };
+
+  // Files refused at an earlier start first: the configuration may allow them now.
+  for (auto& [g, path] : scan(true)) {
+    auto contents = try_file(path);
+    if (!contents) continue;
+    Loaded loaded{path, std::move(*contents), path};
+    // It becomes the newest generation, so that later starts restore it (or what is
+    // written after it), not the snapshots written while it was set aside.
+    const std::filesystem::path newest = dir_ / file_name(next_generation_);
+    if (rename_durably(path, newest).empty()) {
+      loaded.path = newest;
+      ++next_generation_;
+    }
+    result.snapshot = std::move(loaded);
     return result;
+  }
+
+  for (auto& [g, path] : scan(false)) {
+    auto contents = try_file(path);
+    if (contents) {
+      result.snapshot = Loaded{path, std::move(*contents), std::nullopt};
+      return result;
+    }
+    // Set the refused file aside, out of the pruning; if that fails, keep it where it is
+    // and never prune it in this process either.
+    Refusal& refusal = result.refused.back();
+    const std::filesystem::path aside = path.string() + std::string(kRefusedSuffix);
+    const std::string error = rename_durably(path, aside);
+    if (error.empty()) {
+      refusal.kept_as = aside;
+    } else {
+      refusal.reason += " (not set aside: " + error + ")";
+      pinned_.push_back(g);
+    }
   }
   return result;
 }
@@ -324,10 +404,17 @@ std::filesystem::path SnapshotStore::write(const v1::SnapshotHeader& header,
   const std::filesystem::path path = dir_ / file_name(next_generation_);
   write_file_atomically(path, bytes);
   ++next_generation_;
-  auto all = scan();
+  // The newest `keep` files stay; refused ones that could not be set aside are neither
+  // counted nor removed.
+  int kept = 0;
   std::error_code ec;
-  for (std::size_t i = static_cast<std::size_t>(keep_); i < all.size(); ++i) {
-    std::filesystem::remove(all[i].second, ec);
+  for (const auto& [g, p] : scan(false)) {
+    if (std::find(pinned_.begin(), pinned_.end(), g) != pinned_.end()) continue;
+    if (kept < keep_) {
+      ++kept;
+      continue;
+    }
+    std::filesystem::remove(p, ec);
   }
   return path;
 }

@@ -23,6 +23,15 @@
 // SnapshotStore manages a snapshot directory: files snapshot-<generation>.ntks (20-digit
 //   zero-padded generation, increasing), an advisory lock (flock on <dir>/LOCK) so that
 //   two daemons never share a directory, and pruning to the newest `keep` files.
+//
+// REFUSED FILES are never deleted by the store. load_latest() renames a file it refuses
+//   (corrupt, or a state the caller cannot import, e.g. more keys than max_keys) to
+//   snapshot-<generation>.ntks.refused: out of the pruning and of the `keep` count. At
+//   every later start the files set aside are tried first, newest first, so a snapshot
+//   refused because of the configuration comes back once the configuration allows it; it
+//   is then renamed to the next generation (the newest), and the snapshots written in
+//   between become older generations that pruning removes in time. A file that is refused
+//   again stays aside; deleting it is the operator's decision.
 #pragma once
 
 #include <cstdint>
@@ -98,46 +107,61 @@ class SnapshotStore {
   SnapshotStore& operator=(const SnapshotStore&) = delete;
 
   struct Refusal {
-    std::filesystem::path path;
+    std::filesystem::path path;  // the file as it was tried
     std::string reason;
+    // Where the file is now: path + ".refused", or path itself if it was already set
+    // aside or could not be renamed (then it is still never pruned by this store).
+    std::filesystem::path kept_as;
   };
   struct Loaded {
-    std::filesystem::path path;
+    std::filesystem::path path;  // where the file is now
     SnapshotContents contents;
+    // Set when the snapshot is one refused at an earlier start: the file it was read
+    // from, renamed to `path`, the next generation (unless that rename failed: then
+    // path == *set_aside_as and it is tried first again at the next start).
+    std::optional<std::filesystem::path> set_aside_as;
   };
   struct LoadResult {
-    std::optional<Loaded> snapshot;  // the newest good one; nullopt: none usable
-    std::vector<Refusal> refused;    // newer files that failed, newest first
+    std::optional<Loaded> snapshot;  // the first good one; nullopt: none usable
+    std::vector<Refusal> refused;    // files tried before it that failed, in that order
   };
 
-  // Tries the snapshot files newest first and returns the first that decodes and that
-  // `accept` (if given) does not refuse by throwing std::exception (e.g. a state that does
-  // not import); the ones tried before it are reported (and left on disk for inspection).
-  LoadResult load_latest(
-      const std::function<void(const SnapshotContents&)>& accept = nullptr) const;
+  // Tries the files set aside by earlier calls (see REFUSED FILES), then the snapshot
+  // files, newest first each, and returns the first that decodes and that `accept` (if
+  // given) does not refuse by throwing std::exception (e.g. a state that does not import).
+  // The ones tried before it are reported and kept on disk, set aside (see Refusal).
+  LoadResult load_latest(const std::function<void(const SnapshotContents&)>& accept = nullptr);
 
   // Writes a new snapshot with the next generation, then removes all but the newest
-  // `keep` snapshot files. Returns the new file's path.
+  // `keep` snapshot files (never a file refused by load_latest). Returns the new path.
   // Throws SnapshotError (the directory is as before, apart from pruning not done).
   std::filesystem::path write(const v1::SnapshotHeader& header,
                               std::span<const v1::KeySnapshot> keys);
 
-  // Snapshot files present, newest first.
+  // Snapshot files present, newest first (not the ones set aside).
   std::vector<std::filesystem::path> files() const;
+  // Files set aside by load_latest (snapshot-<generation>.ntks.refused), newest first.
+  std::vector<std::filesystem::path> refused_files() const;
   const std::filesystem::path& dir() const { return dir_; }
 
   // "snapshot-<20 digits>.ntks"; nullopt for names of any other form.
   static std::string file_name(std::uint64_t generation);
   static std::optional<std::uint64_t> parse_generation(std::string_view file_name);
+  static constexpr std::string_view kRefusedSuffix = ".refused";
 
  private:
-  std::vector<std::pair<std::uint64_t, std::filesystem::path>> scan() const;
+  using Found = std::vector<std::pair<std::uint64_t, std::filesystem::path>>;
+  // Snapshot files (set_aside false) or files set aside (true), newest first.
+  Found scan(bool set_aside) const;
 
   std::filesystem::path dir_;
   int keep_;
   int lock_fd_ = -1;
-  mutable std::mutex mutex_;  // serializes write() and pruning
+  mutable std::mutex mutex_;  // serializes write(), load_latest() and pruning
   std::uint64_t next_generation_ = 1;
+  // Generations refused by load_latest that are still under their snapshot-*.ntks name
+  // (the rename aside failed): write() never prunes them.
+  std::vector<std::uint64_t> pinned_;
 };
 
 }  // namespace ntk::daemon

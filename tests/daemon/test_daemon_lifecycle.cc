@@ -350,6 +350,66 @@ TEST_CASE("a corrupt or truncated newest snapshot is refused and the previous on
   CHECK(d.stop() == 0);
 }
 
+// A snapshot refused at start because of the config (here: more keys than a lowered
+// max_keys) must survive the snapshots the daemon writes afterwards: a restart with the
+// original config brings the original keys back.
+TEST_CASE("a snapshot refused at start is kept and restored once the config allows it") {
+  TempDir dir;
+  auto live_keys = [](Client& c) {
+    v1::Request r;
+    r.mutable_control()->mutable_stats();
+    const v1::Response resp = c.call(r);
+    REQUIRE(resp.has_stats());
+    return resp.stats().server().keys();
+  };
+  Daemon d{dir, {}, {}, nullptr, {}};
+  d.start("first.log");
+  {
+    Client c(d.tcp());
+    for (int k = 0; k < 5; ++k) {
+      REQUIRE(
+          c.call(ntk::test::sensor_reading("k" + std::to_string(k), 1, kT0, 1.0)).has_prediction());
+    }
+  }
+  CHECK(d.stop() == 0);  // generation 1: 5 keys
+  const auto files = snapshot_files(dir);
+  REQUIRE(files.size() == 1);
+  const std::string original = ntk::test::slurp(files[0]);
+
+  std::ofstream(dir / "small.textproto") << "max_keys: 4\n";
+  Daemon small{dir, {"--config", (dir / "small.textproto").string()}, {}, nullptr, {}};
+  small.start("small.log");
+  const std::string log = small.process->log();
+  CHECK(log.find("level=error msg=\"snapshot refused\" path=" + files[0].string()) !=
+        std::string::npos);
+  CHECK(log.find("more than max_keys") != std::string::npos);
+  CHECK(log.find("msg=\"no usable snapshot: starting with no keys\"") != std::string::npos);
+  {
+    Client c(small.tcp());
+    CHECK(live_keys(c) == 0);
+    // More snapshots than the store keeps (3): none of them may cost the refused one.
+    for (int i = 0; i < 4; ++i) REQUIRE(c.call(snapshot_request()).has_ack());
+  }
+  CHECK(small.stop() == 0);
+  // The refused file is still there, byte for byte (set aside under a name that says so).
+  const std::filesystem::path aside = files[0].string() + ".refused";
+  CHECK(std::filesystem::exists(aside));
+  CHECK(ntk::test::slurp(aside) == original);
+
+  // The original config again: the refused snapshot is tried first and restored; it is
+  // the newest generation from now on, so later starts keep it too.
+  for (const char* name : {"third.log", "fourth.log"}) {
+    d.start(name);
+    CHECK(d.process->log().find("msg=\"snapshot restored\"") != std::string::npos);
+    {
+      Client c(d.tcp());
+      CHECK(live_keys(c) == 5);
+    }
+    CHECK(d.stop() == 0);
+  }
+  CHECK(!std::filesystem::exists(aside));
+}
+
 TEST_CASE("metrics: scraped over HTTP and parsed; counters match the traffic") {
   TempDir dir;
   const std::vector<double> y = make_series(120);

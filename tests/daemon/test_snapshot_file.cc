@@ -310,20 +310,83 @@ TEST_CASE("SnapshotStore: generations, pruning, newest good snapshot, fallback")
     CHECK(loaded.refused[0].reason.find("checksum mismatch") != std::string::npos);
     CHECK(loaded.refused[0].reason.find(f5.string()) == 0);
     CHECK(loaded.refused[1].reason.find("truncated") != std::string::npos);
-    // A snapshot the caller refuses (e.g. a state that does not import) is skipped too.
+    // Both refused files are set aside under a name that says so: out of the pruning.
+    CHECK(loaded.refused[0].kept_as == f5.string() + ".refused");
+    CHECK(loaded.refused[1].kept_as == f4.string() + ".refused");
+    CHECK(!std::filesystem::exists(f5));
+    CHECK(read_all(f5.string() + ".refused") == b5);
+    CHECK(store.files() == std::vector<std::filesystem::path>{snaps / SnapshotStore::file_name(3)});
+    // A snapshot the caller refuses (e.g. a state that does not import) is set aside too;
+    // the files set aside are tried first, newest first.
     const auto picky = store.load_latest([](const SnapshotContents& c) {
       if (c.keys[0].last_seq() == 3u) throw std::invalid_argument("key \"a\": bad state");
     });
     CHECK(!picky.snapshot);
     REQUIRE(picky.refused.size() == 3);
+    CHECK(picky.refused[0].path == f5.string() + ".refused");
+    CHECK(picky.refused[0].kept_as == picky.refused[0].path);
+    CHECK(picky.refused[2].path == snaps / SnapshotStore::file_name(3));
     CHECK(picky.refused[2].reason.find("refused: key \"a\": bad state") != std::string::npos);
-    // The next write continues above the newest generation and prunes the oldest.
-    const auto p = store.write(make_header(), keys);
-    CHECK(p.filename() == SnapshotStore::file_name(6));
+    CHECK(store.files().empty());
+    CHECK(store.refused_files().size() == 3);
+    // Writes continue above every generation; however many, none removes a refused file.
+    for (int i = 6; i <= 10; ++i) {
+      keys[0].set_last_seq(static_cast<std::uint64_t>(i));
+      CHECK(store.write(make_header(), keys).filename() ==
+            SnapshotStore::file_name(static_cast<std::uint64_t>(i)));
+    }
     CHECK(store.files().size() == 3);
-    CHECK(!std::filesystem::exists(snaps / SnapshotStore::file_name(3)));
-    CHECK(store.load_latest().snapshot->path == p);
+    CHECK(store.refused_files().size() == 3);
+    // Without the caller that refused it, generation 3 is restored: renamed to the next
+    // generation (11), the newest, so that it is what the next start restores.
+    const auto plain = store.load_latest();
+    REQUIRE(plain.snapshot);
+    CHECK(plain.snapshot->path.filename() == SnapshotStore::file_name(11));
+    CHECK(plain.snapshot->set_aside_as == snaps / (SnapshotStore::file_name(3) + ".refused"));
+    CHECK(plain.snapshot->contents.keys[0].last_seq() == 3u);
+    CHECK(plain.refused.size() == 2);
   }
+  {
+    SnapshotStore store(snaps, 3);
+    CHECK(store.refused_files().size() == 2);
+    const auto loaded = store.load_latest();
+    REQUIRE(loaded.snapshot);
+    CHECK(loaded.snapshot->path.filename() == SnapshotStore::file_name(11));
+    CHECK(!loaded.snapshot->set_aside_as);
+    CHECK(loaded.snapshot->contents.keys[0].last_seq() == 3u);
+    CHECK(loaded.refused.size() == 2);  // 5 and 4 again, still kept
+    CHECK(store.write(make_header(), keys).filename() == SnapshotStore::file_name(12));
+    CHECK(store.files().size() == 3);
+    CHECK(store.refused_files().size() == 2);
+  }
+}
+
+TEST_CASE("SnapshotStore: a refused snapshot that cannot be set aside is never pruned") {
+  TempDir dir;
+  const auto snaps = dir / "snaps";
+  const auto keys = make_keys();
+  {
+    SnapshotStore store(snaps, 2);
+    store.write(make_header(), keys);
+  }
+  const auto f1 = snaps / SnapshotStore::file_name(1);
+  // Something already has the name it would be set aside under (a directory, which is
+  // refused in turn, with a reason rather than an exception).
+  std::filesystem::create_directory(f1.string() + ".refused");
+  SnapshotStore store(snaps, 2);
+  const auto loaded = store.load_latest([](const SnapshotContents&) {
+    throw std::invalid_argument("5 keys, more than max_keys = 4");
+  });
+  CHECK(!loaded.snapshot);
+  REQUIRE(loaded.refused.size() == 2);
+  CHECK(loaded.refused[0].path == f1.string() + ".refused");
+  CHECK(loaded.refused[0].reason.find("read error") != std::string::npos);
+  CHECK(loaded.refused[1].path == f1);
+  CHECK(loaded.refused[1].kept_as == f1);
+  CHECK(loaded.refused[1].reason.find("not set aside") != std::string::npos);
+  for (int i = 0; i < 4; ++i) store.write(make_header(), keys);
+  CHECK(std::filesystem::exists(f1));
+  CHECK(store.files().size() == 3);  // the newest 2, and generation 1
 }
 
 TEST_CASE("SnapshotStore: file names") {
