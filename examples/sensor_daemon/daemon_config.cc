@@ -6,7 +6,9 @@
 
 #include <cctype>
 #include <charconv>
+#include <filesystem>
 #include <fstream>
+#include <ios>
 #include <iterator>
 #include <sstream>
 
@@ -300,10 +302,26 @@ DaemonOptions parse_daemon_args(int argc, const char* const* argv) {
 }
 
 v1::ServerConfig load_config_file(const std::string& path) {
+  // A directory opens, then fails at the first read; a FIFO or a device may block. Only
+  // regular files (or links to them) are config files.
+  std::error_code ec;
+  const std::filesystem::file_type type = std::filesystem::status(path, ec).type();
+  if (!ec && type != std::filesystem::file_type::regular) {
+    throw ConfigError(
+        path + ": not a regular file (" +
+        (type == std::filesystem::file_type::directory ? "a directory" : "a special file") +
+        "), cannot be the config file");
+  }
   std::ifstream in(path);
   if (!in) throw ConfigError(path + ": cannot open the config file");
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw ConfigError(path + ": read error");
+  std::string text;
+  try {
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  } catch (const std::ios_base::failure& e) {
+    // libstdc++'s filebuf throws on a read error whatever the stream's exception mask.
+    throw ConfigError(path + ": cannot read the config file: " + e.what());
+  }
+  if (in.bad()) throw ConfigError(path + ": cannot read the config file");
 
   v1::ServerConfig config;
   TextFormat::ParseInfoTree tree;

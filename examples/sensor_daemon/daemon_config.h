@@ -56,7 +56,7 @@ std::string daemon_usage();
 // Reads and checks a config file: text-format syntax, then every value (addresses,
 // limits, the key configs of `defaults` and each override resolved and validated as the
 // server will). Throws ConfigError("PATH:LINE:COLUMN: reason") (or "PATH: reason" when
-// the file cannot be read).
+// the file is not a regular file, cannot be opened or cannot be read).
 v1::ServerConfig load_config_file(const std::string& path);
 
 // The effective config: the file's (or an empty one) with the flags applied, checked.

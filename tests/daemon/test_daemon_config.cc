@@ -2,6 +2,7 @@
 // error naming its flag or FILE:LINE:COLUMN.
 #include <doctest/doctest.h>
 
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -176,6 +177,27 @@ TEST_CASE("config errors: FILE:LINE:COLUMN and the reason") {
 
   CHECK(load_error((dir / "missing.textproto").string()) ==
         (dir / "missing.textproto").string() + ": cannot open the config file");
+}
+
+TEST_CASE("config errors: a directory or a file that cannot be read, named") {
+  TempDir dir;
+  // A directory opens as a stream and fails at the first read (an exception from the
+  // stream buffer): a ConfigError naming it, as for any other bad config file.
+  const std::string d = dir.path().string();
+  CHECK(load_error(d) == d + ": not a regular file (a directory), cannot be the config file");
+  CHECK(load_error(d + "/") ==
+        d + "/: not a regular file (a directory), cannot be the config file");
+  std::filesystem::create_directory_symlink(dir.path(), dir / "link");
+  CHECK(load_error((dir / "link").string()) ==
+        (dir / "link").string() + ": not a regular file (a directory), cannot be the config file");
+  CHECK(load_error("/dev/null") ==
+        "/dev/null: not a regular file (a special file), cannot be the config file");
+  // A regular file whose read fails (EIO: address 0 is not mapped).
+  if (std::filesystem::is_regular_file("/proc/self/mem")) {
+    const std::string e = load_error("/proc/self/mem");
+    INFO(e);
+    CHECK(e.rfind("/proc/self/mem: cannot read the config file", 0) == 0);
+  }
 }
 
 TEST_CASE("host:port parsing") {

@@ -604,6 +604,12 @@ TEST_CASE("start-up: bad config or flag (2), --help and --version (0), busy port
   CHECK(out == "ntkd: " + (dir / "syntax.textproto").string() +
                    ":1:18: Already saw decimal point or exponent; can't have another one.\n");
 
+  // A directory given as the config file: a config error too, naming it.
+  std::tie(status, out) = run({"--config", dir.path().string()}, "dir.log");
+  CHECK(status == 2);
+  CHECK(out == "ntkd: " + dir.path().string() +
+                   ": not a regular file (a directory), cannot be the config file\n");
+
   std::tie(status, out) = run({"--listen", "nowhere"}, "flag.log");
   CHECK(status == 2);
   CHECK(out == "ntkd: --listen: expected HOST:PORT or [IPv6]:PORT, got \"nowhere\"\n");
