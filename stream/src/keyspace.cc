@@ -634,6 +634,9 @@ void Shard::export_keys(std::vector<v1::KeySnapshot>& out) const {
     s.set_kind(e.kind);
     if (e.last_seq) s.set_last_seq(*e.last_seq);
     if (e.last_price) s.set_last_price(*e.last_price);
+    if (const auto kc = key_configs_.find(key); kc != key_configs_.end()) {
+      *s.mutable_configured() = kc->second;
+    }
     *s.mutable_series() = stream::to_proto(e.predictor.export_state());
     out.push_back(std::move(s));
   }
@@ -671,6 +674,15 @@ Shard::Entry Shard::make_entry(const v1::KeySnapshot& s) {
     if (s.has_last_price() && !std::isfinite(s.last_price())) {
       throw std::invalid_argument("last_price is not finite");
     }
+    if (s.has_configured()) {
+      v1::KeyConfig merged = s.config();
+      merge_key_config(merged, s.configured());
+      try {
+        resolve_key_config(merged);
+      } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(std::string("configured: ") + e.what());
+      }
+    }
     Entry e{s.kind(),
             to_proto(settings),
             settings,
@@ -684,10 +696,11 @@ Shard::Entry Shard::make_entry(const v1::KeySnapshot& s) {
   }
 }
 
-void Shard::replace_all(std::vector<std::pair<std::string, Entry>> entries) {
+void Shard::replace_all(std::vector<std::pair<std::string, Entry>> entries,
+                        std::unordered_map<std::string, v1::KeyConfig> key_configs) {
   counters_.keys.fetch_sub(entries_.size(), std::memory_order_relaxed);
   entries_.clear();
-  key_configs_.clear();
+  key_configs_ = std::move(key_configs);
   for (auto& [key, entry] : entries) entries_.emplace(std::move(key), std::move(entry));
   counters_.keys.fetch_add(entries_.size(), std::memory_order_relaxed);
 }

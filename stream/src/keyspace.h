@@ -156,7 +156,8 @@ class Shard {
 
   // Appends the KeyStats of the live keys that start with prefix (unsorted).
   void collect_stats(std::string_view prefix, std::vector<v1::KeyStats>& out) const;
-  // Appends a KeySnapshot of every live key (unsorted).
+  // Appends a KeySnapshot of every live key (unsorted), with its key config (configured)
+  // if it has one.
   void export_keys(std::vector<v1::KeySnapshot>& out) const;
 
   // One live key.
@@ -170,11 +171,14 @@ class Shard {
     std::optional<double> last_price;  // TICK_VALUE_LOG_RETURN: previous price
   };
 
-  // A restored key, converted and validated (import_models).
+  // A restored key, converted and validated (import_models); its `configured`, if set,
+  // must resolve merged onto its config.
   // Throws std::invalid_argument naming the field.
   static Entry make_entry(const v1::KeySnapshot& snapshot);
-  // Replaces every key by `entries` (the caller has checked max_keys).
-  void replace_all(std::vector<std::pair<std::string, Entry>> entries);
+  // Replaces every key by `entries` and every key config by `key_configs` (the restored
+  // keys' `configured`; the caller has checked max_keys).
+  void replace_all(std::vector<std::pair<std::string, Entry>> entries,
+                   std::unordered_map<std::string, v1::KeyConfig> key_configs);
   std::size_t size() const { return entries_.size(); }
 
  private:

@@ -1349,17 +1349,19 @@ void Server::import_models(const ModelSnapshot& snapshot) {
   }
   std::vector<std::vector<std::pair<std::string, detail::Shard::Entry>>> per_shard(
       impl_->shards.size());
+  std::vector<std::unordered_map<std::string, v1::KeyConfig>> key_configs(impl_->shards.size());
   std::unordered_map<std::string, bool> seen;
   for (const v1::KeySnapshot& k : snapshot.keys) {
     if (!seen.emplace(k.key(), true).second) {
       throw std::invalid_argument("snapshot holds key '" + k.key() + "' twice");
     }
-    per_shard[detail::shard_of(k.key(), impl_->shards.size())].emplace_back(
-        k.key(), detail::Shard::make_entry(k));
+    const std::size_t shard = detail::shard_of(k.key(), impl_->shards.size());
+    per_shard[shard].emplace_back(k.key(), detail::Shard::make_entry(k));
+    if (k.has_configured()) key_configs[shard].emplace(k.key(), k.configured());
   }
   impl_->configs.set_configured(snapshot.configured_prefixes);  // checks before changing
   for (std::size_t i = 0; i < per_shard.size(); ++i) {
-    impl_->shards[i]->shard.replace_all(std::move(per_shard[i]));
+    impl_->shards[i]->shard.replace_all(std::move(per_shard[i]), std::move(key_configs[i]));
   }
 }
 

@@ -307,6 +307,48 @@ TEST_CASE("kill -9: predictions continue from the last snapshot") {
   CHECK(d.stop() == 0);
 }
 
+TEST_CASE("Control.Configure of a key and of a prefix survive a restart") {
+  TempDir dir;
+  Daemon d{dir, {}, {}, nullptr, {}};
+  const auto configure = [](bool prefix, const std::string& target, int lags, int horizon) {
+    v1::Request r;
+    v1::Control::Configure* c = r.mutable_control()->mutable_configure();
+    if (prefix) {
+      c->set_key_prefix(target);
+    } else {
+      c->set_key(target);
+    }
+    if (lags > 0) c->mutable_config()->mutable_series()->set_lags(lags);
+    if (horizon > 0) c->mutable_config()->mutable_series()->set_horizon(horizon);
+    return r;
+  };
+  d.start("first.log");
+  {
+    Client c(d.tcp());
+    REQUIRE(c.call(configure(false, "x", 3, 0)).has_ack());
+    REQUIRE(c.call(configure(true, "p/", 4, 0)).has_ack());
+    REQUIRE(c.call(ntk::test::sensor_reading("x", 1, kT0, 1.0)).has_prediction());
+    CHECK(resolved_config(c, "x").series().lags() == 3);
+  }
+  CHECK(d.stop() == 0);
+  d.start("second.log");
+  {
+    Client c(d.tcp());
+    CHECK(resolved_config(c, "x").series().lags() == 3);
+    // Merges onto the key's first Configure, as it would have without the restart.
+    const v1::Response ack = c.call(configure(false, "x", 0, 2));
+    REQUIRE(ack.has_ack());
+    CHECK(ack.ack().keys_affected() == 1u);
+    REQUIRE(c.call(ntk::test::sensor_reading("x", 2, kT0 + kStep, 1.0)).has_prediction());
+    const v1::KeyConfig x = resolved_config(c, "x");
+    CHECK(x.series().lags() == 3);  // not the default 8
+    CHECK(x.series().horizon() == 2);
+    REQUIRE(c.call(ntk::test::sensor_reading("p/1", 1, kT0, 1.0)).has_prediction());
+    CHECK(resolved_config(c, "p/1").series().lags() == 4);
+  }
+  CHECK(d.stop() == 0);
+}
+
 TEST_CASE("a corrupt or truncated newest snapshot is refused and the previous one is used") {
   TempDir dir;
   const std::vector<double> y = make_series(260);

@@ -998,3 +998,68 @@ TEST_CASE("configured prefixes travel with the models") {
   Server c(small_options());
   CHECK_THROWS_AS(c.import_models(bad), std::invalid_argument);
 }
+
+TEST_CASE("a key's Control.Configure configs travel with the models") {
+  // Without a restart: configure x (lags 5), feed it, configure it again (horizon 2).
+  // With an export and import in between, the second Configure must merge onto the same.
+  const auto configure_key = [](const std::string& key, int lags, int horizon) {
+    v1::Request r;
+    r.mutable_control()->mutable_configure()->set_key(key);
+    v1::SeriesConfig* s =
+        r.mutable_control()->mutable_configure()->mutable_config()->mutable_series();
+    if (lags > 0) s->set_lags(lags);
+    if (horizon > 0) s->set_horizon(horizon);
+    return r;
+  };
+  const auto series_config = [](Client& c, const std::string& key) {
+    const v1::Response r = c.call(control_stats(key, std::nullopt));
+    REQUIRE(r.has_stats());
+    REQUIRE(r.stats().keys_size() == 1);
+    return r.stats().keys(0).config().series();
+  };
+
+  Server a(small_options());
+  a.start();
+  Client client_a("127.0.0.1", a.port(), with_timeout());
+  REQUIRE(client_a.call(configure_key("x", 5, 0)).has_ack());
+  REQUIRE(client_a.call(reading("x", 1, 1.0)).has_prediction());
+  REQUIRE(client_a.call(reading("plain", 1, 1.0)).has_prediction());
+  const ntk::stream::ModelSnapshot snapshot = a.export_models();
+  REQUIRE(snapshot.keys.size() == 2);
+  CHECK_FALSE(snapshot.keys[0].has_configured());  // "plain": never configured
+  REQUIRE(snapshot.keys[1].key() == "x");
+  REQUIRE(snapshot.keys[1].has_configured());
+  CHECK(snapshot.keys[1].configured().series().lags() == 5);
+  CHECK_FALSE(snapshot.keys[1].configured().series().has_horizon());
+
+  Server b(small_options());
+  b.import_models(snapshot);
+  b.start();
+  Client client_b("127.0.0.1", b.port(), with_timeout());
+  for (Client* c : {&client_a, &client_b}) {
+    CHECK(series_config(*c, "x").lags() == 5);
+    const v1::Response r = c->call(configure_key("x", 0, 2));
+    REQUIRE(r.has_ack());
+    CHECK(r.ack().keys_affected() == 1);
+    REQUIRE(c->call(reading("x", 2, 1.0)).has_prediction());
+    const v1::SeriesConfig s = series_config(*c, "x");
+    CHECK(s.lags() == 5);  // the first Configure, not the defaults' 3
+    CHECK(s.horizon() == 2);
+    CHECK(s.warmup() == 5);  // the defaults
+  }
+  // A restored key config is forgotten with the key.
+  v1::Request drop;
+  drop.mutable_control()->mutable_drop_key()->set_key("x");
+  REQUIRE(client_b.call(drop).has_ack());
+  REQUIRE(client_b.call(reading("x", 3, 1.0)).has_prediction());
+  CHECK(series_config(client_b, "x").lags() == 3);
+  CHECK(series_config(client_b, "x").horizon() == 1);
+
+  // A key config that does not resolve on the key's config is refused as a whole.
+  ntk::stream::ModelSnapshot bad = snapshot;
+  bad.keys[1].mutable_configured()->mutable_series()->set_warmup(1);
+  Server c(small_options());
+  CHECK_THROWS_WITH_AS(c.import_models(bad), doctest::Contains("key 'x': configured: "),
+                       std::invalid_argument);
+  CHECK(c.counters().keys() == 0);
+}

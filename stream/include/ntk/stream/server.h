@@ -76,7 +76,8 @@ struct ModelSnapshot {
   // Control.Configure prefixes in effect, in the order they were given (later ones win
   // over earlier ones of the same length).
   std::vector<v1::PrefixOverride> configured_prefixes;
-  // One per key, sorted by key; each with its resolved config, kind, last seq and state.
+  // One per key, sorted by key; each with its resolved config, its own Control.Configure
+  // config (if any), kind, last seq and state.
   std::vector<v1::KeySnapshot> keys;
 };
 
@@ -186,8 +187,9 @@ class Server {
   // different times while requests keep flowing). Blocks until done.
   ModelSnapshot export_models() const;
 
-  // Restores a snapshot: replaces every key (and the configured prefixes) by those of
-  // `snapshot`. All or nothing: every KeySnapshot is checked and converted first.
+  // Restores a snapshot: replaces every key (with its key config) and the configured
+  // prefixes by those of `snapshot`. All or nothing: every KeySnapshot is checked and
+  // converted first.
   // requires: not started (std::logic_error). Throws std::invalid_argument naming the
   //   offending key and field for a snapshot that does not convert or validate, or that
   //   has more keys than max_keys; the server is then unchanged.
