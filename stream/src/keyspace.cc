@@ -256,11 +256,24 @@ std::optional<RequestError> ConfigTable::configure_prefix(const std::string& pre
     return RequestError{v1::ERROR_CODE_BAD_CONFIG, "control.configure.config for key_prefix " +
                                                        quoted(prefix) + ": " + e.what()};
   }
+  add_configured_locked(prefix, config);
+  return std::nullopt;
+}
+
+void ConfigTable::add_configured_locked(const std::string& prefix, const v1::KeyConfig& config) {
+  // One entry per prefix: a prefix's Configures merged in the order given are what
+  // applying them one after the other gives (equal-length prefixes that match one key are
+  // the same prefix, so no other prefix applies between them).
+  for (v1::PrefixOverride& o : configured_) {
+    if (o.key_prefix() == prefix) {
+      merge_key_config(*o.mutable_config(), config);
+      return;
+    }
+  }
   v1::PrefixOverride o;
   o.set_key_prefix(prefix);
   *o.mutable_config() = config;
   configured_.push_back(std::move(o));
-  return std::nullopt;
 }
 
 void ConfigTable::set(const v1::KeyConfig& defaults,
@@ -294,7 +307,7 @@ void ConfigTable::set_configured(const std::vector<v1::PrefixOverride>& configur
       configured_ = std::move(saved);
       throw;
     }
-    configured_.push_back(configured[i]);
+    add_configured_locked(configured[i].key_prefix(), configured[i].config());
   }
 }
 
@@ -397,8 +410,9 @@ Shard::Entry* Shard::entry_for(const std::string& key, v1::KeySnapshot::Kind kin
     message = "the configuration of key " + quoted(key) + " does not resolve: " + e.what();
     return nullptr;
   }
-  if (counters_.keys.fetch_add(1, std::memory_order_relaxed) >= max_keys_) {
-    counters_.keys.fetch_sub(1, std::memory_order_relaxed);
+  // A key with a config waiting has its place already.
+  const bool has_slot = key_configs_.count(key) > 0;
+  if (!has_slot && !reserve_slot()) {
     code = v1::ERROR_CODE_TOO_MANY_KEYS;
     message = "key " + quoted(key) + " would exceed the server's limit of " +
               std::to_string(max_keys_) + " keys";
@@ -408,9 +422,11 @@ Shard::Entry* Shard::entry_for(const std::string& key, v1::KeySnapshot::Kind kin
     SeriesPredictor predictor = feature_dim > 0 ? SeriesPredictor(settings.series, feature_dim)
                                                 : SeriesPredictor(settings.series);
     Entry entry{kind, to_proto(settings), settings, std::move(predictor), {}, 0, {}};
-    return &entries_.emplace(key, std::move(entry)).first->second;
+    Entry* created = &entries_.emplace(key, std::move(entry)).first->second;
+    counters_.keys.fetch_add(1, std::memory_order_relaxed);
+    return created;
   } catch (const std::exception& e) {
-    counters_.keys.fetch_sub(1, std::memory_order_relaxed);
+    if (!has_slot) release_slot();
     code = v1::ERROR_CODE_BAD_CONFIG;
     message = "key " + quoted(key) + ": " + e.what();
     return nullptr;
@@ -424,7 +440,25 @@ void Shard::record_latency(std::chrono::steady_clock::time_point start) {
 }
 
 void Shard::erase(const std::string& key) {
-  if (entries_.erase(key) > 0) counters_.keys.fetch_sub(1, std::memory_order_relaxed);
+  if (entries_.erase(key) == 0) return;
+  counters_.keys.fetch_sub(1, std::memory_order_relaxed);
+  if (key_configs_.count(key) == 0) release_slot();
+}
+
+bool Shard::reserve_slot() {
+  if (counters_.key_slots.fetch_add(1, std::memory_order_relaxed) >= max_keys_) {
+    counters_.key_slots.fetch_sub(1, std::memory_order_relaxed);
+    return false;
+  }
+  return true;
+}
+
+void Shard::release_slot() { counters_.key_slots.fetch_sub(1, std::memory_order_relaxed); }
+
+std::size_t Shard::slots_used() const {
+  std::size_t n = entries_.size();
+  for (const auto& [key, config] : key_configs_) n += entries_.count(key) == 0 ? 1 : 0;
+  return n;
 }
 
 v1::ErrorCode Shard::observe_scalar(Entry& entry, const std::string& key,
@@ -568,9 +602,17 @@ void Shard::handle_control(const v1::Request& request, v1::Response& response) {
       return set_error(response, v1::ERROR_CODE_BAD_CONFIG,
                        "control.configure.config for key " + quoted(key) + ": " + e.what());
     }
-    key_configs_[key] = std::move(key_config);
     const bool existed = entries_.count(key) > 0;
-    erase(key);
+    const auto [kc, added] = key_configs_.try_emplace(key);
+    if (added && !existed && !reserve_slot()) {
+      key_configs_.erase(kc);
+      return set_error(response, v1::ERROR_CODE_TOO_MANY_KEYS,
+                       "control.configure.key " + quoted(key) +
+                           " would exceed the server's limit of " + std::to_string(max_keys_) +
+                           " keys (a key configured before it exists counts)");
+    }
+    kc->second = std::move(key_config);
+    erase(key);  // keeps its place: the key now has a config waiting
     response.mutable_ack()->set_keys_affected(existed ? 1 : 0);
     return;
   }
@@ -593,7 +635,11 @@ void Shard::handle_control(const v1::Request& request, v1::Response& response) {
       return set_error(response, v1::ERROR_CODE_UNKNOWN_KEY,
                        "control.drop_key.key " + quoted(key) + " does not exist");
     }
-    erase(key);
+    if (existed) {
+      erase(key);  // releases the key's place (its config is gone)
+    } else {
+      release_slot();
+    }
     response.mutable_ack()->set_keys_affected(existed ? 1 : 0);
     return;
   }
@@ -699,10 +745,12 @@ Shard::Entry Shard::make_entry(const v1::KeySnapshot& s) {
 void Shard::replace_all(std::vector<std::pair<std::string, Entry>> entries,
                         std::unordered_map<std::string, v1::KeyConfig> key_configs) {
   counters_.keys.fetch_sub(entries_.size(), std::memory_order_relaxed);
+  counters_.key_slots.fetch_sub(slots_used(), std::memory_order_relaxed);
   entries_.clear();
   key_configs_ = std::move(key_configs);
   for (auto& [key, entry] : entries) entries_.emplace(std::move(key), std::move(entry));
   counters_.keys.fetch_add(entries_.size(), std::memory_order_relaxed);
+  counters_.key_slots.fetch_add(slots_used(), std::memory_order_relaxed);
 }
 
 }  // namespace ntk::stream::detail

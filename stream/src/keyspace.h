@@ -72,6 +72,9 @@ struct Counters {
   std::atomic<std::uint64_t> bytes_received{0};
   std::atomic<std::uint64_t> bytes_sent{0};
   std::atomic<std::uint64_t> keys{0};
+  // Live keys plus the keys not created yet that have a Control.Configure config waiting:
+  // what max_keys bounds.
+  std::atomic<std::uint64_t> key_slots{0};
   std::array<std::atomic<std::uint64_t>, kErrorCodes> errors{};
 
   void count_error(v1::ErrorCode code);
@@ -96,24 +99,28 @@ class ConfigTable {
   ConfigTable(const v1::KeyConfig& defaults, const std::vector<v1::PrefixOverride>& overrides);
 
   // defaults, then the longest matching override, then every matching configured prefix
-  // (shorter prefixes first; equal lengths in the order they were given).
+  // (shorter prefixes first).
   v1::KeyConfig base_for(std::string_view key) const;
 
   // Control.Configure with a key_prefix: checks that base_for(prefix) merged with config
-  // resolves (BAD_CONFIG otherwise) and appends it.
+  // resolves (BAD_CONFIG otherwise), then merges config into the prefix's entry, or
+  // appends one for a prefix not configured before.
   std::optional<RequestError> configure_prefix(const std::string& prefix,
                                                const v1::KeyConfig& config);
 
   // Throws std::invalid_argument (nothing changes) when a config does not resolve.
   void set(const v1::KeyConfig& defaults, const std::vector<v1::PrefixOverride>& overrides);
 
+  // One entry per prefix, in the order the prefixes were first configured.
   std::vector<v1::PrefixOverride> configured() const;
+  // As if each were configured in turn (entries of one prefix are merged).
   // Throws std::invalid_argument (nothing changes) when a prefix is empty or its config
   // does not resolve.
   void set_configured(const std::vector<v1::PrefixOverride>& configured);
 
  private:
   v1::KeyConfig base_locked(std::string_view key) const;
+  void add_configured_locked(const std::string& prefix, const v1::KeyConfig& config);
 
   mutable std::mutex mutex_;
   v1::KeyConfig defaults_;
@@ -137,9 +144,11 @@ void set_error(v1::Response& response, v1::ErrorCode code, std::string message,
 // One shard of the key space: the keys that hash to it, each with its predictor.
 //
 // CONVENTION
-//   entries_ holds the live keys; counters_.keys counts the live keys of every shard
-//   (<= max_keys_). key_configs_ holds the Control.Configure configs of single keys (live
-//   or not yet created), merged in the order given.
+//   entries_ holds the live keys; counters_.keys counts the live keys of every shard.
+//   key_configs_ holds the Control.Configure configs of single keys (live or not yet
+//   created), merged in the order given. counters_.key_slots counts the keys of every
+//   shard that are live or have a config (<= max_keys_): a config waiting for its key
+//   takes one of the max_keys_ places, so that configs of keys never created stay bounded.
 // THREAD SAFETY: none; one strand.
 class Shard {
  public:
@@ -186,7 +195,13 @@ class Shard {
   // nullptr with `error` set (KIND_MISMATCH, WRONG_DIMENSION, BAD_CONFIG, TOO_MANY_KEYS).
   Entry* entry_for(const std::string& key, v1::KeySnapshot::Kind kind, int feature_dim,
                    v1::ErrorCode& code, std::string& message);
+  // Removes the live key, if any (its config stays).
   void erase(const std::string& key);
+  // Takes one of the max_keys_ places for a new key or key config; false if none is left.
+  bool reserve_slot();
+  void release_slot();
+  // The number of keys that are live or have a config.
+  std::size_t slots_used() const;
   // Adds the time since `start` to the shard's update-latency histogram.
   void record_latency(std::chrono::steady_clock::time_point start);
 

@@ -1063,3 +1063,99 @@ TEST_CASE("a key's Control.Configure configs travel with the models") {
                        std::invalid_argument);
   CHECK(c.counters().keys() == 0);
 }
+
+TEST_CASE("the Configure tables stay bounded") {
+  ServerOptions options = small_options();
+  options.max_keys = 3;
+  Server server(options);
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  const auto configure = [](bool prefix, const std::string& target, int lags, int warmup) {
+    v1::Request r;
+    v1::Control::Configure* c = r.mutable_control()->mutable_configure();
+    if (prefix) {
+      c->set_key_prefix(target);
+    } else {
+      c->set_key(target);
+    }
+    if (lags > 0) c->mutable_config()->mutable_series()->set_lags(lags);
+    if (warmup > 0) c->mutable_config()->mutable_series()->set_warmup(warmup);
+    return r;
+  };
+  const auto series_config = [&](const std::string& key) {
+    const v1::Response r = client.call(control_stats(key, std::nullopt));
+    REQUIRE(r.has_stats());
+    REQUIRE(r.stats().keys_size() == 1);
+    return r.stats().keys(0).config().series();
+  };
+
+  // A prefix configured again merges into its one entry.
+  const std::vector<v1::Request> same(1000, configure(true, "fx/", 4, 0));
+  for (const v1::Response& r : client.call_many(same)) REQUIRE(r.has_ack());
+  std::vector<v1::PrefixOverride> configured = server.export_models().configured_prefixes;
+  REQUIRE(configured.size() == 1);
+  CHECK(configured[0].key_prefix() == "fx/");
+  CHECK(configured[0].config().series().lags() == 4);
+  REQUIRE(client.call(configure(true, "fx/", 0, 7)).has_ack());
+  REQUIRE(client.call(configure(true, "f", 6, 0)).has_ack());
+  configured = server.export_models().configured_prefixes;
+  REQUIRE(configured.size() == 2);
+  CHECK(configured[0].key_prefix() == "fx/");  // the order first given
+  CHECK(configured[0].config().series().lags() == 4);
+  CHECK(configured[0].config().series().warmup() == 7);
+  CHECK(configured[1].key_prefix() == "f");
+  REQUIRE(client.call(reading("fx/a", 1, 1.0)).has_prediction());
+  CHECK(series_config("fx/a").lags() == 4);  // the longer prefix applies last
+  CHECK(series_config("fx/a").warmup() == 7);
+  REQUIRE(client.call(configure(true, "fx/", 2, 0)).has_ack());  // the last one given wins
+  REQUIRE(client.call(reading("fx/b", 1, 1.0)).has_prediction());
+  CHECK(series_config("fx/b").lags() == 2);
+  CHECK(series_config("fx/b").warmup() == 7);
+  CHECK(server.export_models().configured_prefixes.size() == 2);
+
+  // A snapshot that repeats a prefix (older servers wrote one entry per Configure) is
+  // read as if configured in turn, into one entry.
+  ntk::stream::ModelSnapshot repeated;
+  repeated.configured_prefixes = {configured[0], configured[0], configured[1]};
+  repeated.configured_prefixes[1].mutable_config()->Clear();
+  repeated.configured_prefixes[1].mutable_config()->mutable_series()->set_lags(5);
+  Server restored(small_options());
+  restored.import_models(repeated);
+  const std::vector<v1::PrefixOverride> merged = restored.export_models().configured_prefixes;
+  REQUIRE(merged.size() == 2);
+  CHECK(merged[0].config().series().lags() == 5);
+  CHECK(merged[0].config().series().warmup() == 7);
+
+  // A key configured before it exists takes one of max_keys' places (3: fx/a, fx/b live).
+  v1::Response r = client.call(configure(false, "ghost/1", 4, 0));
+  REQUIRE(r.has_ack());
+  CHECK(r.ack().keys_affected() == 0);
+  r = client.call(configure(false, "ghost/2", 4, 0));
+  REQUIRE(r.has_error());
+  CHECK(r.error().code() == v1::ERROR_CODE_TOO_MANY_KEYS);
+  CHECK(r.error().message().find("limit of 3 keys") != std::string::npos);
+  REQUIRE(client.call(configure(false, "ghost/1", 0, 6)).has_ack());  // merges: no new place
+  r = client.call(configure(false, "fx/a", 3, 0));  // an existing key keeps its place
+  REQUIRE(r.has_ack());
+  CHECK(r.ack().keys_affected() == 1);
+  CHECK(server.counters().keys() == 1);
+  CHECK(client.call(reading("new", 1, 1.0)).error().code() == v1::ERROR_CODE_TOO_MANY_KEYS);
+  // The configured keys have their places.
+  REQUIRE(client.call(reading("fx/a", 2, 1.0)).has_prediction());
+  REQUIRE(client.call(reading("ghost/1", 1, 1.0)).has_prediction());
+  CHECK(series_config("ghost/1").lags() == 4);
+  CHECK(series_config("ghost/1").warmup() == 6);
+  CHECK(server.counters().keys() == 3);
+  // Dropping gives places back: a live key, then a key configured only.
+  v1::Request drop;
+  drop.mutable_control()->mutable_drop_key()->set_key("ghost/1");
+  REQUIRE(client.call(drop).has_ack());
+  REQUIRE(client.call(configure(false, "ghost/2", 4, 0)).has_ack());
+  drop.mutable_control()->mutable_drop_key()->set_key("ghost/2");
+  r = client.call(drop);
+  REQUIRE(r.has_ack());
+  CHECK(r.ack().keys_affected() == 0);
+  REQUIRE(client.call(reading("new", 1, 1.0)).has_prediction());
+  CHECK(client.call(reading("new2", 1, 1.0)).error().code() == v1::ERROR_CODE_TOO_MANY_KEYS);
+  CHECK(error_count(server.counters(), v1::ERROR_CODE_TOO_MANY_KEYS) == 3);
+}

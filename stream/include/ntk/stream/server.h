@@ -73,8 +73,8 @@ namespace ntk::stream {
 // Every learned thing the server holds: what a snapshot file stores between its header
 // and trailer (proto/ntk/v1/snapshot.proto), and what import_models() restores.
 struct ModelSnapshot {
-  // Control.Configure prefixes in effect, in the order they were given (later ones win
-  // over earlier ones of the same length).
+  // Control.Configure prefixes in effect, in the order they were first given: one per
+  // prefix, its Configures merged in order (on import, repeated prefixes are merged).
   std::vector<v1::PrefixOverride> configured_prefixes;
   // One per key, sorted by key; each with its resolved config, its own Control.Configure
   // config (if any), kind, last seq and state.
