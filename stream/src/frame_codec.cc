@@ -325,6 +325,19 @@ std::optional<RequestError> validate(const v1::SensorReading& r) {
                  "sensor_reading.values has " + std::to_string(channels) + " channels, at most " +
                      std::to_string(kMaxChannels) + " allowed");
   }
+  // Each channel is the key "<sensor_id>/<i>": the longest, of the last channel, must be
+  // a key a Control can name.
+  if (channels > 0) {
+    const std::size_t longest = r.sensor_id().size() + 1 + std::to_string(channels - 1).size();
+    if (longest > kMaxKeyBytes) {
+      return error(v1::ERROR_CODE_INVALID_VALUE,
+                   "sensor_reading.sensor_id is " + std::to_string(r.sensor_id().size()) +
+                       " bytes long: the key of channel " + std::to_string(channels - 1) +
+                       " (\"<sensor_id>/" + std::to_string(channels - 1) + "\") would be " +
+                       std::to_string(longest) + " bytes long, at most " +
+                       std::to_string(kMaxKeyBytes) + " allowed");
+    }
+  }
   if (r.missing_channels_size() > 0 && channels == 0) {
     return error(v1::ERROR_CODE_INVALID_VALUE,
                  "sensor_reading.missing_channels is given without values");

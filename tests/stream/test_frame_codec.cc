@@ -404,6 +404,20 @@ TEST_CASE("validate_request: every rule with its code") {
     sr->clear_missing_channels();
     for (int i = 0; i < 257; ++i) sr->add_values(1.0);
     CHECK(code_of(s) == v1::ERROR_CODE_INVALID_VALUE);
+    // The channel keys "<sensor_id>/<i>" are keys too: at most 256 bytes.
+    sr->clear_values();
+    sr->set_sensor_id(std::string(254, 's'));
+    for (int i = 0; i < 10; ++i) sr->add_values(1.0);  // "/9": 256 bytes
+    CHECK(code_of(s) == v1::ERROR_CODE_UNSPECIFIED);
+    sr->add_values(1.0);  // "/10": 257 bytes
+    CHECK(code_of(s) == v1::ERROR_CODE_INVALID_VALUE);
+    sr->clear_values();
+    sr->set_sensor_id(std::string(256, 's'));
+    sr->set_value(1.0);  // a single value's key is the sensor_id itself
+    CHECK(code_of(s) == v1::ERROR_CODE_UNSPECIFIED);
+    sr->clear_value();
+    sr->add_values(1.0);
+    CHECK(code_of(s) == v1::ERROR_CODE_INVALID_VALUE);
   }
   SUBCASE("market tick") {
     v1::Request t;

@@ -1159,3 +1159,42 @@ TEST_CASE("the Configure tables stay bounded") {
   CHECK(client.call(reading("new2", 1, 1.0)).error().code() == v1::ERROR_CODE_TOO_MANY_KEYS);
   CHECK(error_count(server.counters(), v1::ERROR_CODE_TOO_MANY_KEYS) == 3);
 }
+
+TEST_CASE("multi-channel readings: every channel key fits the key limit") {
+  Server server(small_options());
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  // 254 bytes and 10 channels: "<id>/9" is 256 bytes, the limit.
+  const std::string fits(254, 's');
+  v1::Request q = reading(fits, 1, std::nullopt);
+  for (int c = 0; c < 10; ++c) q.mutable_sensor_reading()->add_values(1.0);
+  v1::Response r = client.call(q);
+  REQUIRE(r.has_channels());
+  REQUIRE(r.channels().channels_size() == 10);
+  CHECK(r.channels().channels(9).key() == fits + "/9");
+  CHECK(r.channels().channels(9).has_prediction());
+  // Such a key can be named by every Control.
+  REQUIRE(client.call(control_stats(fits + "/9", std::nullopt)).has_stats());
+  v1::Request drop;
+  drop.mutable_control()->mutable_drop_key()->set_key(fits + "/9");
+  REQUIRE(client.call(drop).has_ack());
+
+  // 256 bytes and 2 channels: "<id>/1" would be 258 bytes; nothing is created.
+  const std::string id(256, 'l');
+  q = reading(id, 1, std::nullopt);
+  q.mutable_sensor_reading()->add_values(1.0);
+  q.mutable_sensor_reading()->add_values(2.0);
+  r = client.call(q);
+  REQUIRE(r.has_error());
+  CHECK(r.error().code() == v1::ERROR_CODE_INVALID_VALUE);
+  CHECK(r.error().message().find("258 bytes long, at most 256 allowed") != std::string::npos);
+  CHECK(r.seq() == 1);
+  // 11 channels of a 254-byte id: "/10" is one byte too many.
+  q = reading(fits, 2, std::nullopt);
+  for (int c = 0; c < 11; ++c) q.mutable_sensor_reading()->add_values(1.0);
+  CHECK(client.call(q).error().code() == v1::ERROR_CODE_INVALID_VALUE);
+  CHECK(server.counters().keys() == 9);
+  // A single value's key is the sensor_id itself: 256 bytes are allowed.
+  REQUIRE(client.call(reading(id, 1, 1.0)).has_prediction());
+  CHECK(server.counters().keys() == 10);
+}

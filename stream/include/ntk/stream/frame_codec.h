@@ -224,6 +224,7 @@ std::optional<RequestError> decode_request(std::span<const std::uint8_t> bytes,
 //   SensorReading: empty / too long sensor_id                          MISSING_FIELD /
 //   INVALID_VALUE
 //                both value and values; more than kMaxChannels values;
+//                a channel key "<sensor_id>/<i>" longer than kMaxKeyBytes;
 //                missing_channels without values, not strictly increasing, or out of
 //                range                                                 INVALID_VALUE
 //                non-finite value, or non-finite values[i] for a channel not listed
