@@ -168,11 +168,13 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
   p.sample("ntkd_update_latency_seconds_sum", h.sum_seconds());
   p.sample("ntkd_update_latency_seconds_count", u(cumulative));
 
-  // Keys and models, aggregated over the live keys.
+  // Keys and models: gauges over the live keys; counters over every key held since start.
   std::uint64_t dict_sum = 0, dict_max = 0, budget_sum = 0, models = 0, racing_keys = 0;
   double drift_max = 0;
-  v1::ModelCounters model;
-  v1::SeriesCounters series;
+  // The counters start from those of the keys no longer held, so that a drop, a
+  // reconfiguration or an import never makes a *_total go down.
+  v1::ModelCounters model = c.retired_model();
+  v1::SeriesCounters series = c.retired_series();
   for (const v1::KeyStats& k : stats.keys()) {
     dict_sum += k.dictionary_size();
     dict_max = std::max<std::uint64_t>(dict_max, k.dictionary_size());
@@ -213,7 +215,8 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
   p.family("ntkd_dictionary_size_max", "gauge", "Largest dictionary of any live key.");
   p.sample("ntkd_dictionary_size_max", u(dict_max));
 
-  p.family("ntkd_model_updates_total", "counter", "Samples learned by the live keys' models.");
+  p.family("ntkd_model_updates_total", "counter",
+           "Samples learned by the models of every key held since start (dropped ones included).");
   p.sample("ntkd_model_updates_total", u(model.updates()));
   p.family("ntkd_model_admitted_total", "counter", "Samples admitted into dictionaries.");
   p.sample("ntkd_model_admitted_total", u(model.admitted()));
@@ -230,7 +233,7 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
   p.sample("ntkd_model_drift_max", drift_max);
 
   p.family("ntkd_series_values_total", "counter",
-           "Stream values by outcome, summed over the live keys.");
+           "Stream values by outcome, summed over every key held since start.");
   p.sample("ntkd_series_values_total", {{"outcome", "offered"}}, u(series.observations()));
   p.sample("ntkd_series_values_total", {{"outcome", "accepted"}}, u(series.accepted()));
   p.sample("ntkd_series_values_total", {{"outcome", "missing"}}, u(series.missing()));

@@ -137,6 +137,28 @@ void Counters::count_error(v1::ErrorCode code) {
     errors[static_cast<std::size_t>(i)].fetch_add(1, std::memory_order_relaxed);
 }
 
+namespace {
+
+// a += b, field by field (every field of these messages is a uint64 count).
+void add_counts(google::protobuf::Message& a, const google::protobuf::Message& b) {
+  const google::protobuf::Descriptor* d = a.GetDescriptor();
+  const google::protobuf::Reflection* ra = a.GetReflection();
+  const google::protobuf::Reflection* rb = b.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* f = d->field(i);
+    if (f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_UINT64) continue;
+    ra->SetUInt64(&a, f, ra->GetUInt64(a, f) + rb->GetUInt64(b, f));
+  }
+}
+
+}  // namespace
+
+void Counters::retire(const v1::ModelCounters& model, const v1::SeriesCounters& series) {
+  std::lock_guard lock(retired_mutex);
+  add_counts(retired_model, model);
+  add_counts(retired_series, series);
+}
+
 v1::ServerCounters Counters::to_proto() const {
   constexpr auto r = std::memory_order_relaxed;
   v1::ServerCounters c;
@@ -157,6 +179,11 @@ v1::ServerCounters Counters::to_proto() const {
   c.set_bytes_received(bytes_received.load(r));
   c.set_bytes_sent(bytes_sent.load(r));
   c.set_keys(keys.load(r));
+  {
+    std::lock_guard lock(retired_mutex);
+    *c.mutable_retired_model() = retired_model;
+    *c.mutable_retired_series() = retired_series;
+  }
   for (int i = 0; i < kErrorCodes; ++i) {
     const std::uint64_t n = errors[static_cast<std::size_t>(i)].load(r);
     if (n == 0) continue;
@@ -439,8 +466,17 @@ void Shard::record_latency(std::chrono::steady_clock::time_point start) {
       0, std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count())));
 }
 
+void Shard::retire(const std::string& key, const Entry& entry) {
+  v1::KeyStats stats;
+  fill_key_stats(key, entry, &stats);
+  counters_.retire(stats.model(), stats.counters());
+}
+
 void Shard::erase(const std::string& key) {
-  if (entries_.erase(key) == 0) return;
+  const auto it = entries_.find(key);
+  if (it == entries_.end()) return;
+  retire(key, it->second);
+  entries_.erase(it);
   counters_.keys.fetch_sub(1, std::memory_order_relaxed);
   if (key_configs_.count(key) == 0) release_slot();
 }
@@ -746,6 +782,7 @@ void Shard::replace_all(std::vector<std::pair<std::string, Entry>> entries,
                         std::unordered_map<std::string, v1::KeyConfig> key_configs) {
   counters_.keys.fetch_sub(entries_.size(), std::memory_order_relaxed);
   counters_.key_slots.fetch_sub(slots_used(), std::memory_order_relaxed);
+  for (const auto& [key, entry] : entries_) retire(key, entry);
   entries_.clear();
   key_configs_ = std::move(key_configs);
   for (auto& [key, entry] : entries) entries_.emplace(std::move(key), std::move(entry));

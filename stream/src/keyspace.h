@@ -77,6 +77,10 @@ struct Counters {
   std::atomic<std::uint64_t> key_slots{0};
   std::array<std::atomic<std::uint64_t>, kErrorCodes> errors{};
 
+  // Adds a key's counters to the retired sums (ServerCounters.retired_*): the key is
+  // being dropped, reconfigured or replaced. Not the hot path (a mutex).
+  void retire(const v1::ModelCounters& model, const v1::SeriesCounters& series);
+
   void count_error(v1::ErrorCode code);
   void count_requests(RequestKind kind, std::uint64_t n = 1) {
     requests[static_cast<std::size_t>(kind)].fetch_add(n, std::memory_order_relaxed);
@@ -89,6 +93,9 @@ struct Counters {
 
  private:
   std::deque<LatencyHistogram> shard_latency;
+  mutable std::mutex retired_mutex;
+  v1::ModelCounters retired_model;
+  v1::SeriesCounters retired_series;
 };
 
 // ServerOptions::defaults / overrides and the Control.Configure prefixes: what a new key
@@ -195,8 +202,10 @@ class Shard {
   // nullptr with `error` set (KIND_MISMATCH, WRONG_DIMENSION, BAD_CONFIG, TOO_MANY_KEYS).
   Entry* entry_for(const std::string& key, v1::KeySnapshot::Kind kind, int feature_dim,
                    v1::ErrorCode& code, std::string& message);
-  // Removes the live key, if any (its config stays).
+  // Removes the live key, if any (its config stays), retiring its counters.
   void erase(const std::string& key);
+  // Adds the entry's model and series counters to the server's retired sums.
+  void retire(const std::string& key, const Entry& entry);
   // Takes one of the max_keys_ places for a new key or key config; false if none is left.
   bool reserve_slot();
   void release_slot();

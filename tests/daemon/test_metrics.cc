@@ -161,6 +161,16 @@ TEST_CASE("metrics: the exposition parses and its numbers are the aggregates") {
   CHECK(e.at("ntkd_series_values_total{outcome=\"offered\"}") == 200 + 201 + 202 + 203 + 204);
   CHECK(e.at("ntkd_series_values_total{outcome=\"duplicate\"}") == 5);
   CHECK(e.at("ntkd_model_drift_max") == 3.5e-13);
+  {
+    // Counters of keys no longer held count too: a dropped key takes nothing away.
+    v1::Stats with_retired = stats;
+    with_retired.mutable_server()->mutable_retired_model()->set_updates(1000);
+    with_retired.mutable_server()->mutable_retired_series()->set_observations(7);
+    const auto r = parse_prometheus(ntk::daemon::render_metrics(with_retired, make_status()));
+    CHECK(r.at("ntkd_model_updates_total") == 1000 + 100 + 101 + 102 + 103 + 104);
+    CHECK(r.at("ntkd_series_values_total{outcome=\"offered\"}") == 7 + 200 + 201 + 202 + 203 + 204);
+    CHECK(r.at("ntkd_keys") == 5);
+  }
 
   CHECK(e.at("ntkd_ready") == 1);
   CHECK(e.at("ntkd_start_time_seconds") == 1700000000.5);

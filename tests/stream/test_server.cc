@@ -285,6 +285,15 @@ TEST_CASE("controls: stats, configure, drop, snapshot; export and import") {
   CHECK(r.stats().keys(1).key() == "b");
   CHECK(r.stats().keys(2).key() == "c");
 
+  // What a key counted is kept when the key goes (reconfigured, dropped): retired sums.
+  CHECK(server.counters().retired_series().observations() == 0);
+  const v1::KeyStats a_before =
+      client.call(control_stats(std::string("a"), std::nullopt)).stats().keys(0);
+  const v1::KeyStats b_before =
+      client.call(control_stats(std::string("b"), std::nullopt)).stats().keys(0);
+  REQUIRE(a_before.counters().observations() == 12);
+  REQUIRE(a_before.model().updates() > 0);
+
   // Configure an existing key: its state is dropped, the next value starts it afresh.
   v1::Request configure;
   configure.mutable_control()->mutable_configure()->set_key("a");
@@ -320,6 +329,15 @@ TEST_CASE("controls: stats, configure, drop, snapshot; export and import") {
   r = client.call(drop);
   CHECK(r.error().code() == v1::ERROR_CODE_UNKNOWN_KEY);
   CHECK(server.counters().keys() == 2);
+  const v1::ServerCounters after_drop = server.counters();
+  CHECK(after_drop.retired_series().observations() ==
+        a_before.counters().observations() + b_before.counters().observations());
+  CHECK(after_drop.retired_series().accepted() ==
+        a_before.counters().accepted() + b_before.counters().accepted());
+  CHECK(after_drop.retired_model().updates() ==
+        a_before.model().updates() + b_before.model().updates());
+  CHECK(after_drop.retired_model().admitted() ==
+        a_before.model().admitted() + b_before.model().admitted());
 
   // The in-process API agrees with the wire.
   v1::Control::GetStats scope;
