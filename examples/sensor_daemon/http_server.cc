@@ -7,10 +7,12 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <chrono>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <system_error>
 #include <thread>
+#include <vector>
 
 #include "daemon_config.h"
 
@@ -36,8 +38,16 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void start() { do_read(); }
 
+  // Waiting for (the rest of) a request since idle_since(), not answering one.
+  bool idle() const { return idle_; }
+  std::chrono::steady_clock::time_point idle_since() const { return idle_since_; }
+  // Closes the connection (its pending read then ends, and the session with it).
+  void evict() { do_close(); }
+
  private:
   void do_read() {
+    idle_ = true;
+    idle_since_ = std::chrono::steady_clock::now();
     parser_.emplace();
     parser_->header_limit(kMaxRequestBytes);
     parser_->body_limit(kMaxRequestBytes);
@@ -48,6 +58,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void on_read(beast::error_code ec) {
+    idle_ = false;
     if (ec) return do_close();  // end of stream, timeout, bad request: just close
     const auto& req = parser_->get();
     auto res = std::make_shared<http::response<http::string_body>>();
@@ -95,6 +106,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<http::request_parser<http::string_body>> parser_;
   const HttpHandler& handler_;
   std::atomic<std::size_t>& live_;
+  bool idle_ = false;
+  std::chrono::steady_clock::time_point idle_since_;
 };
 
 }  // namespace
@@ -111,16 +124,36 @@ struct HttpServer::Impl {
   std::thread thread;
   asio::io_context io{1};
   std::optional<tcp::acceptor> acceptor;
+  // Every session started, for evict_idlest (the io_context runs on one thread, so no
+  // lock: sessions, their handlers and the acceptor's all run there).
+  std::vector<std::weak_ptr<Session>> sessions;
+
+  bool evict_idlest() {
+    std::erase_if(sessions, [](const std::weak_ptr<Session>& w) { return w.expired(); });
+    std::shared_ptr<Session> idlest;
+    for (const auto& w : sessions) {
+      auto p = w.lock();
+      if (p && p->idle() && (!idlest || p->idle_since() < idlest->idle_since())) idlest = p;
+    }
+    if (!idlest) return false;
+    idlest->evict();
+    return true;
+  }
 
   void do_accept() {
     acceptor->async_accept(asio::make_strand(io), [this](beast::error_code ec, tcp::socket s) {
       if (ec == asio::error::operation_aborted) return;  // stopped
       if (!ec) {
-        if (live.load() >= kMaxConnections) {
+        // At the limit, the connection idle the longest makes room (keep-alive or half-sent
+        // requests must not lock probes out for the 30 s request timeout); if none is
+        // idle, the new one is refused.
+        if (live.load() >= kMaxConnections && !evict_idlest()) {
           beast::error_code ignored;
           s.close(ignored);
         } else {
-          std::make_shared<Session>(std::move(s), handler, live)->start();
+          auto session = std::make_shared<Session>(std::move(s), handler, live);
+          sessions.push_back(session);
+          session->start();
         }
       }
       // Transient accept errors (EMFILE, ...) must not end the accept loop.

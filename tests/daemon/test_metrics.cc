@@ -263,3 +263,31 @@ TEST_CASE("http endpoint: GET, HEAD, 404, 405, keep-alive") {
   http.stop();
   http.stop();  // idempotent
 }
+
+TEST_CASE("http endpoint: idle connections at the limit make room for a probe") {
+  // 64 connections that never send a request (or stop halfway) held every place for the
+  // 30 s request timeout, and /livez was refused. The longest idle one now gives way.
+  ntk::daemon::HttpServer http("127.0.0.1:0", [](std::string_view) {
+    return ntk::daemon::HttpReply{200, "text/plain; charset=utf-8", "ok\n"};
+  });
+  http.start();
+  boost::asio::io_context io;
+  std::vector<boost::asio::ip::tcp::socket> idle;
+  for (int i = 0; i < 64; ++i) {
+    idle.emplace_back(io).connect({boost::asio::ip::make_address("127.0.0.1"), http.port()});
+    if (i % 2 == 1) boost::asio::write(idle.back(), boost::asio::buffer(std::string("GET /li")));
+  }
+  // Each probe (connections 65, 66, 67) is answered.
+  for (int round = 0; round < 3; ++round) {
+    boost::asio::ip::tcp::socket s(io);
+    s.connect({boost::asio::ip::make_address("127.0.0.1"), http.port()});
+    const std::string r = exchange(s, "GET /livez HTTP/1.1\r\nHost: t\r\n\r\n");
+    CHECK(r.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  }
+  // The first idle connection was the one closed (oldest first).
+  boost::system::error_code ec;
+  char byte;
+  idle.front().read_some(boost::asio::buffer(&byte, 1), ec);
+  CHECK(ec == boost::asio::error::eof);
+  http.stop();
+}
