@@ -275,6 +275,16 @@ v1::KeyConfig ConfigTable::base_for(std::string_view key) const {
 std::optional<RequestError> ConfigTable::configure_prefix(const std::string& prefix,
                                                           const v1::KeyConfig& config) {
   std::lock_guard lock(mutex_);
+  const bool known =
+      std::any_of(configured_.begin(), configured_.end(),
+                  [&](const v1::PrefixOverride& o) { return o.key_prefix() == prefix; });
+  if (!known && configured_.size() >= kMaxConfiguredPrefixes) {
+    return RequestError{v1::ERROR_CODE_TOO_MANY_KEYS,
+                        "control.configure.key_prefix " + quoted(prefix) + ": " +
+                            std::to_string(kMaxConfiguredPrefixes) +
+                            " prefixes are configured already (each new key is matched "
+                            "against all of them); configure a shorter common prefix"};
+  }
   v1::KeyConfig merged = base_locked(prefix);
   merge_key_config(merged, config);
   try {

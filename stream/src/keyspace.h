@@ -98,6 +98,9 @@ struct Counters {
   v1::SeriesCounters retired_series;
 };
 
+// Distinct key prefixes Control.Configure may set (a new key is matched against each).
+inline constexpr std::size_t kMaxConfiguredPrefixes = 1024;
+
 // ServerOptions::defaults / overrides and the Control.Configure prefixes: what a new key
 // is configured with. Thread-safe.
 class ConfigTable {

@@ -1216,3 +1216,30 @@ TEST_CASE("multi-channel readings: every channel key fits the key limit") {
   REQUIRE(client.call(reading(id, 1, 1.0)).has_prediction());
   CHECK(server.counters().keys() == 10);
 }
+
+TEST_CASE("at most 1024 distinct prefixes can be configured") {
+  // Every new key is matched against each configured prefix: distinct prefixes are bounded
+  // like keys are (a client configuring ever new prefixes grew the table without limit).
+  Server server(small_options());
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  const auto configure = [](const std::string& prefix) {
+    v1::Request r;
+    v1::Control::Configure* c = r.mutable_control()->mutable_configure();
+    c->set_key_prefix(prefix);
+    c->mutable_config()->mutable_series()->set_lags(3);
+    return r;
+  };
+  std::vector<v1::Request> many;
+  for (int i = 0; i < 1024; ++i) {
+    many.push_back(configure("p" + std::to_string(i) + "/"));
+  }
+  for (const v1::Response& r : client.call_many(many)) REQUIRE(r.has_ack());
+  const v1::Response refused = client.call(configure("one-more/"));
+  REQUIRE(refused.has_error());
+  CHECK(refused.error().code() == v1::ERROR_CODE_TOO_MANY_KEYS);
+  CHECK(refused.error().message().find("1024 prefixes are configured already") !=
+        std::string::npos);
+  CHECK(client.call(configure("p7/")).has_ack());  // a known prefix still merges
+  CHECK(server.export_models().configured_prefixes.size() == 1024);
+}
