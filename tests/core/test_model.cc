@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <random>
 #include <stdexcept>
@@ -545,18 +546,6 @@ TEST_CASE("import refuses a state whose parts do not belong together") {
       s.inputs.row(4).setZero();
       s.inputs(4, 0) = 1e200;
     });
-    refused("posterior variance 0 is negative", [](ntk::ModelState& s) {
-      s.sigma = -s.sigma;
-      s.sigma_pending.setZero();
-    });
-    refused("sigma is not a covariance", [](ntk::ModelState& s) {
-      s.sigma(1, 6) = s.sigma(6, 1) = 10.0 * std::sqrt(s.sigma(1, 1) * s.sigma(6, 6)) + 1.0;
-    });
-    refused("qdiag is not diag((L L^T)^-1)", [](ntk::ModelState& s) { s.qdiag(3) *= 1.5; });
-    refused("qdiag is not diag((L L^T)^-1)", [](ntk::ModelState& s) {
-      s.qdiag.setZero();
-      s.qdiag(0) = -1.0;
-    });
     refused("inconsistent counters", [](ntk::ModelState& s) { s.admitted = s.updates + 1; });
     refused("inconsistent counters", [](ntk::ModelState& s) { s.evicted = s.admitted + 1; });
     refused("inconsistent counters", [](ntk::ModelState& s) {
@@ -567,6 +556,43 @@ TEST_CASE("import refuses a state whose parts do not belong together") {
     refused("samples must increase", [](ntk::ModelState& s) { s.samples.back() = s.updates; });
     refused("last_drift must be finite",
             [](ntk::ModelState& s) { s.last_drift = std::numeric_limits<double>::quiet_NaN(); });
+  }
+}
+
+TEST_CASE("import takes every state the model exports, near-singular ones included") {
+  // With admission threshold 0 the dictionaries become near-singular: the model's own
+  // sigma then exceeds |sigma_ij| <= sqrt(sigma_ii sigma_jj) and its diag(Q) misses a fresh
+  // one by more than rounding (even in sign), so import checks neither (a review's sweep
+  // found such states in 23 of 700 random runs; an import check refused them).
+  struct Case {
+    const char* kernel;
+    int dim, budget;
+    double forgetting;
+    EvictionPolicy eviction;
+  };
+  for (const Case& k : {Case{"linear", 3, 3, 1.0, EvictionPolicy::kMinLoss},
+                        Case{"polynomial:degree=2", 1, 5, 1.0, EvictionPolicy::kMinLoss},
+                        Case{"polynomial:degree=3", 1, 26, 0.95, EvictionPolicy::kOldest},
+                        Case{"rbf:lengthscale=1", 2, 16, 1.0, EvictionPolicy::kMinLoss}}) {
+    CAPTURE(k.kernel);
+    ModelConfig c;
+    c.kernel = ntk::KernelSpec::parse(k.kernel);
+    c.budget = k.budget;
+    c.forgetting = k.forgetting;
+    c.eviction = k.eviction;
+    c.admission_threshold = 0.0;
+    OnlineGP gp(c, k.dim);
+    std::mt19937_64 rng(42);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    const VectorXd probe = VectorXd::Constant(k.dim, 0.3);
+    for (int t = 0; t < 1500; ++t) {
+      VectorXd x(k.dim);
+      for (int i = 0; i < k.dim; ++i) x(i) = normal(rng);
+      gp.update(x, std::sin(x.sum()) + 0.1 * normal(rng));
+      const OnlineGP back = OnlineGP::import_state(gp.export_state());
+      const ntk::Prediction a = gp.predict(probe), b = back.predict(probe);
+      REQUIRE(std::memcmp(&a, &b, sizeof a) == 0);
+    }
   }
 }
 
