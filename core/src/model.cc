@@ -76,6 +76,12 @@ constexpr double kSignalPowerPrior = 1.0;
 // 1e-16 it came out negative and the model diverged. 1e-12 leaves four digits of margin
 // and is far below the 1e-6 that the cleanest series want.
 constexpr double kMinRelativeNoise = 1e-12;
+// Floor on the ALD threshold: an input is admitted only if its residual gamma2 exceeds
+// 1e-12 of its prior variance k(x, x) + jitter. A smaller residual is rounding (a kernel
+// of lower rank than the budget, e.g. a polynomial kernel on one input, with threshold
+// 0): admitting it gave pivots near sqrt(eps k), a factor as good as singular, and a
+// posterior mean that overflowed.
+constexpr double kMinAdmissionRatio = 1e-12;
 // Cap on one squared standardized residual in the signal power's sum: 1e280 times any
 // feasible count of updates stays far below the largest double.
 constexpr double kMaxResidual2 = 1e280;
@@ -966,7 +972,8 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
 
   // 3. admit (ALD test), then absorb y with p = [h; var_f] or p = h.
   s.fresh = -1;
-  if (s.m == 0 || step.gamma2 > s.config.admission_threshold * step.kss) {
+  if (s.m == 0 ||
+      step.gamma2 > std::max(s.config.admission_threshold, kMinAdmissionRatio) * step.kss) {
     result.admitted = s.admit(x, step);
   }
   if (result.admitted) ++s.counters.admitted;
