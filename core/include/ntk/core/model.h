@@ -87,8 +87,10 @@ struct ModelConfig {
   // its prior variance k(x, x) + jitter: below that, double precision cannot represent
   // the posterior update (its variances would come out negative).
   double noise_variance = 1e-2;
-  double forgetting = 1.0;            // lambda in (0, 1]; 1: stationary, no forgetting
-  double admission_threshold = 1e-4;  // ALD threshold on gamma2 / k(x,x), in [0, 1)
+  double forgetting = 1.0;  // lambda in (0, 1]; 1: stationary, no forgetting
+  // ALD threshold on gamma2 / k(x,x), in [0, 1). At least 1e-12 is used: a smaller
+  // residual is rounding, and admitting it makes the factor as good as singular.
+  double admission_threshold = 1e-4;
   EvictionPolicy eviction = EvictionPolicy::kMinLoss;
   int recompute_every = 1000;  // refactorize from scratch every n updates; 0: never
   double drift_bound = 1e-9;   // refactorize when the drift measure exceeds this
