@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/control_requests.h"
 #include "daemon_harness.h"
 #include "ntk/core/build_info.h"
 #include "ntk/core/series.h"
@@ -311,16 +312,7 @@ TEST_CASE("Control.Configure of a key and of a prefix survive a restart") {
   TempDir dir;
   Daemon d{dir, {}, {}, nullptr, {}};
   const auto configure = [](bool prefix, const std::string& target, int lags, int horizon) {
-    v1::Request r;
-    v1::Control::Configure* c = r.mutable_control()->mutable_configure();
-    if (prefix) {
-      c->set_key_prefix(target);
-    } else {
-      c->set_key(target);
-    }
-    if (lags > 0) c->mutable_config()->mutable_series()->set_lags(lags);
-    if (horizon > 0) c->mutable_config()->mutable_series()->set_horizon(horizon);
-    return r;
+    return ntk::test::control_configure(prefix, target, lags, 0, horizon);
   };
   d.start("first.log");
   {

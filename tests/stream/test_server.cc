@@ -22,6 +22,7 @@
 #include <boost/asio.hpp>
 // clang-format on
 
+#include "../support/control_requests.h"
 #include "ntk/stream/client.h"
 #include "ntk/stream/frame_codec.h"
 #include "ntk/stream/server.h"
@@ -1089,16 +1090,7 @@ TEST_CASE("the Configure tables stay bounded") {
   server.start();
   Client client("127.0.0.1", server.port(), with_timeout());
   const auto configure = [](bool prefix, const std::string& target, int lags, int warmup) {
-    v1::Request r;
-    v1::Control::Configure* c = r.mutable_control()->mutable_configure();
-    if (prefix) {
-      c->set_key_prefix(target);
-    } else {
-      c->set_key(target);
-    }
-    if (lags > 0) c->mutable_config()->mutable_series()->set_lags(lags);
-    if (warmup > 0) c->mutable_config()->mutable_series()->set_warmup(warmup);
-    return r;
+    return ntk::test::control_configure(prefix, target, lags, warmup);
   };
   const auto series_config = [&](const std::string& key) {
     const v1::Response r = client.call(control_stats(key, std::nullopt));
@@ -1224,11 +1216,7 @@ TEST_CASE("at most 1024 distinct prefixes can be configured") {
   server.start();
   Client client("127.0.0.1", server.port(), with_timeout());
   const auto configure = [](const std::string& prefix) {
-    v1::Request r;
-    v1::Control::Configure* c = r.mutable_control()->mutable_configure();
-    c->set_key_prefix(prefix);
-    c->mutable_config()->mutable_series()->set_lags(3);
-    return r;
+    return ntk::test::control_configure(true, prefix, 3);
   };
   std::vector<v1::Request> many;
   for (int i = 0; i < 1024; ++i) {
