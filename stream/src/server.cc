@@ -271,6 +271,9 @@ struct Server::Impl {
   std::vector<std::unique_ptr<ShardActor>> shards;
   Strand control;
   std::mutex snapshot_mutex;  // held while the writer runs (Control.Snapshot or export)
+  // A Control.Snapshot is being exported or written: another one meanwhile is answered
+  // OVERLOADED instead of copying every key's state once more.
+  std::atomic<bool> snapshot_busy{false};
 
   struct Listener {
     tcp::acceptor acceptor;
@@ -895,6 +898,11 @@ bool Server::Impl::route(Owner& owner, std::uint32_t id, Batches& batches) {
         return false;
       }
     case v1::Control::kSnapshot: {
+      if (snapshot_busy.exchange(true, std::memory_order_acq_rel)) {
+        inline_error(owner, id, v1::ERROR_CODE_OVERLOADED,
+                     "another Control.Snapshot is being written: retry when it is answered");
+        return true;
+      }
       auto parts = std::make_unique<Parts>();
       parts->kind = Parts::Kind::kSnapshot;
       detail::echo_request(r, parts->response);
@@ -1038,6 +1046,7 @@ void Server::Impl::finish_parts(const std::shared_ptr<Owner>& owner, std::uint32
         }
         write_response(response, owner->framed(), slot.response);
         slot.parts.reset();
+        snapshot_busy.store(false, std::memory_order_release);
         owner->complete({id});
       });
       return;

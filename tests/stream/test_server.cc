@@ -660,6 +660,43 @@ TEST_CASE("a client that pipelines Stats of every key without reading holds one 
   CHECK(server.counters().tcp_frames() - frames_before == kRequests);
 }
 
+TEST_CASE("one Control.Snapshot at a time: another meanwhile is answered OVERLOADED") {
+  // Each Snapshot copies every key's state; pipelined or concurrent ones from several
+  // connections each made their own copy (100 grew the server's peak memory 20-fold).
+  std::promise<void> writing, release;
+  std::shared_future<void> released = release.get_future().share();
+  std::atomic<int> writes{0};
+  ServerOptions options = small_options();
+  options.snapshot_writer = [&](const ntk::stream::ModelSnapshot& m) {
+    if (++writes == 1) {
+      writing.set_value();
+      released.wait();
+    }
+    return "mem://" + std::to_string(m.keys.size());
+  };
+  Server server(options);
+  server.start();
+  Client a("127.0.0.1", server.port(), with_timeout());
+  Client b("127.0.0.1", server.port(), with_timeout());
+  REQUIRE(a.call(reading("k", 1, 1.0)).has_prediction());
+  v1::Request snapshot;
+  snapshot.mutable_control()->mutable_snapshot();
+  a.send(snapshot);
+  writing.get_future().wait();  // a's snapshot is in the writer
+  const v1::Response busy = b.call(snapshot);
+  REQUIRE(busy.has_error());
+  CHECK(busy.error().code() == v1::ERROR_CODE_OVERLOADED);
+  CHECK_FALSE(busy.error().connection_closed());
+  release.set_value();
+  const v1::Response first = a.receive();
+  REQUIRE(first.has_ack());
+  CHECK(first.ack().snapshot_path() == "mem://1");
+  const v1::Response retry = b.call(snapshot);  // answered: the next one is taken
+  REQUIRE(retry.has_ack());
+  CHECK(writes == 2);
+  CHECK(error_count(server.counters(), v1::ERROR_CODE_OVERLOADED) == 1);
+}
+
 TEST_CASE("try_stats answers at once while import_models holds the server") {
   // What /metrics uses: it must not wait for a snapshot's restore (the endpoint's one
   // thread would also hold up /livez), and must never see half the keys.
