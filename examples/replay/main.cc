@@ -73,6 +73,20 @@ int main(int argc, char** argv) {
     return 0;
   }
 
+  // No output may overwrite the input or another output (exit 2, before any file is
+  // touched).
+  const std::string summary_file =
+      options.summary_path && *options.summary_path != "-" ? *options.summary_path : "";
+  try {
+    rp::check_distinct_paths({{"--input", options.input},
+                              {"--predictions", options.predictions_path.value_or("")},
+                              {"--summary-json", summary_file},
+                              {"--plot", options.plot_path.value_or("")},
+                              {"--record", options.record_path.value_or("")}});
+  } catch (const rp::UsageError& e) {
+    return fail(kExitUsage, e.what());
+  }
+
   try {
 #ifdef NTK_REPLAY_CONNECT
     // A delimited-protobuf recording is replayed request by request (remote.h).
@@ -82,9 +96,13 @@ int main(int argc, char** argv) {
     rp::SeriesCsvReader reader(options.input,
                                {options.value_columns, options.time_column, options.seq_column});
 
-    // Outputs are opened up front: a path that cannot be written fails before a long run.
+    // Outputs are opened up front (under temporary names, renamed once complete): a path
+    // that cannot be written fails before a long run, and a failed run replaces nothing.
     std::optional<rp::PredictionCsvWriter> predictions;
     if (options.predictions_path) predictions.emplace(*options.predictions_path);
+    std::optional<rp::OutputFile> summary_out;
+    if (!summary_file.empty()) summary_out.emplace(summary_file);
+    if (options.plot_path) rp::check_writable("--plot", *options.plot_path);  // gnuplot's
     std::optional<rp::PlotData> plot;
     if (options.plot_path) plot.emplace(options.value_columns, reader.time_kind());
 
@@ -114,11 +132,9 @@ int main(int argc, char** argv) {
     if (options.summary_path && *options.summary_path == "-") {
       std::cout << json;
     } else {
-      if (options.summary_path) {
-        std::ofstream out(*options.summary_path);
-        out << json;
-        out.close();
-        if (!out) return fail(kExitFailure, *options.summary_path + ": cannot write the summary");
+      if (summary_out) {
+        summary_out->stream() << json;
+        summary_out->commit();
       }
       print_report(summary);
     }

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <functional>
 #include <map>
+#include <set>
 #include <string_view>
 #include <system_error>
 
@@ -185,6 +186,7 @@ ReplayOptions parse_replay_args(int argc, const char* const* argv) {
       {"--no-progress", [&] { o.progress = false; }},
   };
 
+  std::set<std::string, std::less<>> given;  // flags with a value, as seen
   for (int i = 1; i < argc; ++i) {
     std::string_view arg = argv[i];
     std::string_view value;
@@ -209,8 +211,20 @@ ReplayOptions parse_replay_args(int argc, const char* const* argv) {
       value = argv[++i];
     }
     h->second(arg, value);
+    given.emplace(arg);
   }
   if (o.help || o.version) return o;
+
+  // Flags that would silently override or be ignored.
+  if (given.contains("--noise") && given.contains("--noise-candidates")) {
+    throw UsageError(
+        "--noise and --noise-candidates exclude each other (one fixed ratio, or a race)");
+  }
+  if (o.offline) {
+    for (const char* f : {"--key", "--speed"}) {
+      if (given.contains(f)) throw UsageError(std::string(f) + ": only with --connect");
+    }
+  }
 
   if (o.offline == o.connect.has_value()) {
     throw UsageError("the mode is required: --offline or --connect HOST:PORT (see --help)");

@@ -5,9 +5,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -158,9 +160,60 @@ ReplaySummary replay_offline(SeriesCsvReader& reader, const SeriesConfig& config
 
 // --- predictions CSV --------------------------------------------------------------------
 
-PredictionCsvWriter::PredictionCsvWriter(const std::string& path) : path_(path), out_(path) {
-  if (!out_) throw std::runtime_error(path + ": cannot open for writing");
-  out_ << "time,truth,mean,sd,z,anomaly,row,stream\n";
+OutputFile::OutputFile(std::string path)
+    : path_(std::move(path)), tmp_(path_ + ".partial-" + std::to_string(::getpid())) {
+  out_.open(tmp_);
+  if (!out_) throw std::runtime_error(path_ + ": cannot open for writing");
+}
+
+OutputFile::~OutputFile() {
+  if (committed_) return;
+  out_.close();
+  std::error_code ignored;
+  std::filesystem::remove(tmp_, ignored);
+}
+
+void OutputFile::commit() {
+  out_.close();
+  if (!out_) throw std::runtime_error(path_ + ": write failed");
+  std::error_code ec;
+  std::filesystem::rename(tmp_, path_, ec);
+  if (ec) throw std::runtime_error(path_ + ": cannot be replaced: " + ec.message());
+  committed_ = true;
+}
+
+void check_distinct_paths(const std::vector<std::pair<std::string, std::string>>& named_paths) {
+  namespace fs = std::filesystem;
+  const auto same = [](const std::string& a, const std::string& b) {
+    std::error_code ec1, ec2;
+    if (fs::exists(a, ec1) && fs::exists(b, ec2)) return fs::equivalent(a, b, ec1);
+    return fs::weakly_canonical(a, ec1) == fs::weakly_canonical(b, ec2);
+  };
+  for (std::size_t i = 0; i < named_paths.size(); ++i) {
+    for (std::size_t j = i + 1; j < named_paths.size(); ++j) {
+      const auto& [fa, pa] = named_paths[i];
+      const auto& [fb, pb] = named_paths[j];
+      if (pa.empty() || pb.empty() || !same(pa, pb)) continue;
+      throw UsageError(fb + " " + pb + " is the same file as " + fa + " " + pa);
+    }
+  }
+}
+
+void check_writable(const std::string& flag, const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) throw std::runtime_error(flag + " " + path + ": is a directory");
+  const fs::path parent = fs::path(path).has_parent_path() ? fs::path(path).parent_path() : ".";
+  const bool ok = fs::exists(path, ec) ? ::access(path.c_str(), W_OK) == 0
+                                       : ::access(parent.c_str(), W_OK | X_OK) == 0;
+  if (!ok) {
+    throw std::runtime_error(flag + " " + path + ": cannot be written (" + std::strerror(errno) +
+                             ")");
+  }
+}
+
+PredictionCsvWriter::PredictionCsvWriter(const std::string& path) : file_(path) {
+  file_.stream() << "time,truth,mean,sd,z,anomaly,row,stream\n";
 }
 
 void PredictionCsvWriter::write(const CsvRow& row, const std::string& stream, const Outcome& o) {
@@ -176,13 +229,10 @@ void PredictionCsvWriter::write(const CsvRow& row, const std::string& stream, co
   line_ += ',';
   line_ += stream;
   line_ += '\n';
-  out_ << line_;
+  file_.stream() << line_;
 }
 
-void PredictionCsvWriter::close() {
-  out_.close();
-  if (!out_) throw std::runtime_error(path_ + ": write failed");
-}
+void PredictionCsvWriter::close() { file_.commit(); }
 
 // --- plot -------------------------------------------------------------------------------
 
@@ -211,6 +261,7 @@ void PlotData::render(const std::string& png_path, const std::string& title) con
     if (!out) throw std::runtime_error(data.string() + ": cannot create the plot data file");
     out.precision(17);
     for (const auto& block : points_) {
+      if (block.empty()) continue;  // no block, so that indices count drawn streams only
       for (const Point& p : block) {
         out << p.x << ' ' << p.truth << ' ' << p.mean << ' ' << p.sd << ' ' << (p.anomaly ? 1 : 0)
             << '\n';
@@ -224,7 +275,9 @@ void PlotData::render(const std::string& png_path, const std::string& title) con
   // kZoom predictions, where truth, prediction and band can be told apart.
   constexpr std::size_t kZoom = 500;
   int panels = 0;
-  for (const auto& block : points_) panels += block.size() > 2 * kZoom ? 2 : 1;
+  for (const auto& block : points_) {
+    if (!block.empty()) panels += block.size() > 2 * kZoom ? 2 : 1;
+  }
   std::ostringstream gp;
   gp << "set terminal pngcairo size 1600," << 120 + 300 * panels << " noenhanced font ',10'\n"
      << "set output " << gnuplot_quote(png_path) << "\n"
@@ -238,9 +291,11 @@ void PlotData::render(const std::string& png_path, const std::string& title) con
     gp << "set xlabel " << gnuplot_quote(time_kind_ == TimeKind::kNone ? "row" : "time") << "\n";
   }
   const std::string file = gnuplot_quote(data.string());
-  const auto panel = [&](std::size_t k, std::size_t first, const std::string& label) {
+  // k: the stream; block: its data block (streams without scored predictions have none).
+  const auto panel = [&](std::size_t k, std::size_t block, std::size_t first,
+                         const std::string& label) {
     // every ::first skips the block's first points; the band first, the truth on top.
-    const std::string sel = " index " + std::to_string(k) + " every ::" + std::to_string(first);
+    const std::string sel = " index " + std::to_string(block) + " every ::" + std::to_string(first);
     if (time_kind_ == TimeKind::kCalendar) {
       // Dates alone, or dates and times of day when the panel spans less than ten days.
       const double span = points_[k].back().x - points_[k][first].x;
@@ -257,17 +312,21 @@ void PlotData::render(const std::string& png_path, const std::string& title) con
        << " using 1:($5 > 0 ? $2 : 1/0) with points pt 7 ps 1.1 lc rgb '#e31a1c'"
           " title 'anomaly'\n";
   };
+  std::size_t block = 0;
   for (std::size_t k = 0; k < points_.size(); ++k) {
     const std::string& name = streams_[k];
     const std::size_t count = points_[k].size();
-    panel(k, 0, name);
+    if (count == 0) continue;  // not drawn: nothing was scored (e.g. a constant column)
+    panel(k, block, 0, name);
     if (count > 2 * kZoom) {
-      panel(k, count - kZoom, name + " (last " + std::to_string(kZoom) + " predictions)");
+      panel(k, block, count - kZoom, name + " (last " + std::to_string(kZoom) + " predictions)");
     }
+    ++block;
   }
   gp << "unset multiplot\n";
 
-  std::FILE* pipe = ::popen("gnuplot", "w");
+  // gnuplot's stdout is not ours: when it cannot open the PNG it writes the image there.
+  std::FILE* pipe = ::popen("gnuplot > /dev/null", "w");
   if (!pipe) {
     std::filesystem::remove(data);
     throw std::runtime_error("--plot: cannot run gnuplot");
@@ -277,10 +336,13 @@ void PlotData::render(const std::string& png_path, const std::string& title) con
   const int status = ::pclose(pipe);
   std::error_code ignored;
   std::filesystem::remove(data, ignored);
+  if (status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 127) {
+    throw std::runtime_error("--plot: gnuplot not found; install Debian's gnuplot-nox");
+  }
   if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
     throw std::runtime_error("--plot: gnuplot failed (exit status " +
                              std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) +
-                             "); is gnuplot (Debian gnuplot-nox) installed?");
+                             "; its message is above)");
   }
 }
 

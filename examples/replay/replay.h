@@ -9,6 +9,7 @@
 #include <fstream>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "ntk/core/series.h"
@@ -79,19 +80,46 @@ class ProgressBar {
 ReplaySummary replay_offline(SeriesCsvReader& reader, const SeriesConfig& config,
                              const OutcomeCallback& on_outcome, ProgressBar* progress);
 
+// A file written under a temporary name beside `path` and renamed to it by commit(): a
+// run that fails midway leaves whatever was at `path` as it was, and the destructor
+// removes the temporary file. The constructor creates it, so an unwritable path fails
+// before a long run. Throws std::runtime_error on I/O failure.
+class OutputFile {
+ public:
+  explicit OutputFile(std::string path);
+  ~OutputFile();
+  OutputFile(const OutputFile&) = delete;
+  OutputFile& operator=(const OutputFile&) = delete;
+  std::ofstream& stream() { return out_; }
+  void commit();
+
+ private:
+  std::string path_, tmp_;
+  std::ofstream out_;
+  bool committed_ = false;
+};
+
 // Writes one line per scored prediction: time,truth,mean,sd,z,anomaly,row,stream with
-// shortest round-trip numbers. Throws std::runtime_error on I/O failure.
+// shortest round-trip numbers, into an OutputFile. Throws std::runtime_error on I/O
+// failure.
 class PredictionCsvWriter {
  public:
   explicit PredictionCsvWriter(const std::string& path);
   void write(const CsvRow& row, const std::string& stream, const Outcome& outcome);
-  void close();
+  void close();  // commits the file
 
  private:
-  std::string path_;
-  std::ofstream out_;
+  OutputFile file_;
   std::string line_;
 };
+
+// Throws UsageError when two of the paths name the same file (an output over the input,
+// or two outputs over each other), compared as the files they resolve to. Each pair is
+// (flag for the message, path); empty paths are skipped.
+void check_distinct_paths(const std::vector<std::pair<std::string, std::string>>& named_paths);
+
+// Throws std::runtime_error unless a file can be created (or overwritten) at `path`.
+void check_writable(const std::string& flag, const std::string& path);
 
 // Collects what --plot draws: the scored predictions of each stream.
 class PlotData {

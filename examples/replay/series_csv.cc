@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <cstdlib>
 #include <limits>
 #include <system_error>
 
@@ -171,8 +172,15 @@ std::optional<double> parse_value(std::string_view text) {
   }
   double v = 0.0;
   const char* first = s.data() + (s[0] == '+' ? 1 : 0);
+  if (first != s.data() && s.size() > 1 && (s[1] == '-' || s[1] == '+')) return std::nullopt;
   const auto [end, ec] = std::from_chars(first, s.data() + s.size(), v);
-  if (ec != std::errc() || end != s.data() + s.size()) return std::nullopt;
+  if (end != s.data() + s.size()) return std::nullopt;
+  if (ec == std::errc::result_out_of_range) {
+    // Beyond double's range: strtod gives +-inf (then a missing value, like "inf") for an
+    // overflow and 0 or a subnormal for an underflow, as the text's value rounds.
+    return std::strtod(std::string(first, end).c_str(), nullptr);
+  }
+  if (ec != std::errc()) return std::nullopt;
   return v;
 }
 
@@ -219,6 +227,7 @@ void SeriesCsvReader::decide_time_kind() {
   // A cell that is neither kind but looks like a date (a '-' or ':' after a digit) counts
   // as calendar, so that next() reports it against the calendar format.
   time_kind_ = TimeKind::kNumber;
+  if (in_.eof()) return;  // the header was the whole file: next() reports no data rows
   const std::streampos start = in_.tellg();
   std::string first;
   if (start != std::streampos(-1) && std::getline(in_, first)) {

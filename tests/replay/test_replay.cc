@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <numbers>
 #include <random>
@@ -112,6 +113,12 @@ TEST_CASE("calendar times, seconds and values parse exactly; bad cells are refus
   CHECK_FALSE(parse_value("x1").has_value());
   CHECK_FALSE(parse_value("1.5.2").has_value());
   CHECK_FALSE(parse_value("\"3\"").has_value());
+  CHECK_FALSE(parse_value("+-0.5").has_value());  // one sign only
+  CHECK_FALSE(parse_value("++1").has_value());
+  // Beyond double's range: rounded as strtod does (an overflow is then a missing value).
+  CHECK(parse_value("1e-400") == 0.0);
+  CHECK(parse_value("1e400") == std::numeric_limits<double>::infinity());
+  CHECK(parse_value("-1e400") == -std::numeric_limits<double>::infinity());
 }
 
 TEST_CASE("SeriesCsvReader: columns, CRLF, missing cells, located errors") {
@@ -237,10 +244,50 @@ TEST_CASE("ntk-replay: bad command lines and bad files give one line and exit st
   check_one_line_error(replay({"--offline", "--input", (scratch() / "none.csv").string(),
                                "--value-column", "value"}),
                        (scratch() / "none.csv").string() + ": cannot open");
-  // Predictions are streamed: a run that fails before its first prediction leaves the header.
+  // Outputs appear only when the run succeeds: a failed run creates nothing, and replaces
+  // nothing (before, it left a partial file in place of a good one).
   const std::string pred = (scratch() / "never.csv").string();
   replay({"--offline", "--input", bad, "--value-column", "value", "--predictions", pred});
-  CHECK(read_file(pred) == "time,truth,mean,sd,z,anomaly,row,stream\n");
+  CHECK_FALSE(fs::exists(pred));
+  const std::string kept = write_file("kept.csv", "an earlier run's predictions\n");
+  const std::string kept_json = write_file("kept.json", "{}\n");
+  check_one_line_error(replay({"--offline", "--input", bad, "--value-column", "value",
+                               "--predictions", kept, "--summary-json", kept_json}),
+                       bad + ":4:");
+  CHECK(read_file(kept) == "an earlier run's predictions\n");
+  CHECK(read_file(kept_json) == "{}\n");
+  for (const auto& e : fs::directory_iterator(scratch())) {
+    CHECK(e.path().filename().string().find(".partial-") == std::string::npos);
+  }
+  // No output over the input, or over another output: refused before anything is written.
+  const std::string input_copy = write_file("input_copy.csv", sine_csv(100, false));
+  check_one_line_error(replay({"--offline", "--input", input_copy, "--value-column", "value",
+                               "--predictions", input_copy}),
+                       "--predictions " + input_copy + " is the same file as --input");
+  CHECK(read_file(input_copy) == sine_csv(100, false));
+  const std::string out = (scratch() / "out.txt").string();
+  check_one_line_error(replay({"--offline", "--input", good, "--value-column", "value",
+                               "--predictions", out, "--summary-json", out}),
+                       "--summary-json " + out + " is the same file as --predictions");
+  // A header without a newline is a file without data rows, said so.
+  const std::string header_no_nl = write_file("header_no_nl.csv", "timestamp,value");
+  check_one_line_error(replay({"--offline", "--input", header_no_nl, "--time-column", "timestamp",
+                               "--value-column", "value"}),
+                       header_no_nl + ":1: no data rows");
+  // Flags that would silently override each other, or be ignored.
+  check_one_line_error(replay({"--offline", "--input", good, "--value-column", "value", "--noise",
+                               "0.1", "--noise-candidates", "0.01,0.02"}),
+                       "--noise and --noise-candidates exclude each other");
+  check_one_line_error(
+      replay({"--offline", "--input", good, "--value-column", "value", "--speed", "2"}),
+      "--speed: only with --connect");
+  // An unwritable plot path fails before the run (exit 1, an output), and nothing reaches
+  // stdout (gnuplot wrote the PNG there).
+  const Run unplottable = replay({"--offline", "--input", good, "--value-column", "value", "--plot",
+                                  (scratch() / "no-such-dir" / "p.png").string()});
+  CHECK(unplottable.status == 1);
+  CHECK(unplottable.err.find("cannot be written") != std::string::npos);
+  CHECK(unplottable.out.empty());
 
   check_one_line_error(replay({"--offline", "--input", good, "--value-column", "value",
                                "--noise-candidates", "0.1,,0.2"}),
@@ -355,6 +402,22 @@ TEST_CASE("ntk-replay: predictions CSV, summary JSON and plot agree") {
   const std::string image = read_file(png);
   CHECK(image.size() > 1000);
   CHECK(image.starts_with("\x89PNG\r\n"));
+  // A column that never gets a scored prediction (constant: it never leaves warmup) has no
+  // panel; with calendar times it crashed the plot (an empty stream's last point).
+  std::string with_constant = "timestamp,a,b\n";
+  for (int i = 0; i < 300; ++i) {
+    char row[64];
+    std::snprintf(row, sizeof row, "2020-01-%02dT%02d:00:00,%.6f,5\n", 1 + i / 24, i % 24,
+                  std::sin(0.1 * i));
+    with_constant += row;
+  }
+  const std::string two = write_file("two.csv", with_constant);
+  const std::string png2 = (scratch() / "two.png").string();
+  const Run r2 = replay({"--offline", "--input", two, "--time-column", "timestamp",
+                         "--value-column", "a,b", "--plot", png2, "--no-progress"});
+  CHECK(r2.status == 0);
+  CHECK(r2.err.empty());
+  CHECK(read_file(png2).starts_with("\x89PNG\r\n"));
 
   // JSON on stdout with "-".
   const Run js = replay(
