@@ -474,7 +474,9 @@ struct SeriesPredictor::Impl {
     ++counters.observations;
     if (!admit_seq(seq, out)) return out;
 
-    if (!std::isfinite(value)) {
+    // Beyond 1e150 counts as missing too: the model accepts no larger target, and the
+    // scaler's squared deviations overflowed to inf (then NaN forecasts, scored).
+    if (!std::isfinite(value) || std::abs(value) > kMaxMagnitude) {
       ++counters.missing;
       out.status = OutcomeStatus::kMissing;
       double fill = kNaN;

@@ -439,6 +439,31 @@ TEST_CASE("missing values: skip, hold last, running mean") {
   }
 }
 
+TEST_CASE("values beyond 1e150 are missing, never scored as NaN") {
+  // Values near 1e160 overflowed the scaler's squared deviations: NaN forecasts, scored
+  // (MSE NaN), with no error. They are now missing values, like inf.
+  SeriesPredictor sp(transparent_config(2, 3));
+  ntk::PrequentialScore score;
+  for (int t = 0; t < 60; ++t) {
+    const double v = t % 10 == 7 ? 1e160 * (t % 2 ? 1 : -1) : std::sin(0.3 * t);
+    const Outcome o = sp.observe(std::nullopt, 0, v);
+    if (t % 10 == 7) {
+      CHECK(o.status == OutcomeStatus::kMissing);
+    }
+    if (o.status == OutcomeStatus::kScored) {
+      REQUIRE(std::isfinite(o.mean));
+      REQUIRE(std::isfinite(o.sd));
+      score.add(o.value, o.mean, o.sd);
+    }
+  }
+  CHECK(sp.counters().missing == 6);
+  CHECK(score.n > 40);
+  CHECK(std::isfinite(score.mse()));
+  // 1e150 itself is a value.
+  SeriesPredictor edge(transparent_config(2, 3));
+  CHECK(edge.observe(std::nullopt, 0, 1e150).status != OutcomeStatus::kMissing);
+}
+
 TEST_CASE("sequence numbers: duplicates and reordering dropped, gaps counted") {
   SeriesConfig c = transparent_config(2, 3);
   SeriesPredictor sp(c);

@@ -193,7 +193,7 @@ struct SeriesCounters {
 enum class OutcomeStatus {
   kScored,      // a prediction made before the value was seen was scored against it
   kWarmingUp,   // value accepted; no prediction for it yet (warm-up, lags filling)
-  kMissing,     // NaN, infinite or absent value: handled by the MissingPolicy
+  kMissing,     // NaN, infinite, absent or |value| > 1e150: handled by the MissingPolicy
   kUnlabelled,  // feature mode without a target: prediction only
   kDuplicate,   // seq equal to the last accepted one: dropped
   kOutOfOrder,  // seq below the last accepted one: dropped
