@@ -102,7 +102,8 @@ int main(int argc, char** argv) {
     if (options.predictions_path) predictions.emplace(*options.predictions_path);
     std::optional<rp::OutputFile> summary_out;
     if (!summary_file.empty()) summary_out.emplace(summary_file);
-    if (options.plot_path) rp::check_writable("--plot", *options.plot_path);  // gnuplot's
+    // The PNG is written by gnuplot after the run; its path is checked now.
+    if (options.plot_path) rp::check_writable("--plot", *options.plot_path);
     std::optional<rp::PlotData> plot;
     if (options.plot_path) plot.emplace(options.value_columns, reader.time_kind());
 
