@@ -275,10 +275,8 @@ v1::KeyConfig ConfigTable::base_for(std::string_view key) const {
 std::optional<RequestError> ConfigTable::configure_prefix(const std::string& prefix,
                                                           const v1::KeyConfig& config) {
   std::lock_guard lock(mutex_);
-  const bool known =
-      std::any_of(configured_.begin(), configured_.end(),
-                  [&](const v1::PrefixOverride& o) { return o.key_prefix() == prefix; });
-  if (!known && configured_.size() >= kMaxConfiguredPrefixes) {
+  v1::PrefixOverride* entry = find_configured_locked(prefix);
+  if (entry == nullptr && configured_.size() >= kMaxConfiguredPrefixes) {
     return RequestError{v1::ERROR_CODE_TOO_MANY_KEYS,
                         "control.configure.key_prefix " + quoted(prefix) + ": " +
                             std::to_string(kMaxConfiguredPrefixes) +
@@ -293,19 +291,25 @@ std::optional<RequestError> ConfigTable::configure_prefix(const std::string& pre
     return RequestError{v1::ERROR_CODE_BAD_CONFIG, "control.configure.config for key_prefix " +
                                                        quoted(prefix) + ": " + e.what()};
   }
-  add_configured_locked(prefix, config);
+  add_configured_locked(entry, prefix, config);
   return std::nullopt;
 }
 
-void ConfigTable::add_configured_locked(const std::string& prefix, const v1::KeyConfig& config) {
+v1::PrefixOverride* ConfigTable::find_configured_locked(const std::string& prefix) {
+  for (v1::PrefixOverride& o : configured_) {
+    if (o.key_prefix() == prefix) return &o;
+  }
+  return nullptr;
+}
+
+void ConfigTable::add_configured_locked(v1::PrefixOverride* entry, const std::string& prefix,
+                                        const v1::KeyConfig& config) {
   // One entry per prefix: a prefix's Configures merged in the order given are what
   // applying them one after the other gives (equal-length prefixes that match one key are
   // the same prefix, so no other prefix applies between them).
-  for (v1::PrefixOverride& o : configured_) {
-    if (o.key_prefix() == prefix) {
-      merge_key_config(*o.mutable_config(), config);
-      return;
-    }
+  if (entry != nullptr) {
+    merge_key_config(*entry->mutable_config(), config);
+    return;
   }
   v1::PrefixOverride o;
   o.set_key_prefix(prefix);
@@ -344,7 +348,8 @@ void ConfigTable::set_configured(const std::vector<v1::PrefixOverride>& configur
       configured_ = std::move(saved);
       throw;
     }
-    add_configured_locked(configured[i].key_prefix(), configured[i].config());
+    add_configured_locked(find_configured_locked(configured[i].key_prefix()),
+                          configured[i].key_prefix(), configured[i].config());
   }
 }
 

@@ -130,7 +130,12 @@ class ConfigTable {
 
  private:
   v1::KeyConfig base_locked(std::string_view key) const;
-  void add_configured_locked(const std::string& prefix, const v1::KeyConfig& config);
+  // The configured entry of exactly this prefix, or nullptr.
+  v1::PrefixOverride* find_configured_locked(const std::string& prefix);
+  // Merges config into `entry` (the prefix's, from find_configured_locked), or appends a
+  // new entry when it is nullptr.
+  void add_configured_locked(v1::PrefixOverride* entry, const std::string& prefix,
+                             const v1::KeyConfig& config);
 
   mutable std::mutex mutex_;
   v1::KeyConfig defaults_;
