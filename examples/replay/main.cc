@@ -126,6 +126,13 @@ int main(int argc, char** argv) {
         rp::replay_offline(reader, options.series, on_outcome, &progress);
 #endif
 
+    if (summary.time_reversals > 0) {
+      std::cerr << "ntk-replay: warning: " << options.input << ":"
+                << summary.first_time_reversal_line
+                << ": the time is earlier than the row above's (" << summary.time_reversals
+                << (summary.time_reversals == 1 ? " such row" : " such rows")
+                << "); rows are replayed in file order, and a step back in time counts as 0 s\n";
+    }
     // The outputs are completed only after the whole file was read without error.
     if (predictions) predictions->close();
     if (plot) plot->render(*options.plot_path, options.input);

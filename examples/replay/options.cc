@@ -50,8 +50,17 @@ std::vector<std::string> split_list(std::string_view flag, std::string_view text
   return names;
 }
 
+// Column names: a name given twice would be two streams writing one stream's outputs.
 std::vector<std::string> split_names(std::string_view flag, std::string_view text) {
-  return split_list(flag, text, "column name");
+  std::vector<std::string> names = split_list(flag, text, "column name");
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    for (std::size_t j = 0; j < i; ++j) {
+      if (names[i] == names[j]) {
+        throw UsageError(std::string(flag) + ": column '" + names[i] + "' is named twice");
+      }
+    }
+  }
+  return names;
 }
 
 // Runs f and turns the core's std::invalid_argument into a UsageError naming the flag.
@@ -89,7 +98,7 @@ predictor
   --time-feature             add the elapsed time to the inputs (irregular sampling)
   --warmup n                 values before the first prediction (default 20)
   --missing skip|hold|mean   what an empty cell becomes (default hold)
-  --anomaly-threshold T      flag |z| > T (default 4)
+  --anomaly-threshold T      flag |z| > T (default 4; inf: never)
   --exclude-anomalies        keep flagged values out of the model
   --include-anomalies        learn from flagged values too
   --forgetting L             forgetting factor in (0, 1] (default 1)
@@ -102,6 +111,7 @@ outputs
   --predictions OUT.csv      time,truth,mean,sd,z,anomaly,row,stream per prediction
   --plot OUT.png             truth, prediction, 95% band and anomalies (gnuplot)
   --summary-json FILE|-      n, mse, mae, nlpd, coverage95, anomalies, updates_per_second
+                             (JSON has no NaN or inf: such numbers are null)
   --no-progress              no progress bar on stderr
 through a running ntkd (instead of --offline; the same outputs, bit-identical predictions)
   --connect HOST:PORT        stream the rows to ntkd over TCP; each key is configured

@@ -303,6 +303,8 @@ ReplaySummary replay_connect(SeriesCsvReader& reader, const SeriesConfig& config
   while (!in_flight.empty()) handle_one();
   if (progress) progress->finish();
   if (summary.rows == 0) throw InputError(reader.path(), 1, "no data rows after the header");
+  summary.time_reversals = reader.time_reversals();
+  summary.first_time_reversal_line = reader.first_time_reversal_line();
   summary.predictor_seconds = std::chrono::duration<double>(Clock::now() - start).count();
   for (std::size_t k = 0; k < keys.size(); ++k) {
     summary.streams.push_back(stream_summary(session, keys[k], names[k]));

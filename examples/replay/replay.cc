@@ -148,6 +148,8 @@ ReplaySummary replay_offline(SeriesCsvReader& reader, const SeriesConfig& config
   }
   if (progress) progress->finish();
   if (summary.rows == 0) throw InputError(reader.path(), 1, "no data rows after the header");
+  summary.time_reversals = reader.time_reversals();
+  summary.first_time_reversal_line = reader.first_time_reversal_line();
   for (std::size_t k = 0; k < predictors.size(); ++k) {
     summary.streams.push_back({names[k], predictors[k].counters(), predictors[k].score(),
                                predictors[k].model().config().noise_variance,
@@ -364,6 +366,7 @@ std::string summary_json(const ReplaySummary& s, const ReplayOptions& o) {
   j["updates_per_second"] = s.updates_per_second();
   j["rows"] = s.rows;
   j["observations"] = s.observations();
+  j["time_reversals"] = s.time_reversals;
   j["seconds"] = s.wall_seconds;
   j["input"] = s.input;
   const SeriesConfig& c = o.series;

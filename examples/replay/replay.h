@@ -34,6 +34,8 @@ struct StreamSummary {
 struct ReplaySummary {
   std::string input;
   std::uint64_t rows = 0;
+  std::uint64_t time_reversals = 0;  // rows timed before the row above them
+  std::uint64_t first_time_reversal_line = 0;
   std::vector<StreamSummary> streams;
   double predictor_seconds = 0.0;  // time spent inside SeriesPredictor::observe
   double wall_seconds = 0.0;       // the whole replay, reading included
@@ -142,7 +144,8 @@ class PlotData {
 };
 
 // The summary as a JSON object: overall n, mse, mae, nlpd, coverage95, anomalies,
-// updates_per_second, then the configuration and per-stream scores and counters.
+// updates_per_second, time_reversals, then the configuration and per-stream scores and
+// counters. Numbers JSON cannot hold (NaN, inf) are null.
 std::string summary_json(const ReplaySummary& summary, const ReplayOptions& options);
 
 // Formats v in the shortest form that reads back exactly.

@@ -263,6 +263,17 @@ void SeriesCsvReader::split() {
   }
 }
 
+bool SeriesCsvReader::rest_is_empty() {
+  std::string rest;
+  while (std::getline(in_, rest)) {
+    bytes_read_ += rest.size() + 1;
+    if (!rest.empty() && rest.back() == '\r') rest.pop_back();
+    if (!rest.empty()) return false;
+  }
+  if (in_.bad()) fail("read error");
+  return true;
+}
+
 bool SeriesCsvReader::next(CsvRow& row) {
   if (!std::getline(in_, line_)) {
     if (in_.bad()) fail("read error");
@@ -271,6 +282,11 @@ bool SeriesCsvReader::next(CsvRow& row) {
   ++line_no_;
   bytes_read_ += line_.size() + 1;
   if (!line_.empty() && line_.back() == '\r') line_.pop_back();
+  if (line_.empty() && header_fields_ > 1) {
+    if (rest_is_empty()) return false;  // empty lines at the end of the file
+    fail("empty line; a row has " + std::to_string(header_fields_) +
+         " fields (only empty lines at the end of the file are ignored)");
+  }
   split();
   if (fields_.size() != header_fields_) {
     fail("row has " + std::to_string(fields_.size()) + " fields, the header has " +
@@ -300,6 +316,10 @@ bool SeriesCsvReader::next(CsvRow& row) {
                 : "a time in seconds"));
     }
     row.time_ns = *t;
+    if (last_time_ns_ && *t < *last_time_ns_ && time_reversals_++ == 0) {
+      first_time_reversal_line_ = line_no_;
+    }
+    last_time_ns_ = *t;
   } else {
     row.time_text = std::to_string(row.index);
     row.time_ns = static_cast<std::int64_t>(row.index) * kNanosPerSecond;

@@ -8,6 +8,9 @@
 //   header is ignored. The caller names the columns it
 //   wants: value columns (one stream each), optionally a time column and a sequence-number
 //   column. Every problem is an InputError whose message is "FILE:LINE: reason".
+//   With one column in the header an empty line is a row with an empty cell (a missing
+//   value); with more it is an error, except that empty lines at the end of the file are
+//   ignored.
 //
 //   Time cells are either calendar times — YYYY-MM-DD, YYYY-MM-DDTHH:MM[:SS[.fraction]]
 //   (a space may replace the T), optionally followed by Z or a +HH:MM / -HH:MM offset —
@@ -86,6 +89,11 @@ class SeriesCsvReader {
   const CsvColumns& columns() const { return columns_; }
   std::uint64_t file_size() const { return file_size_; }
   std::uint64_t bytes_read() const { return bytes_read_; }
+  // Rows read so far whose time is earlier than the previous row's, and the line of the
+  // first (0 if none). Such rows are not errors: the predictor counts a step back in time
+  // as 0 s.
+  std::uint64_t time_reversals() const { return time_reversals_; }
+  std::uint64_t first_time_reversal_line() const { return first_time_reversal_line_; }
 
  private:
   [[noreturn]] void fail(const std::string& reason) const;
@@ -93,6 +101,8 @@ class SeriesCsvReader {
   void decide_time_kind();
   // Splits line_ into fields_ (views into line_).
   void split();
+  // True if line_ and every line after it are empty (consumes them).
+  bool rest_is_empty();
 
   std::string path_;
   CsvColumns columns_;
@@ -106,6 +116,9 @@ class SeriesCsvReader {
   std::optional<std::size_t> time_index_;
   std::optional<std::size_t> seq_index_;
   TimeKind time_kind_ = TimeKind::kNone;
+  std::optional<std::int64_t> last_time_ns_;
+  std::uint64_t time_reversals_ = 0;
+  std::uint64_t first_time_reversal_line_ = 0;
   std::string line_;
   std::vector<std::string_view> fields_;
 };

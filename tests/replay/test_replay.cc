@@ -194,6 +194,45 @@ TEST_CASE("SeriesCsvReader: columns, CRLF, missing cells, located errors") {
   CHECK(error_of(empty, {{"v"}, {}, {}}) == empty + ":1: empty file: no header row");
   const std::string absent = (scratch() / "absent.csv").string();
   CHECK(error_of(absent, {{"v"}, {}, {}}) == absent + ": cannot open for reading");
+
+  // Empty lines: with several columns, ignored at the end of the file (editors add them)
+  // and an error elsewhere; with one column, an empty cell, that is a missing value.
+  const std::string tail = write_file("tail.csv", "t,v\n0,1\n1,2\n\r\n\n");
+  SeriesCsvReader rt(tail, CsvColumns{{"v"}, "t", {}});
+  REQUIRE(rt.next(row));
+  REQUIRE(rt.next(row));
+  CHECK(row.values[0] == 2.0);
+  CHECK_FALSE(rt.next(row));
+  CHECK_FALSE(rt.next(row));
+  CHECK(rt.bytes_read() == rt.file_size());
+  const std::string inner = write_file("inner.csv", "t,v\n0,1\n\n1,2\n\n");
+  CHECK(error_of(inner, {{"v"}, {}, {}}) ==
+        inner +
+            ":3: empty line; a row has 2 fields (only empty lines at the end of the file "
+            "are ignored)");
+  const std::string single = write_file("single.csv", "v\n1\n\n2\n\n");
+  SeriesCsvReader rs(single, CsvColumns{{"v"}, {}, {}});
+  std::vector<double> seen;
+  while (rs.next(row)) seen.push_back(row.values[0]);
+  REQUIRE(seen.size() == 4);
+  CHECK(seen[0] == 1.0);
+  CHECK(std::isnan(seen[1]));
+  CHECK(seen[2] == 2.0);
+  CHECK(std::isnan(seen[3]));
+
+  // Rows timed before the row above them are read (and counted, with the first's line).
+  const std::string back = write_file("back.csv", "t,v\n0,1\n2,2\n1,3\n1,4\n3,5\n0.5,6\n");
+  SeriesCsvReader rr(back, CsvColumns{{"v"}, "t", {}});
+  int rows = 0;
+  while (rr.next(row)) ++rows;
+  CHECK(rows == 6);
+  CHECK(rr.time_reversals() == 2);
+  CHECK(rr.first_time_reversal_line() == 4);
+  SeriesCsvReader untimed(back, CsvColumns{{"v"}, {}, {}});
+  while (untimed.next(row)) {
+  }
+  CHECK(untimed.time_reversals() == 0);
+  CHECK(untimed.first_time_reversal_line() == 0);
 }
 
 TEST_CASE("ntk-replay: bad command lines and bad files give one line and exit status 2") {
@@ -289,6 +328,9 @@ TEST_CASE("ntk-replay: bad command lines and bad files give one line and exit st
   CHECK(unplottable.err.find("cannot be written") != std::string::npos);
   CHECK(unplottable.out.empty());
 
+  check_one_line_error(
+      replay({"--offline", "--input", good, "--value-column", "value,other,value"}),
+      "--value-column: column 'value' is named twice");
   check_one_line_error(replay({"--offline", "--input", good, "--value-column", "value",
                                "--noise-candidates", "0.1,,0.2"}),
                        "--noise-candidates: empty ratio in '0.1,,0.2'");
@@ -398,6 +440,7 @@ TEST_CASE("ntk-replay: predictions CSV, summary JSON and plot agree") {
   CHECK(j["streams"][0]["counters"]["missing"].get<int>() == 24);  // i % 25 == 13
   CHECK(j["streams"][0]["counters"]["imputed"].get<int>() == 24);
   CHECK(j["config"]["lags"].get<int>() == 6);
+  CHECK(j["time_reversals"].get<int>() == 0);
   // The plot is a PNG.
   const std::string image = read_file(png);
   CHECK(image.size() > 1000);
@@ -418,6 +461,21 @@ TEST_CASE("ntk-replay: predictions CSV, summary JSON and plot agree") {
   CHECK(r2.status == 0);
   CHECK(r2.err.empty());
   CHECK(read_file(png2).starts_with("\x89PNG\r\n"));
+
+  // Rows timed before the row above them: replayed in file order, counted, and said once.
+  std::string shuffled = "t,v\n";
+  for (int i = 0; i < 200; ++i) {
+    const int t = i == 120 ? 50 : i == 150 ? 140 : i;  // steps back at lines 122 and 152
+    shuffled += std::to_string(t) + "," + std::to_string(std::sin(0.1 * i)) + "\n";
+  }
+  const std::string back = write_file("back_in_time.csv", shuffled);
+  const Run rb = replay({"--offline", "--input", back, "--time-column", "t", "--value-column", "v",
+                         "--summary-json", "-"});
+  REQUIRE(rb.status == 0);
+  CHECK(rb.err == "ntk-replay: warning: " + back +
+                      ":122: the time is earlier than the row above's (2 such rows); rows are "
+                      "replayed in file order, and a step back in time counts as 0 s\n");
+  CHECK(nlohmann::json::parse(rb.out)["time_reversals"].get<int>() == 2);
 
   // JSON on stdout with "-".
   const Run js = replay(
