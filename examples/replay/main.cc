@@ -34,12 +34,23 @@ int fail(int status, const std::string& message) {
   return status;
 }
 
-void print_report(const ntk::replay::ReplaySummary& s) {
+void print_report(const ntk::replay::ReplaySummary& s, int warmup) {
   const ntk::PrequentialScore all = s.overall();
   std::printf("%s: %llu rows, %llu predictions scored, %llu anomalies\n", s.input.c_str(),
               static_cast<unsigned long long>(s.rows), static_cast<unsigned long long>(all.n),
               static_cast<unsigned long long>(s.anomalies()));
   for (const ntk::replay::StreamSummary& st : s.streams) {
+    if (st.score.n == 0) {
+      // Scores of nothing are NaN; say why there is nothing instead.
+      const ntk::SeriesCounters& c = st.counters;
+      std::printf(
+          "  %-20s n=0: no prediction scored (%llu values, %llu missing, %llu in warm-up; "
+          "warm-up needs %d values that are not all equal, to about 1e-160)\n",
+          st.column.c_str(), static_cast<unsigned long long>(c.observations),
+          static_cast<unsigned long long>(c.missing), static_cast<unsigned long long>(c.warming_up),
+          warmup);
+      continue;
+    }
     std::printf("  %-20s n=%llu mse=%.6g mae=%.6g nlpd=%.6g coverage95=%.4f anomalies=%llu\n",
                 st.column.c_str(), static_cast<unsigned long long>(st.score.n), st.score.mse(),
                 st.score.mae(), st.score.nlpd(), st.score.coverage95(),
@@ -144,7 +155,7 @@ int main(int argc, char** argv) {
         summary_out->stream() << json;
         summary_out->commit();
       }
-      print_report(summary);
+      print_report(summary, options.series.warmup);
     }
   } catch (const rp::InputError& e) {
     return fail(kExitUsage, e.what());

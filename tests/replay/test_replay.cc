@@ -461,6 +461,12 @@ TEST_CASE("ntk-replay: predictions CSV, summary JSON and plot agree") {
   CHECK(r2.status == 0);
   CHECK(r2.err.empty());
   CHECK(read_file(png2).starts_with("\x89PNG\r\n"));
+  // Its report line says why it has no scores, instead of printing NaN for each.
+  CHECK(r2.out.find(
+            "  b                    n=0: no prediction scored (300 values, 0 missing, "
+            "300 in warm-up; warm-up needs 20 values that are not all equal, to about 1e-160)\n") !=
+        std::string::npos);
+  CHECK(r2.out.find("nan") == std::string::npos);
 
   // Rows timed before the row above them: replayed in file order, counted, and said once.
   std::string shuffled = "t,v\n";
