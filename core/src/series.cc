@@ -301,6 +301,11 @@ struct SeriesPredictor::Impl {
 
   const OnlineGP& leader() const { return models.front(); }
 
+  // A standardized target the model can learn: values that far out (more than 1e150
+  // standard deviations, e.g. 1e145 after a stretch with sd 1e-10) are scored and judged
+  // against the forecast, and go into the scaler, but the model never learns them.
+  static bool learnable(double target) { return std::abs(target) <= kMaxMagnitude; }
+
   // --- the noise-ratio race ---------------------------------------------------------------
 
   // Every racing model learns (x, target); returns the leader's result. While several race,
@@ -504,7 +509,7 @@ struct SeriesPredictor::Impl {
     // The race scores each candidate's forecast of this value from this sample's lags.
     const auto original_mean = [&](const Prediction& p) { return to_original(p, offset).mean; };
     if (h == 1) {
-      if (ready && !config.exclude_anomalies) {
+      if (ready && !config.exclude_anomalies && learnable(target)) {
         // The prediction update() makes before absorbing y is the forecast: no extra pass.
         const UpdateResult r = learn(target, value, original_mean);
         const Prediction p = to_original(r.prediction, 0);
@@ -513,7 +518,7 @@ struct SeriesPredictor::Impl {
       } else if (ready) {
         const Prediction p = to_original(leader().predict(x), 0);
         judge(value, p.mean, std::sqrt(p.var_y), out);
-        if (!out.excluded) {
+        if (!out.excluded && learnable(target)) {
           learn(target, value, original_mean);
           out.learned = true;
         }
@@ -522,7 +527,7 @@ struct SeriesPredictor::Impl {
       if (const std::optional<PendingForecast> f = pop_pending()) {
         judge(value, f->mean, f->sd, out);
       }
-      if (ready && !out.excluded) {
+      if (ready && !out.excluded && learnable(target)) {
         learn(target, value, original_mean);
         out.learned = true;
       }
@@ -549,13 +554,16 @@ struct SeriesPredictor::Impl {
 
   // --- feature mode -----------------------------------------------------------------------
 
+  // Component j of a feature vector, standardized.
+  double standardized_feature(int j, double v) const {
+    const RunningMoments& m = feature_scalers[static_cast<std::size_t>(j)];
+    const double scale = m.m2 > 0.0 ? m.sd() : 1.0;
+    return (v - m.mean) / scale;
+  }
+
   // x <- standardized xraw.
   void standardize_features() {
-    for (int j = 0; j < feature_dim; ++j) {
-      const RunningMoments& m = feature_scalers[static_cast<std::size_t>(j)];
-      const double scale = m.m2 > 0.0 ? m.sd() : 1.0;
-      x(j) = (xraw(j) - m.mean) / scale;
-    }
+    for (int j = 0; j < feature_dim; ++j) x(j) = standardized_feature(j, xraw(j));
   }
 
   Prediction features_to_original(const Prediction& p) const {
@@ -576,11 +584,17 @@ struct SeriesPredictor::Impl {
     ++counters.observations;
     if (!admit_seq(seq, out)) return out;
 
-    // Missing components: the policy per component; kSkip drops the observation.
+    // Missing components: the policy per component; kSkip drops the observation. Beyond
+    // 1e150 counts as missing, as in the scalar path: the scalers' squared deviations
+    // would overflow, and the model accepts no larger input or target. So does a component
+    // more than max_z standard deviations from its running mean, which the model could not
+    // take either: its input norm is at most 1e150.
+    const auto usable = [](double v) { return std::isfinite(v) && std::abs(v) <= kMaxMagnitude; };
+    const double max_z = 0.5 * kMaxMagnitude / std::sqrt(static_cast<double>(feature_dim));
     bool any_missing = false;
     for (int j = 0; j < feature_dim; ++j) {
       double v = xin(j);
-      if (!std::isfinite(v)) {
+      if (!usable(v) || !(std::abs(standardized_feature(j, v)) <= max_z)) {
         any_missing = true;
         const RunningMoments& m = feature_scalers[static_cast<std::size_t>(j)];
         v = kNaN;
@@ -594,7 +608,7 @@ struct SeriesPredictor::Impl {
       }
       xraw(j) = v;
     }
-    const bool y_missing = y && !std::isfinite(*y);
+    const bool y_missing = y && !usable(*y);
     if (any_missing || y_missing) ++counters.missing;
     if (any_missing) ++counters.imputed;
     standardize_features();
@@ -615,14 +629,14 @@ struct SeriesPredictor::Impl {
     if (warmed()) {
       const double target = (value - scaler.mean) / scaler.sd();
       const auto original_mean = [&](const Prediction& p) { return features_to_original(p).mean; };
-      if (!config.exclude_anomalies) {
+      if (!config.exclude_anomalies && learnable(target)) {
         const Prediction p = features_to_original(learn(target, value, original_mean).prediction);
         judge(value, p.mean, std::sqrt(p.var_y), out);
         out.learned = true;
       } else {
         const Prediction p = features_to_original(leader().predict(x));
         judge(value, p.mean, std::sqrt(p.var_y), out);
-        if (!out.excluded) {
+        if (!out.excluded && learnable(target)) {
           learn(target, value, original_mean);
           out.learned = true;
         }

@@ -464,6 +464,77 @@ TEST_CASE("values beyond 1e150 are missing, never scored as NaN") {
   CHECK(edge.observe(std::nullopt, 0, 1e150).status != OutcomeStatus::kMissing);
 }
 
+TEST_CASE("values more than 1e150 standard deviations out are scored, never learned") {
+  // After a stretch with sd 1e-10, 1e145 is 1e155 standard deviations out: a target the
+  // model refuses. The replay stopped there (exit 2), ntkd answered INTERNAL.
+  const auto quiet = [](int t) { return 1.0 + 1e-10 * ((t * 7) % 5); };
+  for (const bool exclude : {false, true}) {
+    for (const int horizon : {1, 2}) {
+      CAPTURE(exclude);
+      CAPTURE(horizon);
+      SeriesConfig c = transparent_config(2, 5);
+      c.exclude_anomalies = exclude;
+      c.horizon = horizon;
+      SeriesPredictor sp(c);
+      for (int t = 0; t < 40; ++t) sp.observe(std::nullopt, 0, quiet(t));
+      const std::uint64_t updates = sp.counters().updates;
+      const std::uint64_t anomalies = sp.counters().anomalies;
+      REQUIRE(updates > 20);
+      const Outcome spike = sp.observe(std::nullopt, 0, 1e145);
+      CHECK(spike.status == OutcomeStatus::kScored);
+      CHECK(spike.anomaly);
+      CHECK_FALSE(spike.learned);
+      CHECK(spike.z > 1e150);
+      CHECK(sp.counters().updates == updates);
+      CHECK(sp.counters().anomalies == anomalies + 1);
+      // Learned or excluded, the next values get finite forecasts again.
+      for (int t = 40; t < 80; ++t) {
+        const Outcome o = sp.observe(std::nullopt, 0, quiet(t));
+        if (o.has_prediction) {
+          REQUIRE(std::isfinite(o.mean));
+          REQUIRE(std::isfinite(o.sd));
+        }
+      }
+      CHECK(sp.counters().updates > updates + 30);
+    }
+  }
+
+  // Feature mode: a target that far out is scored and not learned; a feature component
+  // that far out (or beyond 1e150) is a missing component, imputed by the policy.
+  SeriesConfig c = transparent_config(2, 5);
+  SeriesPredictor sp(c, 2);
+  for (int t = 0; t < 30; ++t) {
+    Eigen::Vector2d x(quiet(t), 0.1 * t);
+    sp.observe(std::nullopt, 0, x, quiet(t + 1));
+  }
+  const std::uint64_t updates = sp.counters().updates;
+  Eigen::Vector2d x(quiet(30), 3.0);
+  const Outcome far_target = sp.observe(std::nullopt, 0, x, 1e145);
+  CHECK(far_target.status == OutcomeStatus::kScored);
+  CHECK(far_target.anomaly);
+  CHECK_FALSE(far_target.learned);
+  CHECK(sp.counters().updates == updates);
+  const std::uint64_t imputed = sp.counters().imputed;
+  for (const double far : {1e145, 1e200}) {
+    Eigen::Vector2d xf(far, 3.1);
+    const Outcome o = sp.observe(std::nullopt, 0, xf, quiet(31));
+    CHECK(o.has_prediction);
+    CHECK(std::isfinite(o.mean));
+  }
+  CHECK(sp.counters().imputed == imputed + 2);
+  // A target beyond 1e150 while warming up is missing: the scaler stays finite (it was
+  // absorbed before, and every later forecast was NaN).
+  SeriesPredictor fresh(c, 1);
+  CHECK(fresh.observe(std::nullopt, 0, Eigen::VectorXd::Constant(1, 0.5), 1e200).status ==
+        OutcomeStatus::kMissing);
+  for (int t = 0; t < 20; ++t) {
+    const Outcome o =
+        fresh.observe(std::nullopt, 0, Eigen::VectorXd::Constant(1, 0.1 * t), std::sin(0.1 * t));
+    if (o.has_prediction) REQUIRE(std::isfinite(o.mean));
+  }
+  CHECK(fresh.counters().scored > 10);
+}
+
 TEST_CASE("sequence numbers: duplicates and reordering dropped, gaps counted") {
   SeriesConfig c = transparent_config(2, 3);
   SeriesPredictor sp(c);

@@ -28,8 +28,12 @@
 //   h == 1 dt is the actual arrival time; for h > 1 the forecast is issued assuming
 //   dt = h dbar (feature 0) and the model learns with the actual dt.
 //
-//   Bad and missing values (NaN, infinite, or absent): MissingPolicy decides; either way
-//   nothing is scored and nothing is learned from the slot. Sequence numbers (optional):
+//   Bad and missing values (NaN, infinite, absent, or beyond 1e150 in magnitude):
+//   MissingPolicy decides; either way nothing is scored and nothing is learned from the
+//   slot. A value more than 1e150 standard deviations from the scaler's mean (e.g. 1e145
+//   after values that varied by 1e-10) is scored and judged, but never learned: the model
+//   takes no larger target. In feature mode such a feature component, or one beyond
+//   1e150, is a missing component. Sequence numbers (optional):
 //   a value whose seq equals the last accepted one is a duplicate, one below it is out of
 //   order; both are dropped and counted. A jump above last + 1 is a gap: counted, the
 //   value is processed normally.
