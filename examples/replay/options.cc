@@ -116,15 +116,19 @@ outputs
 through a running ntkd (instead of --offline; the same outputs, bit-identical predictions)
   --connect HOST:PORT        stream the rows to ntkd over TCP; each key is configured
                              first with the predictor flags above
-  --key KEY                  stream key (default: the input's file name; KEY/COLUMN
-                             for several value columns)
+  --key KEY                  stream key (default: the input's file name without its
+                             extension; KEY/COLUMN for several value columns)
   --speed X                  X times the recorded pace (default 0: as fast as possible)
   --record FILE              also write the session's requests (delimited ntk.v1.Request)
                              to FILE; replay it later with --connect --input FILE.pb
+                             (its predictions CSV: time in Unix seconds, row = the
+                             request's index in FILE, stream = the key)
   --help                     this text
   --version                  the version, and the instruction set of the ntk::core copy
                              that runs (it decides updates_per_second)
-Errors in the command line or the file: one line on stderr, exit status 2.
+Errors in the command line or the file: one line on stderr, exit status 2. Other
+failures (an output that cannot be written, a daemon that cannot be reached): exit
+status 1.
 )";
 }
 
