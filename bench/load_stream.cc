@@ -254,6 +254,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void send_more() {
     if (writing_ || sent_ >= total_) return;
     const std::uint64_t room = static_cast<std::uint64_t>(args_.window) - (sent_ - received_);
+    // A full window waits for answers even when --window < 4 makes the refill threshold 0:
+    // an empty batch would never leave batches_ (later latencies would count from it) and
+    // its zero-byte write would call send_more() again at once.
+    if (room == 0) return;
     if (room < static_cast<std::uint64_t>(args_.window) / 4 && sent_ != received_) return;
     write_batch(std::min(room, total_ - sent_), Clock::now());
   }
