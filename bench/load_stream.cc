@@ -197,10 +197,12 @@ Pool make_pool(const Args& a, int connection) {
 
 // Latencies in nanoseconds of the measured responses, per connection (merged at the end).
 struct Recorder {
-  std::vector<std::uint32_t> ns;
+  // 64 bits: an overloaded open-loop run queues requests for seconds, and 32 bits of
+  // nanoseconds would cap every latency above 4.29 s at that value.
+  std::vector<std::uint64_t> ns;
   void add(Clock::duration d) {
     const auto n = std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
-    ns.push_back(static_cast<std::uint32_t>(std::clamp<std::int64_t>(n, 0, UINT32_MAX)));
+    ns.push_back(static_cast<std::uint64_t>(std::max<std::int64_t>(n, 0)));
   }
 };
 
@@ -406,12 +408,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Clock::time_point first_measured_, last_response_;
 };
 
-double percentile(const std::vector<std::uint32_t>& sorted, double p) {
+double percentile(const std::vector<std::uint64_t>& sorted, double p) {
   if (sorted.empty()) return std::nan("");
   const auto i = static_cast<std::size_t>(
       std::min<double>(static_cast<double>(sorted.size() - 1),
                        std::ceil(p * static_cast<double>(sorted.size())) - 1));
-  return sorted[i] / 1000.0;  // microseconds
+  return static_cast<double>(sorted[i]) / 1000.0;  // microseconds
 }
 
 double cpu_seconds() {
@@ -538,7 +540,7 @@ int main(int argc, char** argv) {
 
   // Throughput over the measured part: from the first measured response of any
   // connection to the last response of all.
-  std::vector<std::uint32_t> all;
+  std::vector<std::uint64_t> all;
   Clock::time_point first = Clock::time_point::max(), last = Clock::time_point::min();
   std::uint64_t parsed_errors = 0, late = 0;
   for (const auto& c : connections) {
