@@ -34,6 +34,9 @@
 // seq, so that the client spends its time on the socket, not on protobuf. Responses are
 // counted by their length prefixes; one in 1024 is parsed and must be a Prediction, and
 // the server's error counters must stay at zero.
+//
+// Exit status: 0 on success; 1 for errors in the responses or the server's counters, or a
+// failed connection; 2 for a bad command line.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -154,12 +157,13 @@ Args parse(int argc, char** argv) {
       usage(("bad value for " + flag + ": " + value).c_str());
     }
   }
-  if (a.pool == 0) a.pool = std::max(4096, 128 * ((a.keys + a.connections - 1) / a.connections));
   if (a.connections < 1 || a.keys < 1 || a.dim < 1 || a.budget < 1 || a.window < 1 ||
       a.messages < static_cast<std::uint64_t>(a.connections) || a.rate < 0 || a.tick_us < 1 ||
       a.warmup_fraction < 0 || a.warmup_fraction >= 1 || a.client_threads < 1 || !(a.noise > 0)) {
     usage("a value is out of range");
   }
+  // After the checks: it divides by the number of connections.
+  if (a.pool == 0) a.pool = std::max(4096, 128 * ((a.keys + a.connections - 1) / a.connections));
   return a;
 }
 
@@ -475,10 +479,7 @@ int model_only(const Args& args) {
   return 0;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-  const Args args = parse(argc, argv);
+int run(const Args& args) {
   if (args.model_only) return model_only(args);
 
   std::unique_ptr<ntk::stream::Server> server;
@@ -496,7 +497,18 @@ int main(int argc, char** argv) {
     const std::size_t colon = args.connect.rfind(':');
     if (colon == std::string::npos) usage("--connect needs HOST:PORT");
     host = args.connect.substr(0, colon);
-    port = static_cast<std::uint16_t>(std::stoul(args.connect.substr(colon + 1)));
+    const std::string text = args.connect.substr(colon + 1);
+    std::size_t used = 0;
+    unsigned long number = 0;
+    try {
+      number = std::stoul(text, &used);
+    } catch (const std::logic_error&) {
+      used = 0;
+    }
+    if (used == 0 || used != text.size() || number < 1 || number > 65535) {
+      usage("--connect needs HOST:PORT with a port in 1..65535");
+    }
+    port = static_cast<std::uint16_t>(number);
   }
 
   asio::io_context io;
@@ -595,4 +607,18 @@ int main(int argc, char** argv) {
               percentile(all, 0.50), percentile(all, 0.99), percentile(all, 0.999),
               static_cast<unsigned long long>(server_errors + parsed_errors));
   return server_errors + parsed_errors == 0 ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args args = parse(argc, argv);
+  // A refused connection or a failed stats call throws: say so and exit 1 rather than
+  // terminate with an abort.
+  try {
+    return run(args);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ntk-load: %s\n", e.what());
+    return 1;
+  }
 }
