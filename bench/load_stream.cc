@@ -510,6 +510,18 @@ int run(const Args& args) {
     }
     port = static_cast<std::uint16_t>(number);
   }
+  // A running server's error counters cover its whole life and every client: the run's
+  // errors are the increase.
+  const auto remote_errors = [&] {
+    ntk::stream::Client client(host, port);
+    v1::Request stats;
+    stats.mutable_control()->mutable_stats();
+    const v1::Response r = client.call(stats);
+    std::uint64_t n = 0;
+    for (const auto& e : r.stats().server().errors()) n += e.count();
+    return n;
+  };
+  const std::uint64_t remote_errors_before = server ? 0 : remote_errors();
 
   asio::io_context io;
   tcp::resolver resolver(io);
@@ -580,11 +592,7 @@ int run(const Args& args) {
                 dictionary / std::max(1, stats.keys_size()), args.budget);
     server->stop();
   } else {
-    ntk::stream::Client client(host, port);
-    v1::Request stats;
-    stats.mutable_control()->mutable_stats();
-    const v1::Response r = client.call(stats);
-    for (const auto& e : r.stats().server().errors()) server_errors += e.count();
+    server_errors = remote_errors() - remote_errors_before;
   }
 
   std::printf("measured: %zu responses in %.3f s (after %llu warm-up per connection)\n", all.size(),
