@@ -531,14 +531,17 @@ int run(const Args& args) {
       static_cast<std::uint64_t>(args.warmup_fraction * static_cast<double>(per_connection));
   std::atomic<int> finished{0};
   std::vector<std::shared_ptr<Connection>> connections;
-  std::printf(
-      "ntk-load: %d connections x %llu observations (d=%d) over %d keys, budget %d, noise %s, "
-      "%s\n",
-      args.connections, static_cast<unsigned long long>(per_connection), args.dim, args.keys,
-      args.budget, args.race ? "raced" : std::to_string(args.noise).c_str(),
+  // --budget, --kernel, --noise and --race configure the in-process server only; a running
+  // server uses its own key configuration.
+  const std::string models =
       args.connect.empty()
-          ? ("in-process server, " + std::to_string(args.server_threads) + " threads").c_str()
-          : ("server " + args.connect).c_str());
+          ? "budget " + std::to_string(args.budget) + ", noise " +
+                (args.race ? std::string("raced") : std::to_string(args.noise)) +
+                ", in-process server, " + std::to_string(args.server_threads) + " threads"
+          : "the models the server configures, server " + args.connect;
+  std::printf("ntk-load: %d connections x %llu observations (d=%d) over %d keys, %s\n",
+              args.connections, static_cast<unsigned long long>(per_connection), args.dim,
+              args.keys, models.c_str());
   std::printf("mode: %s, window %d per connection\n",
               args.rate > 0 ? ("open loop at " + std::to_string(static_cast<long long>(args.rate)) +
                                " msgs/s")
