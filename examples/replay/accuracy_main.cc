@@ -41,6 +41,22 @@ using ntk::SeriesConfig;
 
 constexpr int kExitUsage = 2;
 
+constexpr const char* kUsage =
+    R"(usage: ntk-accuracy [--data DIR] [--only TEXT] [--max-train N] > tables.md
+
+Scores persistence, AR(8), the online predictor with a tuned RBF and with its default
+NTK, and batch kernel ridge regression one step ahead on every column of every CSV
+under DIR (the first column is the time), all on each series' second half; then counts
+the labelled anomaly windows (DIR/nab/nab_windows.csv) the default predictor flags.
+Markdown tables on stdout (ACCURACY.md's), progress on stderr; about a minute for data/.
+
+  --data DIR       the series (default: data)
+  --only TEXT      only the files whose path contains TEXT
+  --max-train N    batch KRR trains on at most N samples, N >= 10 (default 2000)
+  --help           this text
+Exit status: 0 on success, 2 for a bad command line or a bad file.
+)";
+
 struct Options {
   fs::path data = "data";
   std::string only;  // evaluate only files whose path contains this
@@ -89,6 +105,7 @@ std::vector<Column> read_columns(const fs::path& path, const std::string& relati
   std::string header;
   if (!std::getline(in, header)) throw rp::InputError(path.string(), 1, "no header row");
   if (!header.empty() && header.back() == '\r') header.pop_back();
+  if (header.starts_with("\xEF\xBB\xBF")) header.erase(0, 3);  // as SeriesCsvReader does
   std::vector<std::string> names;
   std::stringstream hs(header);
   for (std::string cell; std::getline(hs, cell, ',');) names.push_back(cell);
@@ -350,7 +367,7 @@ Options parse_args(int argc, char** argv) {
       }
       o.max_train = n;
     } else if (arg == "--help" || arg == "-h") {
-      std::cout << "usage: ntk-accuracy [--data DIR] [--only TEXT] [--max-train N] > tables.md\n";
+      std::cout << kUsage;
       std::exit(0);
     } else {
       throw std::invalid_argument("unknown argument '" + arg + "' (see --help)");
@@ -374,6 +391,12 @@ int main(int argc, char** argv) {
         continue;
       if (!o.only.empty() && p.string().find(o.only) == std::string::npos) continue;
       files.push_back(p);
+    }
+    if (files.empty()) {
+      throw rp::InputError(o.data.string(),
+                           o.only.empty()
+                               ? "no series (.csv) in this directory"
+                               : "no series (.csv) whose path contains '" + o.only + "'");
     }
     std::sort(files.begin(), files.end());
     const std::map<std::string, std::vector<Window>> windows =

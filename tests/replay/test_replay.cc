@@ -692,6 +692,29 @@ TEST_CASE("batch KRR: leave-one-out and out-of-sample forecasts equal explicit r
 
 // --- the progress bar ---------------------------------------------------------------------
 
+TEST_CASE("ntk-accuracy: a directory of series in, tables out; nothing to score is an error") {
+  const fs::path dir = scratch() / "accuracy_data";
+  fs::create_directories(dir);
+  // A byte-order mark before the header, as spreadsheets write it.
+  std::string csv = "\xEF\xBB\xBFstep,v\n";
+  for (int i = 0; i < 120; ++i)
+    csv += std::to_string(i) + "," + std::to_string(std::sin(0.3 * i)) + "\n";
+  write_file("accuracy_data/s.csv", csv);
+  const Run ok =
+      ntk::test::run_program(NTK_ACCURACY_BIN, {"--data", dir.string(), "--max-train", "50"});
+  CHECK(ok.status == 0);
+  CHECK(ok.out.find("| s.csv v | 120 | 60 |") != std::string::npos);
+  const Run none =
+      ntk::test::run_program(NTK_ACCURACY_BIN, {"--data", dir.string(), "--only", "nothing"});
+  CHECK(none.status == 2);
+  CHECK(none.err ==
+        "ntk-accuracy: " + dir.string() + ": no series (.csv) whose path contains 'nothing'\n");
+  CHECK(none.out.empty());
+  const Run help = ntk::test::run_program(NTK_ACCURACY_BIN, {"--help"});
+  CHECK(help.status == 0);
+  CHECK(help.out.find("--max-train N") != std::string::npos);
+}
+
 TEST_CASE("ProgressBar draws on a terminal only, and erases itself") {
   // A pseudo-terminal stands in for the user's terminal.
   const int master = ::posix_openpt(O_RDWR | O_NOCTTY);
