@@ -407,6 +407,11 @@ int main(int argc, char** argv) {
     for (const fs::path& path : files) {
       const std::string relative = fs::relative(path, o.data).generic_string();
       for (const Column& c : read_columns(path, relative)) {
+        if (std::all_of(c.y.begin(), c.y.end(), [&](double v) { return v == c.y.front(); })) {
+          // Nothing to forecast; KRR's fits would all fail and end the run.
+          std::fprintf(stderr, "%s %s: constant, skipped\n", relative.c_str(), c.name.c_str());
+          continue;
+        }
         const auto start = std::chrono::steady_clock::now();
         std::vector<bool> flags, flags_excluded;
         results.push_back(evaluate(c, o, &flags, &flags_excluded));

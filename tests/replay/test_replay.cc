@@ -690,20 +690,21 @@ TEST_CASE("batch KRR: leave-one-out and out-of-sample forecasts equal explicit r
   CHECK_FALSE(r.forecasts.has(begin - 1));  // nothing before the scored rows
 }
 
-// --- the progress bar ---------------------------------------------------------------------
-
 TEST_CASE("ntk-accuracy: a directory of series in, tables out; nothing to score is an error") {
   const fs::path dir = scratch() / "accuracy_data";
   fs::create_directories(dir);
-  // A byte-order mark before the header, as spreadsheets write it.
-  std::string csv = "\xEF\xBB\xBFstep,v\n";
+  // A byte-order mark before the header, as spreadsheets write it, and a constant column
+  // (skipped: nothing to forecast, and batch KRR's fits would fail).
+  std::string csv = "\xEF\xBB\xBFstep,v,c\n";
   for (int i = 0; i < 120; ++i)
-    csv += std::to_string(i) + "," + std::to_string(std::sin(0.3 * i)) + "\n";
+    csv += std::to_string(i) + "," + std::to_string(std::sin(0.3 * i)) + ",5\n";
   write_file("accuracy_data/s.csv", csv);
   const Run ok =
       ntk::test::run_program(NTK_ACCURACY_BIN, {"--data", dir.string(), "--max-train", "50"});
   CHECK(ok.status == 0);
   CHECK(ok.out.find("| s.csv v | 120 | 60 |") != std::string::npos);
+  CHECK(ok.out.find("s.csv c") == std::string::npos);
+  CHECK(ok.err.find("s.csv c: constant, skipped\n") != std::string::npos);
   const Run none =
       ntk::test::run_program(NTK_ACCURACY_BIN, {"--data", dir.string(), "--only", "nothing"});
   CHECK(none.status == 2);
@@ -714,6 +715,8 @@ TEST_CASE("ntk-accuracy: a directory of series in, tables out; nothing to score 
   CHECK(help.status == 0);
   CHECK(help.out.find("--max-train N") != std::string::npos);
 }
+
+// --- the progress bar ---------------------------------------------------------------------
 
 TEST_CASE("ProgressBar draws on a terminal only, and erases itself") {
   // A pseudo-terminal stands in for the user's terminal.
