@@ -184,7 +184,16 @@ std::vector<v1::Response> Client::call_many(std::span<const v1::Request> request
   // Writer: frames in chunks of about 64 KiB; reader: responses as they come.
   std::size_t next_request = 0;
   std::string chunk;
-  ErrorCode write_ec, read_ec;
+  // The first error of either side. It closes the socket, which ends the other side too:
+  // a write can wait forever on a server that waits for its answers to be read, and a
+  // read for answers that the server never got the requests of.
+  ErrorCode failure;
+  const auto fail = [&](ErrorCode e) {
+    if (failure) return;
+    failure = e;
+    ErrorCode ignored;
+    d.socket.close(ignored);
+  };
   std::function<void()> write_next = [&] {
     chunk.clear();
     while (next_request < requests.size() && chunk.size() < kReadChunk) {
@@ -192,16 +201,12 @@ std::vector<v1::Response> Client::call_many(std::span<const v1::Request> request
     }
     if (chunk.empty()) return;
     asio::async_write(d.socket, asio::buffer(chunk), [&](ErrorCode e, std::size_t) {
-      if (e) {
-        write_ec = e;
-        ErrorCode ignored;
-        d.socket.close(ignored);
-        return;
-      }
+      if (e) return fail(e);
       write_next();
     });
   };
   std::function<void()> read_next = [&] {
+    ErrorCode read_ec;
     for (;;) {
       v1::Response r;
       if (d.reader.next(r, read_ec)) {
@@ -210,12 +215,10 @@ std::vector<v1::Response> Client::call_many(std::span<const v1::Request> request
       }
       break;
     }
-    if (read_ec || responses.size() == requests.size()) return;
+    if (read_ec) return fail(read_ec);
+    if (responses.size() == requests.size()) return;
     d.socket.async_read_some(d.reader.buffer(), [&](ErrorCode e, std::size_t n) {
-      if (e) {
-        read_ec = e;
-        return;
-      }
+      if (e) return fail(e);
       d.reader.fed(n);
       read_next();
     });
@@ -224,7 +227,7 @@ std::vector<v1::Response> Client::call_many(std::span<const v1::Request> request
   write_next();
   read_next();
   d.run();
-  const ErrorCode ec = d.translate(write_ec ? write_ec : read_ec);
+  const ErrorCode ec = d.translate(failure);
   if (ec) throw_error(ec, "ntk::stream::Client::call_many");
   d.pending = 0;
   return responses;

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cmath>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <limits>
 #include <map>
@@ -1267,4 +1268,62 @@ TEST_CASE("at most 1024 distinct prefixes can be configured") {
         std::string::npos);
   CHECK(client.call(configure("p7/")).has_ack());  // a known prefix still merges
   CHECK(server.export_models().configured_prefixes.size() == 1024);
+}
+
+// ---------------------------------------------------------------------------------------
+// The client against peers that misbehave: a scripted server on 127.0.0.1 port 0.
+
+namespace {
+
+using tcp = asio::ip::tcp;
+
+// Accepts one connection and runs `script` on it in a thread; the connection stays open
+// until the FakePeer is destroyed. Every test connects once (accept() blocks until then).
+class FakePeer {
+ public:
+  explicit FakePeer(std::function<void(tcp::socket&)> script)
+      : acceptor_(io_, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0)),
+        thread_([this, script = std::move(script)] {
+          tcp::socket socket(io_);
+          boost::system::error_code ec;
+          acceptor_.accept(socket, ec);
+          if (ec) return;
+          script(socket);
+          released_.get_future().wait();
+        }) {}
+  ~FakePeer() {
+    released_.set_value();
+    thread_.join();
+  }
+  std::uint16_t port() const { return acceptor_.local_endpoint().port(); }
+
+ private:
+  asio::io_context io_;
+  tcp::acceptor acceptor_;
+  std::promise<void> released_;
+  std::thread thread_;
+};
+
+bool is(const std::system_error& e, int errno_value) { return e.code().value() == errno_value; }
+
+}  // namespace
+
+TEST_CASE("Client::call_many: an unreadable response stream ends the call at once") {
+  // The peer announces a frame above the client's limit and then reads nothing: the
+  // requests (24 MB) fill the socket buffers, so the write can never finish.
+  FakePeer peer([](tcp::socket& s) {
+    const std::uint8_t too_large[] = {0xff, 0xff, 0xff, 0xff, 0x0f};
+    asio::write(s, asio::buffer(too_large));
+  });
+  Client c("127.0.0.1", peer.port(), with_timeout(3000));
+  std::vector<v1::Request> requests;
+  for (std::uint64_t t = 1; t <= 100000; ++t)
+    requests.push_back(reading(std::string(200, 'k'), t, 1.0));
+  try {
+    c.call_many(requests);
+    FAIL("call_many returned");
+  } catch (const std::system_error& e) {
+    INFO(std::string(e.what()));
+    CHECK(is(e, EBADMSG));  // not ETIMEDOUT, after waiting for the write
+  }
 }
