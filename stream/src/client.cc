@@ -84,22 +84,27 @@ struct Client::Impl {
     socket.set_option(tcp::no_delay(true), ec);
   }
 
-  // Runs the private io_context until the started operations finish, or until the
-  // timeout: then the socket is closed (they finish with operation_aborted) and
-  // timed_out is reported by the caller through `timed_out`.
+  // Runs the private io_context until the started operations finish, or until a whole
+  // timeout passes without progress (a handler that moved bytes counts `progress`; one
+  // read or write finishes at its first completion): then the socket is closed (they
+  // finish with operation_aborted) and translate() reports timed_out. Progress, not the
+  // total time, is what counts: call_many takes any number of requests.
   void run() {
     io.restart();
-    if (options.timeout.count() > 0) {
-      io.run_for(options.timeout);
-      if (!io.stopped()) {
-        ErrorCode ignored;
-        socket.close(ignored);
-        io.run();
-        timed_out = true;
-      }
-    } else {
+    if (options.timeout.count() <= 0) {
       io.run();
+      return;
     }
+    for (;;) {
+      const std::uint64_t before = progress;
+      io.run_for(options.timeout);
+      if (io.stopped()) return;
+      if (progress == before) break;
+    }
+    ErrorCode ignored;
+    socket.close(ignored);
+    io.run();
+    timed_out = true;
   }
 
   ErrorCode translate(ErrorCode ec) {
@@ -140,6 +145,7 @@ struct Client::Impl {
   ResponseReader reader;
   std::string out;  // not state: the frame being written
   std::size_t pending = 0;
+  std::uint64_t progress = 0;  // completed reads and writes, for run()
   bool timed_out = false;
 };
 
@@ -202,6 +208,7 @@ std::vector<v1::Response> Client::call_many(std::span<const v1::Request> request
     if (chunk.empty()) return;
     asio::async_write(d.socket, asio::buffer(chunk), [&](ErrorCode e, std::size_t) {
       if (e) return fail(e);
+      ++d.progress;
       write_next();
     });
   };
@@ -219,6 +226,7 @@ std::vector<v1::Response> Client::call_many(std::span<const v1::Request> request
     if (responses.size() == requests.size()) return;
     d.socket.async_read_some(d.reader.buffer(), [&](ErrorCode e, std::size_t n) {
       if (e) return fail(e);
+      ++d.progress;
       d.reader.fed(n);
       read_next();
     });

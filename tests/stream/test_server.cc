@@ -1304,6 +1304,31 @@ class FakePeer {
   std::thread thread_;
 };
 
+// Answers every request with a Response echoing its seq, 5 ms apart, until the client
+// closes: a healthy server that is slow.
+void answer_slowly(tcp::socket& s) {
+  ntk::stream::FrameDecoder decoder;
+  std::vector<std::uint8_t> buffer(4096);
+  boost::system::error_code ec;
+  for (;;) {
+    const std::size_t n = s.read_some(asio::buffer(buffer), ec);
+    if (ec) return;
+    decoder.feed({buffer.data(), n});
+    for (auto r = decoder.next(); r.status == ntk::stream::FrameStatus::kFrame;
+         r = decoder.next()) {
+      v1::Request request;
+      REQUIRE(request.ParseFromArray(r.frame.data(), static_cast<int>(r.frame.size())));
+      v1::Response response;
+      response.set_seq(request.seq());
+      std::string out;
+      ntk::stream::encode_delimited(response, out);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      asio::write(s, asio::buffer(out), ec);
+      if (ec) return;
+    }
+  }
+}
+
 bool is(const std::system_error& e, int errno_value) { return e.code().value() == errno_value; }
 
 }  // namespace
@@ -1326,4 +1351,20 @@ TEST_CASE("Client::call_many: an unreadable response stream ends the call at onc
     INFO(std::string(e.what()));
     CHECK(is(e, EBADMSG));  // not ETIMEDOUT, after waiting for the write
   }
+}
+
+TEST_CASE("Client::call_many: the timeout is for a stall, not for the whole batch") {
+  FakePeer peer(answer_slowly);
+  Client c("127.0.0.1", peer.port(), with_timeout(500));
+  std::vector<v1::Request> requests;
+  for (std::uint64_t t = 1; t <= 300; ++t) requests.push_back(reading("slow", t, 1.0));
+  // About 1.5 s in all, a response every 5 ms.
+  std::vector<v1::Response> responses;
+  try {
+    responses = c.call_many(requests);
+  } catch (const std::system_error& e) {
+    FAIL(std::string(e.what()));
+  }
+  REQUIRE(responses.size() == requests.size());
+  for (std::size_t i = 0; i < responses.size(); ++i) REQUIRE(responses[i].seq() == i + 1);
 }

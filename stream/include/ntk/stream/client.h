@@ -41,7 +41,8 @@ struct ClientOptions {
   // Largest Response frame accepted (a Stats of many keys can be large).
   std::size_t max_frame_bytes = std::size_t{64} << 20;
   // Blocking Client only: connect, and every blocking send/receive, give up after this
-  // (std::system_error with boost::asio::error::timed_out); 0: wait forever.
+  // (std::system_error with boost::asio::error::timed_out); call_many once this passes
+  // without a byte sent or received; 0: wait forever.
   std::chrono::milliseconds timeout{0};
 };
 
