@@ -77,6 +77,7 @@ struct Client::Impl {
     if (ec) throw_error(ec, "ntk::stream::Client: cannot resolve " + host);
     asio::async_connect(socket, endpoints, [&](ErrorCode e, const tcp::endpoint&) { ec = e; });
     run();
+    ec = translate(ec);  // a timeout: timed_out, not the operation_aborted of the close
     if (ec) {
       throw_error(ec,
                   "ntk::stream::Client: cannot connect to " + host + ":" + std::to_string(port));

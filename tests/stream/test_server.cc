@@ -1368,3 +1368,31 @@ TEST_CASE("Client::call_many: the timeout is for a stall, not for the whole batc
   REQUIRE(responses.size() == requests.size());
   for (std::size_t i = 0; i < responses.size(); ++i) REQUIRE(responses[i].seq() == i + 1);
 }
+
+TEST_CASE("Client: connect and receive time out with timed_out") {
+  // A listener with a full accept queue: the kernel drops further SYNs, so a second
+  // connect waits (as for a host that does not answer).
+  asio::io_context io;
+  tcp::acceptor full(io);
+  full.open(tcp::v4());
+  full.bind(tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  full.listen(0);
+  const std::uint16_t port = full.local_endpoint().port();
+  Client queued("127.0.0.1", port, with_timeout(200));  // in the accept queue
+  try {
+    Client c("127.0.0.1", port, with_timeout(200));
+    FAIL("connected");
+  } catch (const std::system_error& e) {
+    INFO(std::string(e.what()));
+    CHECK(is(e, ETIMEDOUT));
+  }
+  // Nobody answers the connection in the queue.
+  queued.send(reading("q", 1, 1.0));
+  try {
+    queued.receive();
+    FAIL("received");
+  } catch (const std::system_error& e) {
+    INFO(std::string(e.what()));
+    CHECK(is(e, ETIMEDOUT));
+  }
+}
