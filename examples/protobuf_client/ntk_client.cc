@@ -213,19 +213,17 @@ int run(int argc, char** argv) {
   }
   if (command.empty()) throw Usage("a command is required (see --help)");
 
-  // Every command is a few requests on one connection.
-  ntk::stream::Client client(host, port, {.timeout = std::chrono::seconds(60)});
+  // The command is checked, and its request built, before connecting: a usage error is
+  // one (status 2) whether or not the daemon is up.
   v1::Request r;
+  std::ifstream file_in;
   if (command == "send") {
     if (!key) throw Usage("send: --key is required");
     if (file && *file != "-") {
-      std::ifstream in(*file);
-      if (!in) throw Usage(*file + ": cannot open");
-      return send_values(client, *key, start_seq, in);
+      file_in.open(*file);
+      if (!file_in) throw Usage(*file + ": cannot open");
     }
-    return send_values(client, *key, start_seq, std::cin);
-  }
-  if (command == "stats") {
+  } else if (command == "stats") {
     if (key && prefix) throw Usage("stats: --key and --prefix exclude each other");
     auto* s = r.mutable_control()->mutable_stats();
     if (key) {
@@ -251,6 +249,12 @@ int run(int argc, char** argv) {
     r.mutable_control()->mutable_drop_key()->set_key(*key);
   } else {
     throw Usage("unknown command '" + command + "' (see --help)");
+  }
+
+  // Every command is a few requests on one connection.
+  ntk::stream::Client client(host, port, {.timeout = std::chrono::seconds(60)});
+  if (command == "send") {
+    return send_values(client, *key, start_seq, file_in.is_open() ? file_in : std::cin);
   }
   const v1::Response resp = client.call(r);
   if (resp.has_error()) return report_error(resp);

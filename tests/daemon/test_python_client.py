@@ -15,6 +15,7 @@ import math
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,37 @@ class Varints(unittest.TestCase):
                 got.append(r)
         self.assertEqual(got, msgs)
         self.assertEqual(reader.pending_bytes(), 0)
+
+
+class CommandLine(unittest.TestCase):
+    """ntk-client's exit status without a daemon: 2 for bad usage, 1 when it cannot
+    connect."""
+
+    def setUp(self):
+        # A bound port that does not listen: connections to it are refused.
+        self.closed = socket.socket()
+        self.closed.bind(("127.0.0.1", 0))
+        self.connect = "127.0.0.1:%d" % self.closed.getsockname()[1]
+
+    def tearDown(self):
+        self.closed.close()
+
+    def run_client(self, *args):
+        return subprocess.run([ARGS.ntk_client, "--connect", self.connect] + list(args),
+                              input="", capture_output=True, text=True, timeout=60)
+
+    def test_usage_errors_do_not_need_the_daemon(self):
+        for args in (["bogus"], ["send"], ["send", "--key", "k", "/nonexistent/values"],
+                     ["stats", "--key", "a", "--prefix", "b"], ["configure", "--key", "k"],
+                     ["configure", "--key", "k", "not { a KeyConfig"], ["drop"]):
+            out = self.run_client(*args)
+            self.assertEqual(out.returncode, 2, (args, out.stderr))
+            self.assertNotIn("connect", out.stderr, args)
+
+    def test_unreachable_daemon_is_status_1(self):
+        out = self.run_client("stats")
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertIn("cannot connect", out.stderr)
 
 
 class RoundTrip(unittest.TestCase):
