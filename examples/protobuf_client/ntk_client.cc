@@ -121,13 +121,21 @@ int send_values(ntk::stream::Client& client, const std::string& key, std::uint64
                 << (p.has_z() ? num(p.z()) : "") << ',' << (p.anomaly() ? 1 : 0) << '\n';
     }
     window.clear();
+    std::cout.flush();
   };
+  // The window is sent when it is full, and also whenever no more input is ready (a live
+  // source, e.g. a pipe from a sensor): the answers do not wait for values that have not
+  // come yet. A file or a fast pipe still goes in windows of 512.
+  const auto input_ready = [&] { return in.rdbuf()->in_avail() > 0; };
   std::string line;
   std::uint64_t line_no = 0;
   while (std::getline(in, line)) {
     ++line_no;
     line = trim(line);
-    if (!line.empty() && line[0] == '#') continue;
+    if (!line.empty() && line[0] == '#') {
+      if (!input_ready()) flush();
+      continue;
+    }
     std::string time_text, value_text = line;
     if (const auto comma = line.find(','); comma != std::string::npos) {
       time_text = trim(line.substr(0, comma));
@@ -151,7 +159,7 @@ int send_values(ntk::stream::Client& client, const std::string& key, std::uint64
       s->set_value(*v);
     }
     window.push_back(std::move(r));
-    if (window.size() == 512) flush();
+    if (window.size() == 512 || !input_ready()) flush();
   }
   flush();
   return status;
@@ -276,6 +284,9 @@ int run(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // std::cin on its own buffer, whose in_avail() tells how much input is ready (the
+  // stdio-synchronized one always says 0). Only iostreams are used.
+  std::ios::sync_with_stdio(false);
   try {
     return run(argc, argv);
   } catch (const Usage& e) {

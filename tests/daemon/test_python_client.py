@@ -14,6 +14,7 @@ import argparse
 import math
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -224,6 +225,55 @@ class RoundTrip(unittest.TestCase):
             self.assertEqual((cfg.lags, cfg.model.budget), (3, 16))
             self.assertEqual(cfg.model.kernel.type, ntk_client.config_pb2.KERNEL_TYPE_RBF)
             self.assertEqual(cfg.model.kernel.lengthscale, 0.7)
+
+    def check_streams_a_live_pipe(self, command):
+        """Values written one at a time to a pipe are answered one at a time, without
+        waiting for a window to fill or for the end of the input."""
+        env = dict(os.environ)
+        env.pop("PYTHONUNBUFFERED", None)  # as users run it: stdout to a pipe is buffered
+        proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env)
+        pending = bytearray()
+
+        def read_line(timeout=10.0):  # unbuffered: select() sees what is not read yet
+            deadline = time.monotonic() + timeout
+            while b"\n" not in pending:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
+                    raise AssertionError("no answer within %g s" % timeout)
+                data = os.read(proc.stdout.fileno(), 4096)
+                if not data:
+                    raise AssertionError("the client exited: %r" % proc.stderr.read())
+                pending.extend(data)
+            line, _, rest = bytes(pending).partition(b"\n")
+            pending[:] = rest
+            return line.decode()
+
+        try:
+            self.assertEqual(read_line(), "seq,key,status,value,mean,sd,z,anomaly")
+            for i in range(3):
+                proc.stdin.write(b"%r\n# a comment\n" % (0.5 * i))
+                proc.stdin.flush()
+                self.assertTrue(read_line().startswith("%d," % i))
+            proc.stdin.close()
+            self.assertEqual(proc.wait(timeout=30), 0, proc.stderr.read())
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            for f in (proc.stdin, proc.stdout, proc.stderr):
+                f.close()
+
+    def test_2b_ntk_client_streams_a_live_pipe(self):
+        self.check_streams_a_live_pipe(
+            [ARGS.ntk_client, "--connect", "%s:%d" % (self.host, self.port), "send", "--key",
+             "live-cc"])
+
+    def test_2c_python_client_streams_a_live_pipe(self):
+        self.check_streams_a_live_pipe(
+            [sys.executable, os.path.join(ARGS.client_dir, "ntk_client.py"), "--connect",
+             "%s:%d" % (self.host, self.port), "--key", "live-py", "--proto-path",
+             ARGS.client_dir])
 
     def test_3_sigterm_drains_and_exits_0(self):
         self.ntkd.send_signal(signal.SIGTERM)

@@ -28,6 +28,7 @@ or from the shell (one value per line on stdin, one CSV line per answer on stdou
 import argparse
 import math
 import os
+import select
 import socket
 import sys
 import time
@@ -217,6 +218,30 @@ def _status_name(prediction):
     return names.get(prediction.status, "unknown")
 
 
+def _lines(f):
+    """The lines of the text file f as they come, each with whether more input is ready
+    (lines already read, or bytes waiting in f): while it is, answers can wait for a full
+    window; when it is not (a live source, e.g. a pipe from a sensor), they cannot."""
+    try:
+        fd = f.fileno()
+    except (OSError, ValueError, AttributeError):  # not a real file: no waiting to avoid
+        for line in f:
+            yield line, True
+        return
+    rest = b""
+    while True:
+        data = os.read(fd, 1 << 16)
+        if not data:
+            break
+        lines = (rest + data).split(b"\n")
+        rest = lines.pop()
+        for i, line in enumerate(lines):
+            more = i + 1 < len(lines) or bool(select.select([fd], [], [], 0)[0])
+            yield line.decode(), more
+    if rest:
+        yield rest.decode(), False
+
+
 def _fmt(message, field):
     """A float field in the shortest form that reads back exactly ('' when absent)."""
     return repr(getattr(message, field)) if message.HasField(field) else ""
@@ -234,7 +259,7 @@ def main(argv=None):
     _import_generated(args.proto_path)
 
     with Client(host.strip("[]"), int(port)) as c:
-        print("seq,key,status,value,mean,sd,z,anomaly")
+        print("seq,key,status,value,mean,sd,z,anomaly", flush=True)
         status = 0
 
         def answer():
@@ -251,10 +276,17 @@ def main(argv=None):
                                                _fmt(pr, "value"), _fmt(pr, "mean"), sd,
                                                _fmt(pr, "z"), 1 if pr.anomaly else 0))
 
+        def drain():
+            while c.pending:
+                answer()
+            sys.stdout.flush()
+
         seq = args.start_seq
-        for line in sys.stdin:
+        for line, more in _lines(sys.stdin):
             line = line.strip()
             if line.startswith("#"):
+                if not more:
+                    drain()
                 continue
             t_text, _, v_text = line.rpartition(",")
             t_ns = int(round(float(t_text) * 1e9)) if t_text.strip() else 0
@@ -264,6 +296,10 @@ def main(argv=None):
             seq += 1
             while c.pending >= args.window:
                 answer()
+            # When no more input is ready (a live source), the answers so far are read and
+            # printed now, not when the window fills.
+            if not more:
+                drain()
         while c.pending:
             answer()
         return status
