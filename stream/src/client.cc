@@ -34,8 +34,13 @@ class ResponseReader {
     input_ = true;
   }
   // The next response if one is complete: true with `out` set; false when more bytes
-  // are needed; an error for a framing violation or an unparseable response.
+  // are needed; an error for a framing violation or an unparseable response, and from
+  // then on at every call: the answers after it could not be matched to the requests.
   bool next(v1::Response& out, ErrorCode& ec) {
+    if (failed_) {
+      ec = bad_message();
+      return false;
+    }
     if (!input_) return false;
     const FrameResult r = decoder_.next();
     if (r.status == FrameStatus::kNeedMore) {
@@ -45,6 +50,7 @@ class ResponseReader {
     if (r.status == FrameStatus::kError ||
         !out.ParseFromArray(r.frame.data(), static_cast<int>(r.frame.size()))) {
       input_ = false;
+      failed_ = true;
       ec = bad_message();
       return false;
     }
@@ -57,6 +63,7 @@ class ResponseReader {
   FrameDecoder decoder_;
   std::vector<std::uint8_t> buffer_;
   bool input_ = false;
+  bool failed_ = false;
 };
 
 [[noreturn]] void throw_error(ErrorCode ec, const std::string& what) {
@@ -129,7 +136,11 @@ struct Client::Impl {
     ErrorCode ec;
     for (;;) {
       if (reader.next(response, ec)) return response;
-      if (ec) throw_error(ec, "ntk::stream::Client: unreadable response stream");
+      if (ec) {
+        ErrorCode ignored;
+        socket.close(ignored);  // the connection is over (header: ERRORS)
+        throw_error(ec, "ntk::stream::Client: unreadable response stream");
+      }
       socket.async_read_some(reader.buffer(), [&](ErrorCode e, std::size_t n) {
         ec = e;
         if (!e) reader.fed(n);

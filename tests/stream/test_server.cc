@@ -1396,3 +1396,30 @@ TEST_CASE("Client: connect and receive time out with timed_out") {
     CHECK(is(e, ETIMEDOUT));
   }
 }
+
+TEST_CASE("Client: an unreadable response ends the connection for good") {
+  // A frame that is not a Response, then a good one at once and another later.
+  FakePeer peer([](tcp::socket& s) {
+    v1::Response good;
+    good.set_seq(7);
+    std::string bytes = "\x02\xff\xff";  // wire type 7: no Response parses from it
+    ntk::stream::encode_delimited(good, bytes);
+    asio::write(s, asio::buffer(bytes));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    bytes.clear();
+    ntk::stream::encode_delimited(good, bytes);
+    boost::system::error_code ignored;
+    asio::write(s, asio::buffer(bytes), ignored);
+  });
+  Client c("127.0.0.1", peer.port(), with_timeout(2000));
+  c.send_raw({}, 3);  // three answers are due
+  for (int i = 0; i < 2; ++i) {
+    try {
+      c.receive();
+      FAIL("received");
+    } catch (const std::system_error& e) {
+      INFO(std::string(e.what()));
+      CHECK(is(e, EBADMSG));  // the second time too: not a later answer, not a logic_error
+    }
+  }
+}
