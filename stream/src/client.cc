@@ -322,9 +322,21 @@ struct AsyncClient::Impl {
       if (handlers.empty()) return fail_all(bad_message());  // an answer nobody asked for
       ResponseHandler handler = std::move(handlers.front());
       handlers.pop_front();
-      pending.fetch_sub(1);
-      handler(ErrorCode(), std::move(response));
+      complete(std::move(handler), ErrorCode(), std::move(response));
     }
+  }
+
+  // Runs a response handler as a task of its own on the strand (tasks run in the order
+  // posted, so handlers keep the request order). A handler that throws propagates out of
+  // the executor's run(), as any Asio handler does, and the application may call run()
+  // again: called from here, in the middle of deliver() or fail_all(), it would have left
+  // the client with no read started and the other handlers never called.
+  void complete(ResponseHandler handler, ErrorCode ec, v1::Response response) {
+    asio::post(strand, [self = owner->shared_from_this(), handler = std::move(handler), ec,
+                        response = std::move(response)]() mutable {
+      self->impl_->pending.fetch_sub(1);
+      handler(ec, std::move(response));
+    });
   }
 
   void fail_all(ErrorCode ec) {
@@ -337,12 +349,10 @@ struct AsyncClient::Impl {
     std::deque<ResponseHandler> waiting;
     waiting.swap(handlers);
     queued.clear();
-    for (auto& h : waiting) {
-      pending.fetch_sub(1);
-      h(ec, v1::Response());
-    }
+    for (auto& h : waiting) complete(std::move(h), ec, v1::Response());
   }
 
+  AsyncClient* owner = nullptr;  // whose Impl this is (for shared_from_this)
   ClientOptions options;
   asio::strand<asio::any_io_executor> strand;
   tcp::socket socket;
@@ -360,7 +370,9 @@ struct AsyncClient::Impl {
   std::atomic<std::size_t> pending{0};
 };
 
-AsyncClient::AsyncClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+AsyncClient::AsyncClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {
+  impl_->owner = this;
+}
 AsyncClient::~AsyncClient() = default;
 
 std::shared_ptr<AsyncClient> AsyncClient::create(const asio::any_io_executor& executor,

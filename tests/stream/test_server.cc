@@ -1423,3 +1423,49 @@ TEST_CASE("Client: an unreadable response ends the connection for good") {
     }
   }
 }
+
+TEST_CASE("AsyncClient: a handler that throws does not stall the others") {
+  // Asio's rule: the exception comes out of run(), which the application may call again.
+  const auto run_through = [](asio::io_context& io) {
+    int thrown = 0;
+    for (;;) {
+      try {
+        io.run();
+        return thrown;
+      } catch (const std::runtime_error&) {
+        ++thrown;
+      }
+    }
+  };
+  Server server(small_options());
+  server.start();
+  asio::io_context io;
+  auto client = ntk::stream::AsyncClient::create(io.get_executor());
+  client->async_connect("127.0.0.1", server.port(), [](boost::system::error_code) {});
+  std::vector<std::uint64_t> answered;
+  for (std::uint64_t i = 1; i <= 3; ++i) {
+    client->async_call(reading("throws", i, 1.0),
+                       [&](boost::system::error_code ec, v1::Response r) {
+                         CHECK_FALSE(ec);
+                         answered.push_back(r.seq());
+                         if (r.seq() == 1) throw std::runtime_error("handler 1");
+                       });
+  }
+  CHECK(run_through(io) == 1);
+  CHECK(answered == std::vector<std::uint64_t>{1, 2, 3});
+  CHECK(client->pending() == 0);
+
+  // The same when the connection ends: every handler gets the error.
+  std::vector<boost::system::error_code> failed;
+  for (std::uint64_t i = 4; i <= 6; ++i) {
+    client->async_call(reading("throws", i, 1.0), [&](boost::system::error_code ec, v1::Response) {
+      failed.push_back(ec);
+      if (failed.size() == 1) throw std::runtime_error("handler 4");
+    });
+  }
+  client->close();
+  io.restart();
+  CHECK(run_through(io) == 1);
+  CHECK(failed.size() == 3);
+  CHECK(client->pending() == 0);
+}

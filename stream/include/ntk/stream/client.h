@@ -96,7 +96,9 @@ class Client {
 //   are queued and written back to back, responses complete the handlers in request order.
 // INITIAL VALUE: not connected.
 // THREAD SAFETY: every member may be called from any thread; handlers run on the client's
-//   strand (of the executor given to create()), one at a time, in request order.
+//   strand (of the executor given to create()), one at a time, in request order. A
+//   handler that throws leaves the executor's run() (Asio's rule); the client is not
+//   affected, and the other handlers run when run() is called again.
 // LIFETIME: pending operations keep the client alive (shared_ptr).
 class AsyncClient : public std::enable_shared_from_this<AsyncClient> {
  public:
