@@ -162,14 +162,30 @@ ReplaySummary replay_offline(SeriesCsvReader& reader, const SeriesConfig& config
 
 // --- predictions CSV --------------------------------------------------------------------
 
-OutputFile::OutputFile(std::string path)
-    : path_(std::move(path)), tmp_(path_ + ".partial-" + std::to_string(::getpid())) {
-  out_.open(tmp_);
+OutputFile::OutputFile(std::string path) : path_(std::move(path)) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::file_status st = fs::status(path_, ec);  // of what a symlink names
+  if (fs::exists(st) && !fs::is_regular_file(st)) {
+    // A device, FIFO or socket (/dev/null, /dev/stdout, a pipe) is written in place: the
+    // rename would have replaced it with a regular file (as root, /dev/null itself).
+    direct_ = true;
+    out_.open(path_);
+  } else {
+    // An existing file is replaced where it is, through symlinks, which stay links.
+    target_ = path_;
+    if (fs::exists(st)) {
+      const fs::path resolved = fs::canonical(path_, ec);
+      if (!ec) target_ = resolved.string();
+    }
+    tmp_ = target_ + ".partial-" + std::to_string(::getpid());
+    out_.open(tmp_);
+  }
   if (!out_) throw std::runtime_error(path_ + ": cannot open for writing");
 }
 
 OutputFile::~OutputFile() {
-  if (committed_) return;
+  if (committed_ || direct_) return;
   out_.close();
   std::error_code ignored;
   std::filesystem::remove(tmp_, ignored);
@@ -178,9 +194,11 @@ OutputFile::~OutputFile() {
 void OutputFile::commit() {
   out_.close();
   if (!out_) throw std::runtime_error(path_ + ": write failed");
-  std::error_code ec;
-  std::filesystem::rename(tmp_, path_, ec);
-  if (ec) throw std::runtime_error(path_ + ": cannot be replaced: " + ec.message());
+  if (!direct_) {
+    std::error_code ec;
+    std::filesystem::rename(tmp_, target_, ec);
+    if (ec) throw std::runtime_error(path_ + ": cannot be replaced: " + ec.message());
+  }
   committed_ = true;
 }
 
@@ -188,7 +206,11 @@ void check_distinct_paths(const std::vector<std::pair<std::string, std::string>>
   namespace fs = std::filesystem;
   const auto same = [](const std::string& a, const std::string& b) {
     std::error_code ec1, ec2;
-    if (fs::exists(a, ec1) && fs::exists(b, ec2)) return fs::equivalent(a, b, ec1);
+    if (fs::exists(a, ec1) && fs::exists(b, ec2)) {
+      // Devices and pipes (e.g. /dev/null for two outputs) hold no file to destroy.
+      if (!fs::is_regular_file(a, ec1) || !fs::is_regular_file(b, ec2)) return false;
+      return fs::equivalent(a, b, ec1);
+    }
     return fs::weakly_canonical(a, ec1) == fs::weakly_canonical(b, ec2);
   };
   for (std::size_t i = 0; i < named_paths.size(); ++i) {

@@ -85,7 +85,9 @@ ReplaySummary replay_offline(SeriesCsvReader& reader, const SeriesConfig& config
 // A file written under a temporary name beside `path` and renamed to it by commit(): a
 // run that fails midway leaves whatever was at `path` as it was, and the destructor
 // removes the temporary file. The constructor creates it, so an unwritable path fails
-// before a long run. Throws std::runtime_error on I/O failure.
+// before a long run. A symlink to a file stays a link (the file it names is replaced); a
+// path that is not a regular file (/dev/null, /dev/stdout, a FIFO) is written directly.
+// Throws std::runtime_error on I/O failure.
 class OutputFile {
  public:
   explicit OutputFile(std::string path);
@@ -96,8 +98,9 @@ class OutputFile {
   void commit();
 
  private:
-  std::string path_, tmp_;
+  std::string path_, target_, tmp_;
   std::ofstream out_;
+  bool direct_ = false;  // not a regular file: written in place
   bool committed_ = false;
 };
 
@@ -116,8 +119,9 @@ class PredictionCsvWriter {
 };
 
 // Throws UsageError when two of the paths name the same file (an output over the input,
-// or two outputs over each other), compared as the files they resolve to. Each pair is
-// (flag for the message, path); empty paths are skipped.
+// or two outputs over each other), compared as the files they resolve to; devices and
+// FIFOs are never the same file. Each pair is (flag for the message, path); empty paths
+// are skipped.
 void check_distinct_paths(const std::vector<std::pair<std::string, std::string>>& named_paths);
 
 // Throws std::runtime_error unless a file can be created (or overwritten) at `path`.

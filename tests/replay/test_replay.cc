@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -482,6 +483,38 @@ TEST_CASE("ntk-replay: predictions CSV, summary JSON and plot agree") {
                       ":122: the time is earlier than the row above's (2 such rows); rows are "
                       "replayed in file order, and a step back in time counts as 0 s\n");
   CHECK(nlohmann::json::parse(rb.out)["time_reversals"].get<int>() == 2);
+
+  // Outputs that are not regular files are written in place: a FIFO stays a FIFO (as
+  // root, --predictions /dev/null replaced /dev/null with a regular file), and two
+  // outputs may both be /dev/null. A symlink stays a link to the file it names.
+  const fs::path fifo = scratch() / "pred.fifo";
+  fs::remove(fifo);
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  const int fifo_fd = ::open(fifo.c_str(), O_RDONLY | O_NONBLOCK);  // a reader, not waiting
+  REQUIRE(fifo_fd >= 0);
+  const Run to_fifo = replay({"--offline", "--input", input, "--value-column", "value",
+                              "--predictions", fifo.string(), "--no-progress"});
+  CHECK(to_fifo.status == 0);
+  char head[41] = {};
+  CHECK(::read(fifo_fd, head, 40) == 40);
+  ::close(fifo_fd);
+  CHECK(std::string(head).starts_with("time,truth,mean,sd,z,anomaly,row,stream\n"));
+  // Before /dev/null is used: with that defect back, a run as root would replace it.
+  REQUIRE(fs::is_fifo(fifo));
+  REQUIRE(fs::is_character_file("/dev/null"));
+  CHECK(replay({"--offline", "--input", input, "--value-column", "value", "--predictions",
+                "/dev/null", "--summary-json", "/dev/null", "--no-progress"})
+            .status == 0);
+  CHECK(fs::is_character_file("/dev/null"));
+  const fs::path real = scratch() / "real_pred.csv", link = scratch() / "link_pred.csv";
+  write_file("real_pred.csv", "old\n");
+  fs::remove(link);
+  fs::create_symlink(real, link);
+  CHECK(replay({"--offline", "--input", input, "--value-column", "value", "--predictions",
+                link.string(), "--no-progress"})
+            .status == 0);
+  CHECK(fs::is_symlink(link));
+  CHECK(read_file(real.string()).starts_with("time,truth,mean,sd,z,anomaly,row,stream\n"));
 
   // JSON on stdout with "-".
   const Run js = replay(
