@@ -288,6 +288,17 @@ DaemonOptions parse_daemon_args(int argc, const char* const* argv) {
     } else if (arg == "--port-file") {
       o.port_file = value();
       if (o.port_file->empty()) throw ConfigError("--port-file: empty path");
+      // ntkd removes the file at start and exit and renames its new version over it: as
+      // root, --port-file /dev/stdout or /dev/null would delete the device. (A symlink is
+      // harmless: the link is what goes.)
+      std::error_code ec;
+      const std::filesystem::file_status st = std::filesystem::symlink_status(*o.port_file, ec);
+      if (!ec && std::filesystem::exists(st) && !std::filesystem::is_regular_file(st) &&
+          !std::filesystem::is_symlink(st)) {
+        throw ConfigError("--port-file: " + *o.port_file +
+                          " is not a regular file; ntkd replaces and removes this file, so it "
+                          "needs a path of its own");
+      }
     } else if (arg == "--log-level") {
       try {
         o.log_level = parse_level(value());
