@@ -39,8 +39,10 @@ struct Usage : std::runtime_error {
 const char* kUsage = R"(usage: ntk-client [--connect HOST:PORT] COMMAND [options]
 
 commands:
-  send --key KEY [--start-seq N] [FILE]   values ("value" or "time,value" per line; empty
-                                          or NA: missing) from FILE or stdin; prints
+  send --key KEY [--start-seq N] [FILE]   values from FILE or stdin, one per line: "value"
+                                          or "time,value" with the time in Unix seconds;
+                                          an empty value or NA: missing; no header line,
+                                          '#' starts a comment line. Prints
                                           seq,key,status,value,mean,sd,z,anomaly
   stats [--key KEY | --prefix P]          statistics (all keys by default), text format
   snapshot                                write a snapshot now; prints its path
@@ -50,6 +52,9 @@ commands:
 options:
   --connect HOST:PORT                     the daemon (default 127.0.0.1:7420)
   --help                                  this text
+Exit status: 0 on success; 1 when the daemon answers an Error (after printing every
+answer) or cannot be reached; 2 for a bad command line or input line (the values
+before a bad line are sent and answered first).
 )";
 
 std::string num(double v) {
@@ -136,6 +141,11 @@ int send_values(ntk::stream::Client& client, const std::string& key, std::uint64
       if (!input_ready()) flush();
       continue;
     }
+    // A bad line ends the command; what came before it is sent and answered first.
+    const auto bad_line = [&](const std::string& what) {
+      flush();
+      throw Usage("line " + std::to_string(line_no) + ": " + what);
+    };
     std::string time_text, value_text = line;
     if (const auto comma = line.find(','); comma != std::string::npos) {
       time_text = trim(line.substr(0, comma));
@@ -148,14 +158,13 @@ int send_values(ntk::stream::Client& client, const std::string& key, std::uint64
     if (!time_text.empty()) {
       const auto t = parse_number(time_text);
       if (!t || !(*t >= 0) || *t > 1.8e10) {
-        throw Usage("line " + std::to_string(line_no) + ": bad time '" + time_text +
-                    "' (Unix seconds expected)");
+        bad_line("bad time '" + time_text + "' (Unix seconds expected)");
       }
       s->set_time_unix_nano(static_cast<std::uint64_t>(std::llround(*t * 1e9)));
     }
     if (!value_text.empty() && value_text != "NA" && value_text != "NaN" && value_text != "nan") {
       const auto v = parse_number(value_text);
-      if (!v) throw Usage("line " + std::to_string(line_no) + ": bad value '" + value_text + "'");
+      if (!v) bad_line("bad value '" + value_text + "'");
       s->set_value(*v);
     }
     window.push_back(std::move(r));

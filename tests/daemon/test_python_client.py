@@ -118,6 +118,23 @@ class CommandLine(unittest.TestCase):
         self.assertEqual(out.returncode, 1, out.stderr)
         self.assertIn("cannot connect", out.stderr)
 
+    def run_python_client(self, *args):
+        return subprocess.run([sys.executable, os.path.join(ARGS.client_dir, "ntk_client.py")]
+                              + list(args), input="1\n", capture_output=True, text=True,
+                              timeout=60)
+
+    def test_python_client_statuses(self):
+        # A message and a status, never a traceback: 2 for a bad command line, 1 when
+        # ntkd cannot be reached.
+        for connect in ("nohostport", "127.0.0.1:x", "127.0.0.1:70000", ":7420"):
+            out = self.run_python_client("--connect", connect, "--key", "k")
+            self.assertEqual(out.returncode, 2, (connect, out.stderr))
+            self.assertIn("--connect: expected HOST:PORT", out.stderr)
+        out = self.run_python_client("--connect", self.connect, "--key", "k")
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertTrue(out.stderr.startswith("ntk_client.py: cannot connect to "), out.stderr)
+        self.assertNotIn("Traceback", out.stderr)
+
 
 class RoundTrip(unittest.TestCase):
     @classmethod
@@ -274,6 +291,25 @@ class RoundTrip(unittest.TestCase):
             [sys.executable, os.path.join(ARGS.client_dir, "ntk_client.py"), "--connect",
              "%s:%d" % (self.host, self.port), "--key", "live-py", "--proto-path",
              ARGS.client_dir])
+
+    def test_2d_a_bad_input_line_ends_the_run_after_the_lines_before_it(self):
+        text = "5\n6\n1,2,3\n7\n"
+        for name, command in (
+                ("ntk-client", [ARGS.ntk_client, "--connect", "%s:%d" % (self.host, self.port),
+                                "send", "--key", "bad-cc"]),
+                ("ntk_client.py", [sys.executable, os.path.join(ARGS.client_dir, "ntk_client.py"),
+                                   "--connect", "%s:%d" % (self.host, self.port), "--key",
+                                   "bad-py"])):
+            out = subprocess.run(command, input=text, capture_output=True, text=True,
+                                 timeout=60)
+            self.assertEqual(out.returncode, 2, (name, out.stderr))
+            self.assertEqual(out.stderr, "%s: line 3: bad value '2,3'\n" % name)
+            lines = out.stdout.strip().split("\n")
+            self.assertEqual(len(lines), 3, out.stdout)  # the header, then seq 0 and 1
+            self.assertTrue(lines[1].startswith("0,bad-") and lines[2].startswith("1,bad-"))
+        with ntk_client.Client(self.host, self.port) as c:
+            for key in ("bad-cc", "bad-py"):
+                self.assertEqual(c.stats(key=key).stats.keys[0].counters.observations, 2)
 
     def test_3_sigterm_drains_and_exits_0(self):
         self.ntkd.send_signal(signal.SIGTERM)

@@ -3,8 +3,9 @@
 
 Dependencies: Python 3 and python3-protobuf (Debian's 3.21 runtime) only. The generated
 modules (ntk/v1/*_pb2.py) come from `protoc --python_out` at build time; the build puts
-them in <build>/examples/protobuf_client/python (pass that directory with --proto-path, or
-set NTK_PROTO_PYTHON, or put it on PYTHONPATH).
+them, with a copy of this file, in <build>/examples/protobuf_client/python, and
+`cmake --install` in <prefix>/share/ntkstream/python: run that copy as it is, or pass the
+directory with --proto-path, set NTK_PROTO_PYTHON, or put it on PYTHONPATH.
 
 Wire format (proto/ntk/v1/request.proto): on TCP every message is preceded by its length
 as a base-128 varint -- protobuf's "length-delimited" form, what C++
@@ -20,9 +21,14 @@ Use as a library:
             r = c.observe("sensor-1", seq, value)   # an ntk.v1.Response
             print(r.prediction.mean, r.prediction.variance)
 
-or from the shell (one value per line on stdin, one CSV line per answer on stdout):
+or from the shell (one value per line on stdin, "value" or "time,value" with the time in
+Unix seconds, no header, '#' for comments; one CSV line per answer on stdout):
 
-    python3 ntk_client.py --connect 127.0.0.1:7420 --key sensor-1 < values.txt
+    /usr/bin/python3 build/release/examples/protobuf_client/python/ntk_client.py \
+        --connect 127.0.0.1:7420 --key sensor-1 < values.txt
+
+Exit status: 0; 1 when ntkd answers an Error or cannot be reached; 2 for a bad command
+line or input line (the values before it are sent and answered first).
 """
 
 import argparse
@@ -157,9 +163,14 @@ class Client:
         while True:
             frame = self._reader.next_frame()
             if frame is not None:
-                response = response_pb2.Response()
-                response.ParseFromString(frame)
                 self.pending -= 1
+                response = response_pb2.Response()
+                try:
+                    response.ParseFromString(frame)
+                except Exception:
+                    # The answers after it could not be matched to the requests.
+                    self.close()
+                    raise
                 return response
             data = self._sock.recv(65536)
             if not data:
@@ -247,6 +258,30 @@ def _fmt(message, field):
     return repr(getattr(message, field)) if message.HasField(field) else ""
 
 
+def _parse_line(line):
+    """(time_unix_nano, value or None for a missing one) of an input line, "value" or
+    "time,value" with the time in Unix seconds. ValueError says what is wrong."""
+    t_text, comma, v_text = line.partition(",")
+    if not comma:
+        t_text, v_text = "", t_text
+    t_text, v_text = t_text.strip(), v_text.strip()
+    t_ns = 0
+    if t_text:
+        try:
+            t = float(t_text)
+        except ValueError:
+            t = None
+        if t is None or not 0 <= t <= 1.8e10:
+            raise ValueError("bad time '%s' (Unix seconds expected)" % t_text)
+        t_ns = int(round(t * 1e9))
+    if v_text in ("", "NA", "NaN", "nan"):
+        return t_ns, None
+    try:
+        return t_ns, float(v_text)
+    except ValueError:
+        raise ValueError("bad value '%s'" % v_text) from None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--connect", default="127.0.0.1:7420", help="ntkd's HOST:PORT")
@@ -254,11 +289,23 @@ def main(argv=None):
     p.add_argument("--start-seq", type=int, default=0)
     p.add_argument("--proto-path", help="directory holding the generated ntk/v1/*_pb2.py")
     p.add_argument("--window", type=int, default=256, help="requests in flight at most")
-    args = p.parse_args(argv)
-    host, _, port = args.connect.rpartition(":")
+    args = p.parse_args(argv)  # a bad command line: exit 2 with the usage
+    host, colon, port = args.connect.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        p.error("--connect: expected HOST:PORT, got '%s'" % args.connect)
+    if args.window < 1:
+        p.error("--window: expected at least 1, got %d" % args.window)
     _import_generated(args.proto_path)
 
-    with Client(host.strip("[]"), int(port)) as c:
+    def fail(status, message):
+        print("ntk_client.py: %s" % message, file=sys.stderr)
+        return status
+
+    try:
+        c = Client(host.strip("[]"), int(port))
+    except OSError as e:
+        return fail(1, "cannot connect to %s: %s" % (args.connect, e))
+    with c:
         print("seq,key,status,value,mean,sd,z,anomaly", flush=True)
         status = 0
 
@@ -282,26 +329,30 @@ def main(argv=None):
             sys.stdout.flush()
 
         seq = args.start_seq
-        for line, more in _lines(sys.stdin):
-            line = line.strip()
-            if line.startswith("#"):
+        try:
+            for line_no, (line, more) in enumerate(_lines(sys.stdin), 1):
+                line = line.strip()
+                if line.startswith("#"):
+                    if not more:
+                        drain()
+                    continue
+                try:
+                    t_ns, value = _parse_line(line)
+                except ValueError as e:
+                    # A bad line ends the run; what came before it is answered first.
+                    drain()
+                    return fail(2, "line %d: %s" % (line_no, e))
+                c.send(Client.reading(args.key, seq, value, t_ns))
+                seq += 1
+                while c.pending >= args.window:
+                    answer()
+                # When no more input is ready (a live source), the answers so far are read
+                # and printed now, not when the window fills.
                 if not more:
                     drain()
-                continue
-            t_text, _, v_text = line.rpartition(",")
-            t_ns = int(round(float(t_text) * 1e9)) if t_text.strip() else 0
-            v_text = v_text.strip()
-            value = None if v_text in ("", "NA", "NaN", "nan") else float(v_text)
-            c.send(Client.reading(args.key, seq, value, t_ns))
-            seq += 1
-            while c.pending >= args.window:
-                answer()
-            # When no more input is ready (a live source), the answers so far are read and
-            # printed now, not when the window fills.
-            if not more:
-                drain()
-        while c.pending:
-            answer()
+            drain()
+        except OSError as e:  # the connection failed or timed out midway
+            return fail(1, "%s: %s" % (args.connect, e))
         return status
 
 
