@@ -49,6 +49,7 @@ echo "   $("$ntkd" --version): the loader's pick for this CPU (README, \"Buildin
 # 2. Replay the recorded series through the daemon as fast as it goes: the key is
 #    configured with the model flags, every reading is answered with a prediction.
 echo "== streaming $(($(wc -l <"$input") - 1)) readings of data/nab/$series.csv through ntkd"
+echo "   (its clock steps back once, as recorded (data/README.md): ntk-replay warns about it)"
 "$replay" --connect "$tcp" --input "$input" --time-column timestamp --value-column value \
   --key "demo/$series" --predictions "$out/predictions.csv" --plot "$out/plot.png" \
   --summary-json "$out/summary.json" --no-progress >/dev/null
