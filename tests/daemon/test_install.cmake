@@ -1,21 +1,24 @@
 # `cmake --install` into a fresh prefix, then the installed programs run from there: ntkd
 # and ntk-replay find the installed libntkcore through their RUNPATH ($ORIGIN/../lib),
 # not the build tree's, and the docs, the systemd unit and the Python client are in place.
-#   cmake -DBUILD_DIR=<build> -DPREFIX=<scratch prefix> -DPYTHON=<python3> -P test_install.cmake
+# With CONSUMER, a separate project builds against the prefix as the README says
+# (find_package(ntkstream), ntk::core) and runs.
+#   cmake -DBUILD_DIR=<build> -DPREFIX=<scratch prefix> -DPYTHON=<python3>
+#         [-DCONSUMER=1 -DGENERATOR=<generator> -DCXX=<compiler>] -P test_install.cmake
 foreach(var BUILD_DIR PREFIX PYTHON)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "${var} is required")
   endif()
 endforeach()
 
-file(REMOVE_RECURSE ${PREFIX})
+file(REMOVE_RECURSE ${PREFIX} ${PREFIX}-consumer)
 execute_process(COMMAND ${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${PREFIX}
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "cmake --install failed (${rc}):\n${out}${err}")
 endif()
 
-include(GNUInstallDirs)
+set(CMAKE_INSTALL_BINDIR bin)  # GNUInstallDirs' value (it needs a project to be included)
 foreach(f ${CMAKE_INSTALL_BINDIR}/ntkd ${CMAKE_INSTALL_BINDIR}/ntk-replay
           ${CMAKE_INSTALL_BINDIR}/ntk-client ${CMAKE_INSTALL_BINDIR}/ntk-kernel
           ${CMAKE_INSTALL_BINDIR}/ntk-accuracy share/doc/ntkstream/README.md
@@ -53,4 +56,54 @@ execute_process(COMMAND ${PYTHON} ${PREFIX}/share/ntkstream/python/ntk_client.py
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "installed ntk_client.py --help: exit ${rc}\n${out}${err}")
 endif()
-file(REMOVE_RECURSE ${PREFIX})
+
+if(CONSUMER)
+  # The README's embedding example, as a project of its own.
+  set(src ${PREFIX}-consumer)
+  file(WRITE ${src}/CMakeLists.txt [=[
+cmake_minimum_required(VERSION 3.20)
+project(consumer CXX)
+set(CMAKE_CXX_STANDARD 20)
+find_package(ntkstream REQUIRED)
+add_executable(app main.cc)
+target_link_libraries(app PRIVATE ntk::core)
+]=])
+  file(WRITE ${src}/main.cc [=[
+#include <ntk/core/model.h>
+
+#include <cmath>
+#include <cstdio>
+
+int main() {
+  ntk::ModelConfig config;
+  config.forgetting = 0.999;
+  ntk::OnlineGP model(config, /*dim=*/7);
+  Eigen::VectorXd x(7);
+  ntk::UpdateResult r;
+  for (int t = 0; t < 200; ++t) {
+    for (int i = 0; i < 7; ++i) x(i) = std::sin(0.1 * (t + i));
+    r = model.update(x, std::sin(0.1 * (t + 7)));
+  }
+  // The last forecast, made before its value was seen, is close to it.
+  const double error = std::abs(r.prediction.mean - std::sin(0.1 * 206));
+  std::printf("error %g\n", error);
+  return error < 1e-2 ? 0 : 1;
+}
+]=])
+  execute_process(COMMAND ${CMAKE_COMMAND} -S ${src} -B ${src}/build -G ${GENERATOR}
+                          -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_PREFIX_PATH=${PREFIX}
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(rc EQUAL 0)
+    execute_process(COMMAND ${CMAKE_COMMAND} --build ${src}/build
+                    RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  endif()
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "a project using find_package(ntkstream) does not build:\n${out}${err}")
+  endif()
+  execute_process(COMMAND ${src}/build/app RESULT_VARIABLE rc OUTPUT_VARIABLE out
+                  ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "the consumer program failed (${rc}): ${out}${err}")
+  endif()
+endif()
+file(REMOVE_RECURSE ${PREFIX} ${PREFIX}-consumer)
