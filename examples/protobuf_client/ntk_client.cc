@@ -275,17 +275,24 @@ int run(int argc, char** argv) {
   }
   const v1::Response resp = client.call(r);
   if (resp.has_error()) return report_error(resp);
-  if (resp.has_stats()) {
+  if (command == "stats" && resp.has_stats()) {
     std::string out;
     google::protobuf::TextFormat::PrintToString(resp.stats(), &out);
     std::cout << out;
-  } else if (resp.has_ack()) {
+  } else if (command != "stats" && resp.has_ack()) {
     if (command == "snapshot") {
       std::cout << resp.ack().snapshot_path() << "\n";
       std::cerr << "ntk-client: snapshot of " << resp.ack().keys_affected() << " keys written\n";
     } else {
       std::cout << "ok: " << resp.ack().keys_affected() << " keys affected\n";
     }
+  } else {
+    // Not what the command asks for (a server of another version, or not ntkd): said,
+    // rather than an empty output and status 0.
+    std::string answer;
+    google::protobuf::TextFormat::PrintToString(resp, &answer);
+    std::cerr << "ntk-client: unexpected answer to " << command << ": {" << answer << "}\n";
+    return kExitError;
   }
   return 0;
 }

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -117,6 +118,34 @@ class CommandLine(unittest.TestCase):
         out = self.run_client("stats")
         self.assertEqual(out.returncode, 1, out.stderr)
         self.assertIn("cannot connect", out.stderr)
+
+    def test_an_answer_of_the_wrong_kind_is_status_1(self):
+        # A server that answers a Stats with neither Stats nor Error (another version, or
+        # not ntkd): said on stderr, status 1 (before: no output, status 0).
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def serve():
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)  # the request; its content does not matter
+                answer = ntk_client.response_pb2.Response()
+                answer.seq = 7
+                ntk_client.write_delimited(conn, answer)
+
+        server = threading.Thread(target=serve)
+        server.start()
+        try:
+            out = subprocess.run(
+                [ARGS.ntk_client, "--connect", "127.0.0.1:%d" % listener.getsockname()[1],
+                 "stats"], input="", capture_output=True, text=True, timeout=60)
+        finally:
+            server.join(timeout=60)
+            listener.close()
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertEqual(out.stderr, "ntk-client: unexpected answer to stats: {seq: 7\n}\n")
+        self.assertEqual(out.stdout, "")
 
     def run_python_client(self, *args):
         return subprocess.run([sys.executable, os.path.join(ARGS.client_dir, "ntk_client.py")]
