@@ -617,10 +617,12 @@ struct OnlineGP::Impl {
   // Sigma_f q = lambda Sigma q + (1 - lambda) (K_D + jI) q = lambda Sigma q + (1 - lambda) k,
   // mu_f = sqrt(lambda) mu. update() forgets for real first and passes lambda = 1.
   // Leaves kx, v = L^{-1} k, q and h in ws. solve_lower(v) replaces v by L^{-1} v.
+  // prepared: w.xcache already holds prepare(x) (update() computes it before any change).
   template <typename LowerSolve, typename UpperSolve>
   Step predict_into(Eigen::Ref<const VectorXd> x, Workspace& w, double lambda,
-                    LowerSolve&& solve_lower, UpperSolve&& solve_upper) const {
-    kernel->prepare(x, w.xcache);
+                    LowerSolve&& solve_lower, UpperSolve&& solve_upper,
+                    bool prepared = false) const {
+    if (!prepared) kernel->prepare(x, w.xcache);
     Step s;
     s.kss_raw = kernel->self(x, w.xcache);
     s.kss = s.kss_raw + config.jitter;
@@ -951,6 +953,15 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   if (std::abs(y) > kMaxMagnitude) {
     invalid("target " + num(y) + " is above 1e150 in magnitude");
   }
+  // The 1e150 bound keeps the NTK and RBF kernels finite, not every kernel: the polynomial
+  // one overflows from |x|^(2 degree) ~ 1e308 on, and large w_std or gamma overflow sooner.
+  // An inf or NaN prior variance would reach the signal-power estimate (inf / inf residual)
+  // and spoil every later variance, so it is refused here, before anything changes.
+  s.kernel->prepare(x, s.ws.xcache);
+  if (const double kxx = s.kernel->self(x, s.ws.xcache); !std::isfinite(kxx)) {
+    invalid("input's prior variance k(x, x) = " + num(kxx) +
+            " is not finite for this kernel (standardize the inputs)");
+  }
 
   UpdateResult result;
   const double lambda = s.config.forgetting;
@@ -960,7 +971,7 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   // 2. predict (the prequential prediction, before y is seen).
   const Step step = s.predict_into(
       x, s.ws, 1.0, [&s](Eigen::Ref<VectorXd> v) { s.solve_lower_fused(v); },
-      [&s](Eigen::Ref<VectorXd> q) { s.solve_upper_fused(q); });
+      [&s](Eigen::Ref<VectorXd> q) { s.solve_upper_fused(q); }, /*prepared=*/true);
   const double s2 = s.signal_power();
   result.prediction = {step.mean, s2 * step.var_f, s2 * step.var_y};
   const double residual = y - step.mean;

@@ -285,6 +285,28 @@ TEST_CASE("strong guarantee: bad input throws with the value and leaves the stat
   CHECK(std::isfinite(gp.predict(xs[1]).mean));
 }
 
+TEST_CASE("an input whose prior variance k(x, x) overflows is refused, state unchanged") {
+  // The polynomial kernel overflows far below the 1e150 input bound: (x.x + 1)^3 is inf at
+  // |x| = 1e60. Such an input used to be taken, and its inf / inf residual set the signal
+  // power estimate to the clamp (1e280): every later variance came out near 1e278.
+  ModelConfig c;
+  c.kernel = ntk::KernelSpec::parse("polynomial:degree=3");
+  OnlineGP gp(c, 3);
+  const auto xs = random_inputs(20, 3, 52);
+  for (const VectorXd& x : xs) gp.update(x, target(x));
+  const ntk::ModelState before = gp.export_state();
+  const double var_before = gp.predict(xs[0]).var_y;
+  const VectorXd big = VectorXd::Constant(3, 1e60);
+  CHECK_THROWS_WITH_AS(gp.update(big, 1.0), doctest::Contains("k(x, x) = inf"),
+                       std::invalid_argument);
+  check_bitwise_equal(gp.export_state(), before);
+  CHECK(gp.predict(xs[0]).var_y == var_before);
+  // Large inputs whose k(x, x) is finite are still learned.
+  CHECK_NOTHROW(gp.update(VectorXd::Constant(3, 1e40), 1.0));
+  CHECK(std::isfinite(gp.signal_power()));
+  gp.check_invariants();
+}
+
 TEST_CASE("config validation names the field and value") {
   const auto bad = [](auto mutate, const char* text) {
     ModelConfig c;

@@ -16,10 +16,12 @@
 //   (GELU: 1e-11, degrading to ~2e-8 at norms ~1e150 for depth >= 2; see
 //   core/src/detail/kernel_ntk.h).
 //   No NaN ever leaves a kernel for finite inputs of norm at most 1e150 (zero vectors,
-//   identical and antipodal points, subnormal to 1e150 norms included). Beyond about
-//   1e154 the values themselves overflow double (w^2 |x|^2 / d for the NTK kernels,
-//   |x|^2 for linear and polynomial), and inf or NaN may come out: callers that accept
-//   unbounded inputs must scale them (standardized inputs are the intended use).
+//   identical and antipodal points, subnormal to 1e150 norms included) while the values
+//   themselves fit in a double: they overflow once w_std^2 |x|^2 / d (NTK kernels) or
+//   |x|^2 (linear) passes ~1e308, i.e. beyond about 1e154 for w_std ~ 1, and the
+//   polynomial kernel once (gamma |x|^2 + coef0)^degree does, from |x| ~ 1e51 at degree
+//   3. Then inf or NaN may come out: callers that accept unbounded inputs must scale
+//   them (standardized inputs are the intended use).
 //
 // THREAD SAFETY
 //   Immutable after construction: all const methods may be called concurrently.

@@ -59,9 +59,11 @@
 
 namespace ntk {
 
-// Largest input norm and target magnitude update()/predict() accept: the kernels are
-// free of overflow and NaN up to input norms of 1e150 (kernel.h). Larger values are
-// refused with std::invalid_argument, like NaN, and leave the model unchanged.
+// Largest input norm and target magnitude update()/predict() accept: the NTK and RBF
+// kernels with moderate parameters are free of overflow and NaN up to input norms of
+// 1e150 (kernel.h). Larger values are refused with std::invalid_argument, like NaN, and
+// leave the model unchanged. Some kernels overflow sooner (polynomial: |x|^(2 degree)
+// beyond ~1e308); update() also refuses an input whose k(x, x) is not finite.
 inline constexpr double kMaxMagnitude = 1e150;
 
 // Largest budget ModelConfig::validate() accepts. A model allocates three square
@@ -81,7 +83,7 @@ enum class EvictionPolicy {
 std::string_view to_string(EvictionPolicy);
 
 struct ModelConfig {
-  KernelSpec kernel;  // default: the NTK of an erf network, depth 2
+  KernelSpec kernel;  // default: the NTK of an erf network, depth 1 (kernel_spec.h)
   int budget = 64;    // M, maximum dictionary size, in [1, kMaxBudget]
   // Noise variance (a ratio to s2 when estimated). Each sample uses at least 1e-12 times
   // its prior variance k(x, x) + jitter: below that, double precision cannot represent
@@ -163,8 +165,9 @@ class OnlineGP {
   OnlineGP(OnlineGP&&) noexcept;
   OnlineGP& operator=(OnlineGP&&) noexcept;
 
-  // One sample. requires: x.size() == dim(), x and y finite; otherwise throws
-  // std::invalid_argument with the offending value and the state is unchanged.
+  // One sample. requires: x.size() == dim(), x and y finite, |x| and |y| <= kMaxMagnitude,
+  // k(x, x) finite; otherwise throws std::invalid_argument with the offending value and
+  // the state is unchanged.
   UpdateResult update(Eigen::Ref<const Eigen::VectorXd> x, double y);
 
   // Pure prediction (no state change): what update(x, y) would report before seeing y
