@@ -120,7 +120,7 @@ struct UpdateResult {
 struct Contribution {
   int index = 0;             // dictionary index
   std::uint64_t sample = 0;  // update count at which the point was admitted
-  double weight = 0.0;       // q_i mu_i: its additive share of the predicted mean
+  double weight = 0.0;       // sqrt(lambda) q_i mu_i: its additive share of the predicted mean
   Eigen::VectorXd input;     // the stored input
 };
 
@@ -171,10 +171,15 @@ class OnlineGP {
   UpdateResult update(Eigen::Ref<const Eigen::VectorXd> x, double y);
 
   // Pure prediction (no state change): what update(x, y) would report before seeing y
-  // (forgetting included), up to rounding. Allocates its O(M) scratch.
+  // (forgetting included), up to rounding. Allocates its O(M) scratch. Throws like
+  // update() on x, except that an x whose k(x, x) is not finite gets a non-finite
+  // variance instead.
   Prediction predict(Eigen::Ref<const Eigen::VectorXd> x) const;
 
-  // The k dictionary points contributing most (by |q_i mu_i|) to the mean at x.
+  // The min(k, dictionary_size()) dictionary points contributing most (by |weight|) to
+  // predict(x).mean, largest first (ties: lower index). The weights of all the points add
+  // up to that mean (up to rounding).
+  // requires: x as for predict(), k >= 0 (std::invalid_argument otherwise).
   std::vector<Contribution> explain(Eigen::Ref<const Eigen::VectorXd> x, int k) const;
 
   ModelState export_state() const;

@@ -138,8 +138,9 @@ struct SeriesConfig {
   // Learned samples before a candidate may be dropped by selection_margin.
   static constexpr int kRaceMinSamples = 100;
 
-  // Throws std::invalid_argument naming the first offending field and value (model
-  // fields as "model.<field>").
+  // Throws std::invalid_argument naming the first offending field and value. Model fields
+  // are checked by ModelConfig::validate() and read "model: <field> ...";
+  // model.noise_variance must be valid even when noise_candidates replace it.
   void validate() const;
   friend bool operator==(const SeriesConfig&, const SeriesConfig&) = default;
 };
