@@ -311,10 +311,18 @@ struct SeriesPredictor::Impl {
   // Every racing model learns (x, target); returns the leader's result. While several race,
   // each one's forecast, mapped to original units by to_original(prediction).mean, is
   // scored against `value` and the race is settled. The models all check the same input
-  // the same way, so either the first update throws (nothing changed) or none does.
+  // the same way, so either the first update throws (nothing changed) or none does. Inputs
+  // and targets are within the model's bounds, but a kernel can still overflow on them
+  // (a polynomial one on a feature far out, or extreme kernel parameters): the model
+  // refuses such an x, and then nothing is learned (nullopt) rather than observe() throw.
   template <typename ToOriginal>
-  UpdateResult learn(double target, double value, ToOriginal&& to_original_mean) {
-    UpdateResult lead = models[0].update(x, target);
+  std::optional<UpdateResult> learn(double target, double value, ToOriginal&& to_original_mean) {
+    UpdateResult lead;
+    try {
+      lead = models[0].update(x, target);
+    } catch (const std::invalid_argument&) {
+      return std::nullopt;
+    }
     if (models.size() == 1) return lead;
     const double e0 = value - to_original_mean(lead.prediction);
     sse[0] += e0 * e0;
@@ -511,16 +519,15 @@ struct SeriesPredictor::Impl {
     if (h == 1) {
       if (ready && !config.exclude_anomalies && learnable(target)) {
         // The prediction update() makes before absorbing y is the forecast: no extra pass.
-        const UpdateResult r = learn(target, value, original_mean);
-        const Prediction p = to_original(r.prediction, 0);
+        const std::optional<UpdateResult> r = learn(target, value, original_mean);
+        const Prediction p = to_original(r ? r->prediction : leader().predict(x), 0);
         judge(value, p.mean, std::sqrt(p.var_y), out);
-        out.learned = true;
+        out.learned = r.has_value();
       } else if (ready) {
         const Prediction p = to_original(leader().predict(x), 0);
         judge(value, p.mean, std::sqrt(p.var_y), out);
         if (!out.excluded && learnable(target)) {
-          learn(target, value, original_mean);
-          out.learned = true;
+          out.learned = learn(target, value, original_mean).has_value();
         }
       }
     } else {
@@ -528,8 +535,7 @@ struct SeriesPredictor::Impl {
         judge(value, f->mean, f->sd, out);
       }
       if (ready && !out.excluded && learnable(target)) {
-        learn(target, value, original_mean);
-        out.learned = true;
+        out.learned = learn(target, value, original_mean).has_value();
       }
     }
 
@@ -630,15 +636,15 @@ struct SeriesPredictor::Impl {
       const double target = (value - scaler.mean) / scaler.sd();
       const auto original_mean = [&](const Prediction& p) { return features_to_original(p).mean; };
       if (!config.exclude_anomalies && learnable(target)) {
-        const Prediction p = features_to_original(learn(target, value, original_mean).prediction);
+        const std::optional<UpdateResult> r = learn(target, value, original_mean);
+        const Prediction p = features_to_original(r ? r->prediction : leader().predict(x));
         judge(value, p.mean, std::sqrt(p.var_y), out);
-        out.learned = true;
+        out.learned = r.has_value();
       } else {
         const Prediction p = features_to_original(leader().predict(x));
         judge(value, p.mean, std::sqrt(p.var_y), out);
         if (!out.excluded && learnable(target)) {
-          learn(target, value, original_mean);
-          out.learned = true;
+          out.learned = learn(target, value, original_mean).has_value();
         }
       }
       score_outcome(value, out);

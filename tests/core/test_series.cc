@@ -535,6 +535,33 @@ TEST_CASE("values more than 1e150 standard deviations out are scored, never lear
   CHECK(fresh.counters().scored > 10);
 }
 
+TEST_CASE("an input the model's kernel overflows on is not learned, and observe() does not throw") {
+  // Feature mode: a component 1e60 standard deviations out is within the model's 1e150
+  // bound, but (x.x + 1)^3 is inf there. The model refuses it (OnlineGP::update throws);
+  // the predictor must then learn nothing instead of throwing out of observe().
+  SeriesConfig c;
+  c.model.kernel = ntk::KernelSpec::parse("polynomial:degree=3");
+  c.warmup = 5;
+  for (const bool exclude : {false, true}) {
+    c.exclude_anomalies = exclude;
+    SeriesPredictor sp(c, 2);
+    for (int t = 0; t < 30; ++t) {
+      sp.observe(t, 0, VectorXd{{std::sin(t), std::cos(t)}}, std::sin(t + 1.0));
+    }
+    const std::uint64_t updates = sp.counters().updates;
+    Outcome o;
+    CHECK_NOTHROW(o = sp.observe(30, 0, VectorXd{{1e60, 0.0}}, 0.5));
+    CHECK_FALSE(o.learned);
+    CHECK(sp.counters().updates == updates);
+    CHECK(sp.counters().observations == 31);
+    for (int t = 31; t < 40; ++t) {
+      o = sp.observe(t, 0, VectorXd{{std::sin(t), std::cos(t)}}, std::sin(t + 1.0));
+      CHECK((o.learned || o.excluded));  // the shifted feature scale may flag a few
+      CHECK(o.sd < 10.0);
+    }
+  }
+}
+
 TEST_CASE("sequence numbers: duplicates and reordering dropped, gaps counted") {
   SeriesConfig c = transparent_config(2, 3);
   SeriesPredictor sp(c);
