@@ -33,7 +33,8 @@
 //   slot. A value more than 1e150 standard deviations from the scaler's mean (e.g. 1e145
 //   after values that varied by 1e-10) is scored and judged, but never learned: the model
 //   takes no larger target. In feature mode such a feature component, or one beyond
-//   1e150, is a missing component. Sequence numbers (optional):
+//   1e150, is a missing component. A sample whose input the kernel overflows on (k(x, x)
+//   not finite, OnlineGP::update) is judged but not learned. Sequence numbers (optional):
 //   a value whose seq equals the last accepted one is a duplicate, one below it is out of
 //   order; both are dropped and counted. A jump above last + 1 is a gap: counted, the
 //   value is processed normally.
