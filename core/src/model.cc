@@ -617,14 +617,19 @@ struct OnlineGP::Impl {
   // Sigma_f q = lambda Sigma q + (1 - lambda) (K_D + jI) q = lambda Sigma q + (1 - lambda) k,
   // mu_f = sqrt(lambda) mu. update() forgets for real first and passes lambda = 1.
   // Leaves kx, v = L^{-1} k, q and h in ws. solve_lower(v) replaces v by L^{-1} v.
-  // prepared: w.xcache already holds prepare(x) (update() computes it before any change).
+  // prepared_kxx: k(x, x) when w.xcache already holds prepare(x) (update() computes both
+  // before anything changes); NaN: compute them here.
   template <typename LowerSolve, typename UpperSolve>
   Step predict_into(Eigen::Ref<const VectorXd> x, Workspace& w, double lambda,
                     LowerSolve&& solve_lower, UpperSolve&& solve_upper,
-                    bool prepared = false) const {
-    if (!prepared) kernel->prepare(x, w.xcache);
+                    double prepared_kxx = std::numeric_limits<double>::quiet_NaN()) const {
     Step s;
-    s.kss_raw = kernel->self(x, w.xcache);
+    if (std::isnan(prepared_kxx)) {
+      kernel->prepare(x, w.xcache);
+      s.kss_raw = kernel->self(x, w.xcache);
+    } else {
+      s.kss_raw = prepared_kxx;
+    }
     s.kss = s.kss_raw + config.jitter;
     if (m == 0) {
       s.gamma2 = s.kss;
@@ -958,7 +963,8 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   // An inf or NaN prior variance would reach the signal-power estimate (inf / inf residual)
   // and spoil every later variance, so it is refused here, before anything changes.
   s.kernel->prepare(x, s.ws.xcache);
-  if (const double kxx = s.kernel->self(x, s.ws.xcache); !std::isfinite(kxx)) {
+  const double kxx = s.kernel->self(x, s.ws.xcache);
+  if (!std::isfinite(kxx)) {
     invalid("input's prior variance k(x, x) = " + num(kxx) +
             " is not finite for this kernel (standardize the inputs)");
   }
@@ -971,7 +977,7 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   // 2. predict (the prequential prediction, before y is seen).
   const Step step = s.predict_into(
       x, s.ws, 1.0, [&s](Eigen::Ref<VectorXd> v) { s.solve_lower_fused(v); },
-      [&s](Eigen::Ref<VectorXd> q) { s.solve_upper_fused(q); }, /*prepared=*/true);
+      [&s](Eigen::Ref<VectorXd> q) { s.solve_upper_fused(q); }, /*prepared_kxx=*/kxx);
   const double s2 = s.signal_power();
   result.prediction = {step.mean, s2 * step.var_f, s2 * step.var_y};
   const double residual = y - step.mean;
