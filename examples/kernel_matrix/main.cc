@@ -7,11 +7,13 @@
 // 17 significant digits, so every double reads back exactly.
 //
 // Input files: one point per line, coordinates separated by commas (surrounding spaces
-// allowed), no header; blank lines and lines starting with '#' are skipped; "-" reads
-// standard input. Every point of both files must have the same number of coordinates.
+// allowed), no header; blank lines and lines starting with '#' are skipped; a UTF-8 byte
+// order mark at the start is skipped; "-" reads standard input. Every point of both files
+// must have the same number of coordinates.
 //
 // Exit status: 0 on success; 2 for a bad command line, a bad kernel spec or a bad input
-// file, with one line on stderr ("ntk-kernel: A.csv:7: reason"); 1 when the output
+// file (including coordinates so large that a kernel value comes out NaN: nothing is
+// printed then), with one line on stderr ("ntk-kernel: A.csv:7: reason"); 1 when the output
 // cannot be written.
 #include <Eigen/Core>
 #include <cerrno>
@@ -27,6 +29,7 @@
 #include <string>
 #include <string_view>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include "ntk/core/kernel.h"
@@ -44,7 +47,8 @@ significant digits.
 
   --kernel SPEC   the kernel, in the text form shared by every ntkstream program
   --x FILE        the points: one per line, coordinates separated by commas, no header;
-                  blank lines and lines starting with # are skipped; - is stdin
+                  blank lines and lines starting with # are skipped, and a UTF-8
+                  byte order mark at the start; - is stdin
   --y FILE        a second set of points of the same dimension (optional)
   --help          this text
 
@@ -67,7 +71,8 @@ Examples:
   linear
 
 Exit status: 0 on success; 2 for a bad command line, spec or file (one line on stderr,
-naming the file and line); 1 when the output cannot be written.
+naming the file and line; also for coordinates so large that a kernel value is NaN);
+1 when the output cannot be written.
 )";
 
 // A bad command line or input; what() is the one-line reason.
@@ -136,9 +141,15 @@ std::string_view trim(std::string_view s) {
   return s.substr(first, s.find_last_not_of(" \t") - first + 1);
 }
 
-// The points of one CSV file, one per row; `dim` (when set) is the required dimension.
-ntk::RowMatrixXd read_points(const std::string& path, std::optional<Eigen::Index> dim,
-                             const std::string& dim_source) {
+// The points of one CSV file, one per row, and the line each came from.
+struct Points {
+  ntk::RowMatrixXd X;
+  std::vector<long> lines;
+};
+
+// `dim` (when set) is the required dimension.
+Points read_points(const std::string& path, std::optional<Eigen::Index> dim,
+                   const std::string& dim_source) {
   std::ifstream file;
   std::istream* in = &std::cin;
   const std::string name = path == "-" ? "<stdin>" : path;
@@ -148,12 +159,15 @@ ntk::RowMatrixXd read_points(const std::string& path, std::optional<Eigen::Index
     in = &file;
   }
   std::vector<double> values;
+  std::vector<long> lines;
   Eigen::Index cols = dim.value_or(0);
   long first_line = 0;  // the line that fixed the dimension (0: the other file did)
   std::string line;
   for (long line_no = 1; std::getline(*in, line); ++line_no) {
     std::string_view rest(line);
     if (!rest.empty() && rest.back() == '\r') rest.remove_suffix(1);
+    // Spreadsheets' "CSV UTF-8" export starts the file with a byte order mark.
+    if (line_no == 1 && rest.starts_with("\xEF\xBB\xBF")) rest.remove_prefix(3);
     if (trim(rest).empty() || trim(rest).front() == '#') continue;
     const std::string where = name + ":" + std::to_string(line_no) + ": ";
     Eigen::Index count = 0;
@@ -164,6 +178,10 @@ ntk::RowMatrixXd read_points(const std::string& path, std::optional<Eigen::Index
       const auto [ptr, ec] = std::from_chars(cell.data(), cell.data() + cell.size(), v);
       if (cell.empty()) {
         throw InputError(where + "empty value in column " + std::to_string(count + 1));
+      }
+      if (ec == std::errc::result_out_of_range && ptr == cell.data() + cell.size()) {
+        throw InputError(where + "'" + std::string(cell) + "' in column " +
+                         std::to_string(count + 1) + " is out of range for a double");
       }
       if (ec != std::errc() || ptr != cell.data() + cell.size()) {
         throw InputError(where + "'" + std::string(cell) + "' in column " +
@@ -178,6 +196,7 @@ ntk::RowMatrixXd read_points(const std::string& path, std::optional<Eigen::Index
       if (comma == std::string_view::npos) break;
       rest = rest.substr(comma + 1);
     }
+    lines.push_back(line_no);
     if (cols == 0) {
       cols = count;
       first_line = line_no;
@@ -191,7 +210,7 @@ ntk::RowMatrixXd read_points(const std::string& path, std::optional<Eigen::Index
   if (in->bad()) throw InputError(name + ": read error");
   if (values.empty()) throw InputError(name + ": no points");
   const Eigen::Index rows = static_cast<Eigen::Index>(values.size()) / cols;
-  return Eigen::Map<const ntk::RowMatrixXd>(values.data(), rows, cols);
+  return {Eigen::Map<const ntk::RowMatrixXd>(values.data(), rows, cols), std::move(lines)};
 }
 
 // One row of the matrix as CSV: 17 significant digits, so that every value round-trips.
@@ -220,10 +239,12 @@ int run(const Options& o) {
   const ntk::Kernel& k = *kernel;
 
   // The points; the second file must match the first's dimension.
-  const ntk::RowMatrixXd A = read_points(o.x_path, std::nullopt, "");
+  const Points a_points = read_points(o.x_path, std::nullopt, "");
+  const ntk::RowMatrixXd& A = a_points.X;
   const std::string a_name = o.x_path == "-" ? "<stdin>" : o.x_path;
-  std::optional<ntk::RowMatrixXd> B;
-  if (o.y_path) B = read_points(*o.y_path, A.cols(), a_name);
+  std::optional<Points> b_points;
+  if (o.y_path) b_points = read_points(*o.y_path, A.cols(), a_name);
+  const ntk::RowMatrixXd* B = b_points ? &b_points->X : nullptr;
 
   // Row evaluation is the library's hot path: the per-point quantities (norms, the
   // diagonal of the layer recursion) are computed once per point, then each row of the
@@ -232,30 +253,55 @@ int run(const Options& o) {
   const Eigen::MatrixXd caches = k.prepare_all(stored);
   Eigen::VectorXd query_cache(k.cache_size());
   Eigen::MatrixXd scratch(stored.rows(), k.scratch_cols());
-  std::string buf;
 
+  // The whole matrix is computed before anything is printed, so that a NaN (kernel.h:
+  // finite inputs beyond |x| ~ 1e154 may give inf or NaN) is reported as a bad input
+  // with nothing on stdout. An overflow to inf is printed: it is the value, rounded.
+  // Column i holds k(a_i, p_j) for the stored points p_j (B, or A itself) and is
+  // printed as row i.
+  const Eigen::Index n = A.rows();
+  Eigen::MatrixXd K(stored.rows(), n);
   if (B) {
-    // Cross matrix: row i holds k(a_i, b_j) for every b_j, written as it is computed.
-    Eigen::VectorXd row(B->rows());
-    for (Eigen::Index i = 0; i < A.rows(); ++i) {
+    // Cross matrix: column i holds k(a_i, b_j) for every b_j.
+    for (Eigen::Index i = 0; i < n; ++i) {
       k.prepare(A.row(i).transpose(), query_cache);
-      k.row(*B, caches, A.row(i).transpose(), query_cache, row, scratch);
-      write_row(stdout, row.data(), row.size(), buf);
+      k.row(*B, caches, A.row(i).transpose(), query_cache, K.col(i), scratch);
     }
   } else {
     // Gram matrix: each pair is evaluated once (point j against the points 0..j) and
     // mirrored, so the printed matrix is exactly symmetric.
-    const Eigen::Index n = A.rows();
-    Eigen::MatrixXd K(n, n);
     for (Eigen::Index j = 0; j < n; ++j) {
       k.prepare(A.row(j).transpose(), query_cache);
       k.row(A.topRows(j + 1), caches.topRows(j + 1), A.row(j).transpose(), query_cache,
             K.col(j).head(j + 1), scratch);
       K.row(j).head(j) = K.col(j).head(j).transpose();
     }
-    // K is exactly symmetric, so its (contiguous) column i is its row i.
-    for (Eigen::Index i = 0; i < n; ++i) write_row(stdout, K.col(i).data(), n, buf);
   }
+  if (K.hasNaN()) {
+    const std::string b_name = !B ? "" : *o.y_path == "-" ? "<stdin>" : *o.y_path;
+    const std::vector<long>& b_lines = B ? b_points->lines : a_points.lines;
+    // In a Gram matrix a NaN k(p, p) names the point at fault; look there first.
+    for (Eigen::Index i = 0; !B && i < n; ++i) {
+      if (std::isnan(K(i, i))) {
+        throw InputError(a_name + ":" + std::to_string(a_points.lines[i]) +
+                         ": the kernel value of the point with itself is NaN: the "
+                         "coordinates are too large for this kernel (scale the inputs)");
+      }
+    }
+    for (Eigen::Index i = 0; i < n; ++i) {
+      for (Eigen::Index j = 0; j < K.rows(); ++j) {
+        if (!std::isnan(K(j, i))) continue;
+        const std::string other =
+            B ? b_name + ":" + std::to_string(b_lines[j]) : "line " + std::to_string(b_lines[j]);
+        throw InputError(a_name + ":" + std::to_string(a_points.lines[i]) +
+                         ": the kernel value with the point on " + other +
+                         " is NaN: the coordinates are too large for this kernel "
+                         "(scale the inputs)");
+      }
+    }
+  }
+  std::string buf;
+  for (Eigen::Index i = 0; i < n; ++i) write_row(stdout, K.col(i).data(), K.rows(), buf);
   if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
     std::cerr << "ntk-kernel: cannot write the output: " << std::strerror(errno) << '\n';
     return kExitFailure;
@@ -269,7 +315,12 @@ int main(int argc, char** argv) {
   try {
     const Options o = parse_args(argc, argv);
     if (o.help) {
-      std::cout << kUsage;
+      std::cout << kUsage << std::flush;
+      // The exit status promised for an output that cannot be written holds here too.
+      if (!std::cout) {
+        std::cerr << "ntk-kernel: cannot write the output: " << std::strerror(errno) << '\n';
+        return kExitFailure;
+      }
       return 0;
     }
     return run(o);

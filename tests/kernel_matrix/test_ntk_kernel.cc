@@ -274,7 +274,8 @@ TEST_CASE("bad files: one line naming the file and line, exit status 2") {
   bad("trailing_comma.csv", "1,2,3,\n", {":1:", "empty value in column 4"});
   bad("nan.csv", "1,2,3\n4,nan,6\n", {":2:", "'nan'", "not finite"});
   bad("inf.csv", "1,2,3\n4,5,-inf\n", {":2:", "'-inf'", "not finite"});
-  bad("overflow.csv", "1,2,1e999\n", {":1:", "'1e999'", "not a number"});
+  bad("overflow.csv", "1,2,1e999\n", {":1:", "'1e999'", "column 3", "out of range"});
+  bad("underflow.csv", "1,2,1e-400\n", {":1:", "'1e-400'", "column 3", "out of range"});
   bad("semicolon.csv", "1;2;3\n", {":1:", "'1;2;3'"});
 
   // No points at all.
@@ -295,6 +296,49 @@ TEST_CASE("bad files: one line naming the file and line, exit status 2") {
   const std::string bad_stdin = write_file("bad_stdin.csv", "1,2\n3\n");
   check_rejected(ntk_kernel({"--kernel", "linear", "--x", "-"}, bad_stdin),
                  {"<stdin>:2:", "1 value, expected 2"});
+}
+
+TEST_CASE("coordinates too large for the kernel: one line naming the point, exit status 2") {
+  // Finite inputs whose NTK values overflow (kernel.h: beyond |x| ~ 1e154) give NaN,
+  // which must not be printed with exit status 0. (An overflow to inf is printed; see
+  // the polynomial kernel above.)
+  const std::string big = write_file("big.csv", "1,1\n1e300,1e300\n");
+  for (const char* spec :
+       {"ntk", "ntk:activation=erf,depth=1", "ntk:activation=gelu,output=nngp"}) {
+    CAPTURE(spec);
+    check_rejected(ntk_kernel({"--kernel", spec, "--x", big}), {big + ":2:", "NaN", "scale"});
+  }
+  // Cross matrices: nothing is printed, not even the rows before the bad one.
+  // (k(a, b) is finite here unless both points are large.)
+  const std::string big2 = write_file("big2.csv", "2,2\n3e300,1e300\n");
+  check_rejected(ntk_kernel({"--kernel", "ntk", "--x", big, "--y", big2}),
+                 {big + ":2:", big2 + ":2", "NaN"});
+  check_rejected(ntk_kernel({"--kernel", "ntk", "--x", big2, "--y", big}),
+                 {big2 + ":2:", big + ":2", "NaN"});
+  // Values that overflow to inf are printed as such.
+  const Run r = ntk_kernel({"--kernel", "linear", "--x", big});
+  CHECK(r.status == 0);
+  CHECK(r.out.ends_with(",inf\n"));
+}
+
+TEST_CASE("a UTF-8 byte order mark at the start of a file is skipped") {
+  // Spreadsheets' "CSV UTF-8" export starts the file with one.
+  const std::string plain = write_file("plain.csv", "1,2\n3,4\n");
+  const std::string bom = write_file("bom.csv",
+                                     "\xEF\xBB\xBF"
+                                     "1,2\n3,4\n");
+  const Run expected = ntk_kernel({"--kernel", "linear", "--x", plain});
+  const Run r = ntk_kernel({"--kernel", "linear", "--x", bom});
+  CAPTURE(r.err);
+  CHECK(r.status == 0);
+  CHECK(r.out == expected.out);
+  CHECK(ntk_kernel({"--kernel", "linear", "--x", bom}, bom).out == expected.out);
+  CHECK(ntk_kernel({"--kernel", "linear", "--x", "-"}, bom).out == expected.out);
+  // Only at the start of the file: elsewhere it is a bad value.
+  const std::string late = write_file("late_bom.csv",
+                                      "1,2\n\xEF\xBB\xBF"
+                                      "3,4\n");
+  check_rejected(ntk_kernel({"--kernel", "linear", "--x", late}), {late + ":2:", "column 1"});
 }
 
 TEST_CASE("bad command lines and specs: one line, exit status 2") {
@@ -327,4 +371,8 @@ TEST_CASE("an output that cannot be written: exit status 1") {
   const Run r = ntk_kernel({"--kernel", "linear", "--x", a}, "/dev/null", "/dev/full");
   CHECK(r.status == 1);
   CHECK(r.err.starts_with("ntk-kernel: cannot write the output"));
+  // --help too.
+  const Run help = ntk_kernel({"--help"}, "/dev/null", "/dev/full");
+  CHECK(help.status == 1);
+  CHECK(help.err.starts_with("ntk-kernel: cannot write the output"));
 }
