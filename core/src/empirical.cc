@@ -306,8 +306,14 @@ Eigen::MatrixXd Mlp::empirical_ntk_gram(const Eigen::Ref<const RowMatrixXd>& X) 
          " columns, expected input_dim " + std::to_string(input_dim_));
   }
   const Eigen::Index m = X.rows();
+  // Checked here rather than by check_point(), whose message would name the column only.
   for (Eigen::Index i = 0; i < m; ++i) {
-    check_point(X.row(i).transpose(), "Mlp::empirical_ntk_gram: X row");
+    for (Eigen::Index j = 0; j < X.cols(); ++j) {
+      if (!std::isfinite(X(i, j))) {
+        fail("Mlp::empirical_ntk_gram: X(" + std::to_string(i) + ", " + std::to_string(j) +
+             ") = " + format_double(X(i, j)) + " is not finite");
+      }
+    }
   }
 
   // H_l (M x n_l) and G_l (M x n_{l+1}) stack the traces of the M points; then

@@ -481,6 +481,10 @@ TEST_CASE("Mlp: invalid arguments throw std::invalid_argument naming the value")
   throws_with([&] { net.jacobian(x3, J); }, std::to_string(net.parameter_count() + 1));
   throws_with([&] { net.empirical_ntk(x3, inf); }, "not finite");
   throws_with([&] { net.empirical_ntk_gram(RowMatrixXd::Ones(2, 4)); }, "4 columns");
+  // The bad entry of X is named by its row and column.
+  RowMatrixXd X_inf = RowMatrixXd::Ones(4, 3);
+  X_inf(2, 1) = std::numeric_limits<double>::infinity();
+  throws_with([&] { net.empirical_ntk_gram(X_inf); }, "X(2, 1) = inf");
   throws_with([&] { net.set_parameters(Eigen::VectorXd::Zero(5)); }, "size 5");
   Eigen::VectorXd theta = net.parameters();
   theta[3] = std::nan("");
