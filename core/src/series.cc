@@ -23,6 +23,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "ntk/core/kernel.h"
+
 namespace ntk {
 
 using Eigen::Index;
@@ -45,6 +47,25 @@ std::string num(double v) {
 
 [[noreturn]] void invalid(const std::string& what) {
   throw std::invalid_argument("series: " + what);
+}
+
+// The kernel must be finite on ordinary standardized inputs, or the model would refuse
+// every sample (OnlineGP::update takes no x with k(x, x) not finite) and the stream would
+// answer prior forecasts forever: extreme parameters (w_std 1e200, a polynomial of degree
+// 10^6) are refused here, with the probe they failed on. The probe is an input
+// kSeriesKernelProbe standard deviations out in every component; inputs beyond it are
+// rare enough to be judged and not learned one by one.
+void check_kernel_range(const KernelSpec& spec, int dim) {
+  const VectorXd probe = VectorXd::Constant(dim, SeriesConfig::kKernelProbe);
+  const double k = (*make_kernel(spec))(probe);
+  if (!std::isfinite(k)) {
+    invalid("kernel " + spec.to_string() +
+            " overflows (k(x, x) = " + (std::isnan(k) ? std::string("NaN") : num(k)) +
+            ") on an input " + num(SeriesConfig::kKernelProbe) +
+            " standard deviations out in each of its " + std::to_string(dim) +
+            " components: the model could learn nothing; lower its scale (w_std, variance, "
+            "gamma, coef0) or its degree");
+  }
 }
 
 double seconds_between(std::uint64_t from, std::uint64_t to) {
@@ -161,6 +182,7 @@ void SeriesConfig::validate() const {
   if (!(selection_margin > 1.0)) {
     invalid("selection_margin must be > 1, got " + num(selection_margin));
   }
+  check_kernel_range(model.kernel, lags + (time_feature ? 1 : 0));
 }
 
 namespace {
@@ -267,7 +289,7 @@ struct SeriesPredictor::Impl {
   }
 
   Impl(const SeriesConfig& c, int fdim)
-      : config((c.validate(), c)),
+      : config((c.validate(), fdim > 0 ? check_kernel_range(c.model.kernel, fdim) : void(), c)),
         feature_dim(fdim),
         dim(input_dim(c, fdim)),
         models(make_models(c, dim)),

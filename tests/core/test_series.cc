@@ -268,6 +268,55 @@ TEST_CASE("SeriesConfig validation names the field and the value") {
   CHECK_THROWS_AS(ntk::parse_series_target("diff"), std::invalid_argument);
 }
 
+TEST_CASE("SeriesConfig refuses a kernel that overflows on standardized inputs") {
+  // Such a kernel gives k(x, x) = inf on every ordinary sample, the model refuses each one,
+  // and the stream would answer prior forecasts forever without a word. The probe is an
+  // input 10 sd out in every component; its k(x, x) in closed form decides:
+  //   NTK, erf, depth 1, w_std 1e200: w_std^2 |x|^2 / d = 1e400 in the first layer;
+  //   NTK, relu, depth 3, w_std 1e60: w_std^8 = 1e480 times O(100): inf;
+  //   polynomial, degree 150, gamma 1, coef0 1: (|x|^2 + 1)^150 = (100 d + 1)^150, finite
+  //   for d = 1 (101^150 ~ 4.4e300), inf for d = 2 (201^150 ~ 1.5e345).
+  const auto message = [](const SeriesConfig& c) {
+    try {
+      c.validate();
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  SeriesConfig c;
+  c.model.kernel = ntk::KernelSpec::parse("ntk:activation=erf,depth=1,w_std=1e200");
+  const std::string m = message(c);
+  CHECK(m.find("series: kernel ntk:activation=erf,depth=1,w_std=1e+200") == 0);
+  CHECK(m.find("overflows (k(x, x) = NaN)") != std::string::npos);  // inf - inf inside
+  CHECK(m.find("10 standard deviations out in each of its 8 components") != std::string::npos);
+  CHECK_THROWS_AS(SeriesPredictor{c}, std::invalid_argument);
+  c.model.kernel = ntk::KernelSpec::parse("ntk:activation=erf,depth=1,w_std=1e100");
+  CHECK(message(c).empty());  // 1e200 * 100: finite
+
+  c.model.kernel = ntk::KernelSpec::parse("ntk:activation=relu,depth=3,w_std=1e60");
+  CHECK(message(c).find("overflows (k(x, x) = inf)") != std::string::npos);
+  c.model.kernel = ntk::KernelSpec::parse("ntk:activation=relu,depth=3,w_std=1e30");
+  CHECK(message(c).empty());
+
+  c.model.kernel = ntk::KernelSpec::parse("polynomial:degree=150,gamma=1,coef0=1");
+  c.lags = 1;
+  CHECK(message(c).empty());
+  CHECK_NOTHROW(SeriesPredictor{c});
+  c.time_feature = true;  // two components
+  CHECK(message(c).find("each of its 2 components") != std::string::npos);
+  c.time_feature = false;
+  // Feature mode probes the feature dimension: the same config is fine for one feature
+  // and refused for two.
+  CHECK_NOTHROW(SeriesPredictor(c, 1));
+  try {
+    SeriesPredictor(c, 2);
+    FAIL("a kernel that overflows on two features was accepted");
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()).find("each of its 2 components") != std::string::npos);
+  }
+}
+
 TEST_CASE("embedding and scaling: the first samples by hand") {
   // Values 1, 3, 2 warm up (warmup 3): mean 2, sd 1. The 4th value, 5, is predicted from
   // x = ((2-2)/1, (3-2)/1) = (0, 1); the model is empty, so its standardized prediction is

@@ -138,10 +138,15 @@ struct SeriesConfig {
   static constexpr int kMaxNoiseCandidates = 16;
   // Learned samples before a candidate may be dropped by selection_margin.
   static constexpr int kRaceMinSamples = 100;
+  // The kernel must give a finite k(x, x) for an input this many standard deviations out
+  // in every component (lags + time feature, or the feature dimension); see validate().
+  static constexpr double kKernelProbe = 10.0;
 
   // Throws std::invalid_argument naming the first offending field and value. Model fields
   // are checked by ModelConfig::validate() and read "model: <field> ...";
-  // model.noise_variance must be valid even when noise_candidates replace it.
+  // model.noise_variance must be valid even when noise_candidates replace it. Kernel
+  // parameters so extreme that k(x, x) overflows at the probe input (kKernelProbe in every
+  // component) are refused: the model could learn nothing from standardized data.
   void validate() const;
   friend bool operator==(const SeriesConfig&, const SeriesConfig&) = default;
 };
