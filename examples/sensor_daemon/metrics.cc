@@ -118,6 +118,16 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
   // Traffic.
   p.family("ntkd_connections_accepted_total", "counter", "TCP connections accepted.");
   p.sample("ntkd_connections_accepted_total", u(c.connections_accepted()));
+  p.family("ntkd_connections_refused_total", "counter",
+           "TCP connections closed at once because max_connections were open.");
+  p.sample("ntkd_connections_refused_total", u(c.connections_refused()));
+  p.family("ntkd_connection_timeouts_total", "counter",
+           "TCP connections closed by a timeout: idle (idle_timeout), read (a frame not "
+           "completed within read_timeout), write (a peer that did not read for "
+           "write_timeout).");
+  p.sample("ntkd_connection_timeouts_total", {{"kind", "idle"}}, u(c.idle_timeouts()));
+  p.sample("ntkd_connection_timeouts_total", {{"kind", "read"}}, u(c.read_timeouts()));
+  p.sample("ntkd_connection_timeouts_total", {{"kind", "write"}}, u(c.write_timeouts()));
   p.family("ntkd_connections_open", "gauge", "TCP connections open now.");
   p.sample("ntkd_connections_open", u(c.connections_open()));
   p.family("ntkd_frames_total", "counter", "Request frames (TCP) and datagrams (UDP) received.");

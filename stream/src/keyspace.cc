@@ -165,6 +165,10 @@ v1::ServerCounters Counters::to_proto() const {
   c.set_start_time_unix_nano(start_time_unix_nano);
   c.set_connections_accepted(connections_accepted.load(r));
   c.set_connections_open(connections_open.load(r));
+  c.set_connections_refused(connections_refused.load(r));
+  c.set_idle_timeouts(idle_timeouts.load(r));
+  c.set_read_timeouts(read_timeouts.load(r));
+  c.set_write_timeouts(write_timeouts.load(r));
   c.set_tcp_frames(tcp_frames.load(r));
   c.set_udp_datagrams(udp_datagrams.load(r));
   const auto kind = [&](RequestKind k) { return requests[static_cast<std::size_t>(k)].load(r); };

@@ -64,6 +64,10 @@ struct Counters {
   std::uint64_t start_time_unix_nano = 0;
   std::atomic<std::uint64_t> connections_accepted{0};
   std::atomic<std::uint64_t> connections_open{0};
+  std::atomic<std::uint64_t> connections_refused{0};
+  std::atomic<std::uint64_t> idle_timeouts{0};
+  std::atomic<std::uint64_t> read_timeouts{0};
+  std::atomic<std::uint64_t> write_timeouts{0};
   std::atomic<std::uint64_t> tcp_frames{0};
   std::atomic<std::uint64_t> udp_datagrams{0};
   // Decoded requests by RequestKind; ServerCounters.requests is their sum.

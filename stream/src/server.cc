@@ -118,6 +118,7 @@ void ServerOptions::validate() const {
   range("max_frame_bytes", max_frame_bytes, 0, kMaxFrameBytesLimit);
   range("max_keys", max_keys, 1, std::numeric_limits<std::uint32_t>::max());
   range("max_queued_responses", max_queued_responses, 1, 1 << 20);
+  range("max_connections", max_connections, 1, 1 << 20);
   range("read_buffer_bytes", read_buffer_bytes, 512, 64 << 20);
   const auto nonneg = [](const char* field, std::chrono::milliseconds v) {
     if (v.count() < 0) {
@@ -149,6 +150,7 @@ ServerOptions options_from_config(const v1::ServerConfig& config) {
   if (config.has_max_frame_bytes()) o.max_frame_bytes = config.max_frame_bytes();
   if (config.has_max_keys()) o.max_keys = config.max_keys();
   if (config.has_max_queued_responses()) o.max_queued_responses = config.max_queued_responses();
+  if (config.has_max_connections()) o.max_connections = config.max_connections();
   if (config.has_idle_timeout_seconds()) {
     o.idle_timeout = std::chrono::seconds(config.idle_timeout_seconds());
   }
@@ -628,15 +630,19 @@ class Server::Impl::Session final : public Owner {
     const auto& o = impl_.options;
     if (lingering_ && now >= linger_deadline_) return do_close("");
     if (!lingering_) {
+      auto& c = impl_.counters;
       if (o.write_timeout.count() > 0 && writing_ && now - write_started_ > o.write_timeout) {
+        c.write_timeouts.fetch_add(1, std::memory_order_relaxed);
         return do_close("write timeout: the peer does not read");
       }
       if (o.read_timeout.count() > 0 && partial_ && !input_pending_ &&
           now - partial_since_ > o.read_timeout) {
+        c.read_timeouts.fetch_add(1, std::memory_order_relaxed);
         return do_close("read timeout: a frame was not completed in time");
       }
       const bool idle = head_ == next_ && !input_pending_ && !writing_;
       if (o.idle_timeout.count() > 0 && idle && now - last_activity_ > o.idle_timeout) {
+        c.idle_timeouts.fetch_add(1, std::memory_order_relaxed);
         return do_close("idle timeout");
       }
     }
@@ -757,6 +763,14 @@ class Server::Impl::UdpPort final : public Owner {
       }
       impl_.inline_error(*this, id, error->code, std::move(error->message));
       answered(id);
+    } else if (s.request.has_control()) {
+      // Configure, DropKey and Snapshot change state, Stats answers in bulk: none of them
+      // from a source address that anyone on the path can forge.
+      impl_.counters.count_requests(detail::request_kind(s.request));
+      impl_.inline_error(*this, id, v1::ERROR_CODE_TCP_ONLY,
+                         "a Control is not carried out over UDP (source addresses can be "
+                         "forged): send it over TCP");
+      answered(id);
     } else {
       impl_.counters.count_requests(detail::request_kind(s.request));
       if (impl_.route(*this, id, batches_)) answered(id);
@@ -773,7 +787,13 @@ class Server::Impl::UdpPort final : public Owner {
     socket_.async_send_to(
         asio::buffer(r), senders_[id],
         asio::bind_executor(strand_, [self = self(), id](ErrorCode ec, std::size_t n) {
-          if (!ec) self->impl_.counters.bytes_sent.fetch_add(n, std::memory_order_relaxed);
+          if (!ec) {
+            self->impl_.counters.bytes_sent.fetch_add(n, std::memory_order_relaxed);
+          } else if (ec != asio::error::operation_aborted) {
+            self->impl_.log(LogLevel::kWarning,
+                            "udp reply of " + std::to_string(self->slots_[id].response.size()) +
+                                " bytes not sent: " + ec.message());
+          }
           self->release(id);
         }));
   }
@@ -1119,6 +1139,19 @@ void Server::Impl::do_accept(std::size_t i) {
     if (draining.load()) {
       ErrorCode ignored;
       socket.close(ignored);
+      return;
+    }
+    if (counters.connections_open.load(std::memory_order_relaxed) >= options.max_connections) {
+      ErrorCode ignored;
+      socket.close(ignored);
+      const std::uint64_t refused =
+          counters.connections_refused.fetch_add(1, std::memory_order_relaxed) + 1;
+      if ((refused & (refused - 1)) == 0) {  // 1, 2, 4, ...: a flood logs a few lines only
+        log(LogLevel::kWarning, "connection refused: max_connections (" +
+                                    std::to_string(options.max_connections) + ") are open; " +
+                                    std::to_string(refused) + " refused since start");
+      }
+      do_accept(i);
       return;
     }
     counters.connections_accepted.fetch_add(1, std::memory_order_relaxed);

@@ -27,6 +27,10 @@ v1::Stats make_stats(int keys) {
   v1::ServerCounters* c = s.mutable_server();
   c->set_connections_accepted(7);
   c->set_connections_open(2);
+  c->set_connections_refused(4);
+  c->set_idle_timeouts(5);
+  c->set_read_timeouts(6);
+  c->set_write_timeouts(8);
   c->set_tcp_frames(1000);
   c->set_udp_datagrams(30);
   c->set_requests(1030);
@@ -138,6 +142,10 @@ TEST_CASE("metrics: the exposition parses and its numbers are the aggregates") {
   CHECK(e.at("ntkd_frames_total{transport=\"tcp\"}") == 1000);
   CHECK(e.at("ntkd_frames_total{transport=\"udp\"}") == 30);
   CHECK(e.at("ntkd_connections_open") == 2);
+  CHECK(e.at("ntkd_connections_refused_total") == 4);
+  CHECK(e.at("ntkd_connection_timeouts_total{kind=\"idle\"}") == 5);
+  CHECK(e.at("ntkd_connection_timeouts_total{kind=\"read\"}") == 6);
+  CHECK(e.at("ntkd_connection_timeouts_total{kind=\"write\"}") == 8);
   CHECK(e.at("ntkd_received_bytes_total") == 123456);
   CHECK(e.at("ntkd_errors_total{code=\"DUPLICATE_SEQ\"}") == 5);
   CHECK(e.at("ntkd_errors_total{code=\"NON_FINITE_VALUE\"}") == 2);

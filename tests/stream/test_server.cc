@@ -815,6 +815,54 @@ TEST_CASE("UDP replies: the Response comes back as a datagram") {
   v1::Response r;
   REQUIRE(r.ParseFromArray(buffer.data(), static_cast<int>(n)));
   CHECK(r.error().code() == v1::ERROR_CODE_KIND_MISMATCH);
+
+  // A Control over UDP is refused (TCP_ONLY) and not carried out: DropKey leaves "u",
+  // Stats is not answered with the server's statistics.
+  v1::Request drop;
+  drop.set_seq(9);
+  drop.mutable_control()->mutable_drop_key()->set_key("u");
+  for (const v1::Request& control : {drop, control_stats(std::nullopt, std::nullopt)}) {
+    socket.send_to(asio::buffer(control.SerializeAsString()), target);
+    const std::size_t m = socket.receive_from(asio::buffer(buffer), from);
+    v1::Response refused;
+    REQUIRE(refused.ParseFromArray(buffer.data(), static_cast<int>(m)));
+    CHECK(refused.error().code() == v1::ERROR_CODE_TCP_ONLY);
+    CHECK(refused.error().message().find("over TCP") != std::string::npos);
+  }
+  v1::Control::GetStats scope;
+  scope.set_key("u");
+  const v1::Stats s = server.stats(scope);
+  REQUIRE(s.keys_size() == 1);
+  CHECK(s.keys(0).counters().observations() == 3);
+  CHECK(error_count(s.server(), v1::ERROR_CODE_TCP_ONLY) == 2);
+  CHECK(s.server().requests_control() == 2);
+  // Over TCP the same DropKey is carried out.
+  Client tcp("127.0.0.1", server.port());
+  CHECK(tcp.call(drop).ack().keys_affected() == 1);
+}
+
+TEST_CASE("max_connections: one connection more is closed at once and counted") {
+  ServerOptions options = small_options();
+  options.max_connections = 2;
+  Server server(options);
+  server.start();
+  Client a("127.0.0.1", server.port(), with_timeout());
+  Client b("127.0.0.1", server.port(), with_timeout());
+  REQUIRE(a.call(reading("a", 1, 1.0)).has_prediction());
+  REQUIRE(b.call(reading("b", 1, 1.0)).has_prediction());
+  {
+    Client refused("127.0.0.1", server.port(), with_timeout());
+    CHECK(server_closes(refused));
+  }
+  CHECK(server.counters().connections_refused() == 1);
+  CHECK(server.counters().connections_accepted() == 2);
+  CHECK(a.call(reading("a", 2, 2.0)).has_prediction());  // the open ones go on
+  b.close();
+  // A place is free again once the server has seen b close.
+  REQUIRE(eventually([&] { return server.counters().connections_open() == 1; }));
+  Client c("127.0.0.1", server.port(), with_timeout());
+  CHECK(c.call(reading("c", 1, 1.0)).has_prediction());
+  CHECK(server.counters().connections_refused() == 1);
 }
 
 TEST_CASE("idle and read timeouts close only the silent connection") {
@@ -827,12 +875,16 @@ TEST_CASE("idle and read timeouts close only the silent connection") {
     Client c("127.0.0.1", server.port(), with_timeout());
     REQUIRE(c.call(reading("i", 1, 1.0)).has_prediction());
     CHECK(server_closes(c));  // nothing sent for 200 ms
+    CHECK(eventually([&] { return server.counters().idle_timeouts() == 1; }));
+    CHECK(server.counters().read_timeouts() == 0);
   }
   SUBCASE("a frame that never completes") {
     Client c("127.0.0.1", server.port(), with_timeout());
     const std::string f = frame_of(reading("i", 1, 1.0));
     c.send_raw(bytes_of(f.substr(0, 3)), 0);
     CHECK(server_closes(c));
+    CHECK(eventually([&] { return server.counters().read_timeouts() == 1; }));
+    CHECK(server.counters().idle_timeouts() == 0);
   }
   SUBCASE("frames that each complete in time, over writes that never end between frames") {
     // The timeout runs from the start of the incomplete frame, not from the last moment
@@ -974,6 +1026,8 @@ TEST_CASE("options_from_config: every ServerConfig field and the defaults") {
   CHECK(o.threads == 0);  // the number of cores
   CHECK(o.max_frame_bytes == ntk::stream::kDefaultMaxFrameBytes);
   CHECK(o.idle_timeout.count() == 0);
+  CHECK(o.read_timeout == std::chrono::seconds(30));
+  CHECK(o.max_connections == 1024);
 
   c.add_tcp_listen("[::1]:0");
   c.add_tcp_listen("127.0.0.1:9000");
@@ -986,6 +1040,7 @@ TEST_CASE("options_from_config: every ServerConfig field and the defaults") {
   c.set_max_frame_bytes(1000);
   c.set_max_keys(10);
   c.set_max_queued_responses(7);
+  c.set_max_connections(8);
   c.set_idle_timeout_seconds(11);
   c.set_read_timeout_seconds(12);
   c.set_write_timeout_seconds(13);
@@ -1001,6 +1056,7 @@ TEST_CASE("options_from_config: every ServerConfig field and the defaults") {
   CHECK(o.max_frame_bytes == 1000);
   CHECK(o.max_keys == 10);
   CHECK(o.max_queued_responses == 7);
+  CHECK(o.max_connections == 8);
   CHECK(o.idle_timeout == std::chrono::seconds(11));
   CHECK(o.read_timeout == std::chrono::seconds(12));
   CHECK(o.write_timeout == std::chrono::seconds(13));

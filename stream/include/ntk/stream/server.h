@@ -35,9 +35,12 @@
 //   plus the socket buffers.
 //
 //   Timeouts. A connection that sends nothing for idle_timeout is closed; a frame that
-//   has started must be complete within read_timeout (slowloris). Both are off when 0.
+//   has started must be complete within read_timeout (slowloris). Each is off when 0.
 //   A connection whose peer does not read is closed after write_timeout with a write
-//   pending.
+//   pending. Each close is counted (ServerCounters.*_timeouts); no Error is sent.
+//
+//   Connections. At most max_connections TCP connections are open at once; one more is
+//   closed as soon as it is accepted and counted (connections_refused).
 //
 //   Shutdown (stop()): close the listeners, stop reading, answer what was read (frames
 //   already received but not yet dispatched are answered ERROR_CODE_SHUTTING_DOWN),
@@ -111,10 +114,11 @@ struct ServerOptions {
   std::size_t max_frame_bytes = kDefaultMaxFrameBytes;  // <= kMaxFrameBytesLimit
   std::size_t max_keys = 100000;                        // live stream keys, >= 1
   std::size_t max_queued_responses = 1024;              // per connection, >= 1
+  std::size_t max_connections = 1024;                   // TCP connections open, >= 1
   std::size_t read_buffer_bytes = 64 << 10;             // per connection read size, >= 512
 
   std::chrono::milliseconds idle_timeout{0};       // no bytes for this long: close; 0: never
-  std::chrono::milliseconds read_timeout{0};       // a started frame must complete; 0: never
+  std::chrono::milliseconds read_timeout{30000};   // a started frame must complete; 0: never
   std::chrono::milliseconds write_timeout{30000};  // a pending write; 0: never
   std::chrono::milliseconds drain_timeout{5000};   // stop(): answers' last chance
 
@@ -136,8 +140,8 @@ struct ServerOptions {
 
 // ServerOptions from the daemon's configuration (server.proto): tcp_listen, udp_listen,
 // udp_replies, threads, defaults, overrides, max_frame_bytes, max_keys,
-// max_queued_responses and the idle/read/write/drain timeouts; the fields ServerConfig
-// does not have keep their defaults, and so do unset ones (tcp_listen empty:
+// max_queued_responses, max_connections and the idle/read/write/drain timeouts; the fields
+// ServerConfig does not have keep their defaults, and so do unset ones (tcp_listen empty:
 // "127.0.0.1:7420"; threads unset: the number of cores). snapshot_dir, the snapshot
 // interval and metrics are the daemon's business. Throws std::invalid_argument like
 // validate().
