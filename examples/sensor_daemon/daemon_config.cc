@@ -61,8 +61,12 @@ using Path = std::vector<std::pair<const FieldDescriptor*, int>>;
 std::string position(const std::string& file, const TextFormat::ParseInfoTree* tree,
                      const Path& path) {
   TextFormat::ParseLocation best;
-  for (const auto& [field, index] : path) {
+  for (const auto& [field, given] : path) {
     if (tree == nullptr) break;
+    // A repeated field named without an index (noise_candidates: [0.1, -1]): its first
+    // value (protobuf aborts the lookup of a repeated field without an index; an index
+    // past its values gives no location).
+    const int index = field->is_repeated() && given < 0 ? 0 : given;
     const TextFormat::ParseLocation here = tree->GetLocation(field, index);
     if (here.line < 0) break;
     best = here;

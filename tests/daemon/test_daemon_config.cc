@@ -178,6 +178,17 @@ TEST_CASE("config errors: FILE:LINE:COLUMN and the reason") {
   CHECK(load_error(p) == p + ":2:1: overrides[0]: key_prefix must not be empty");
   p = write_file(dir, "k.textproto", "threads: 0\n");
   CHECK(load_error(p) == p + ":1:1: threads must be >= 1, got 0");
+  // A repeated field: the position of its first entry (protobuf's lookup without an index
+  // used to abort the load, exit 1 instead of 2).
+  p = write_file(dir, "l.textproto",
+                 "defaults {\n  series {\n    noise_candidates: [0.1, -1]\n  }\n}\n");
+  CHECK(load_error(p) ==
+        p + ":3:5: defaults: series: noise_candidates must be finite and > 0, got -1");
+  p = write_file(dir, "m.textproto",
+                 "defaults {\n  series {\n    noise_candidates: 0.1\n    noise_candidates: 0.1\n"
+                 "  }\n}\n");
+  CHECK(load_error(p) ==
+        p + ":3:5: defaults: series: noise_candidates lists 0.10000000000000001 twice");
 
   CHECK(load_error((dir / "missing.textproto").string()) ==
         (dir / "missing.textproto").string() + ": cannot open the config file");
