@@ -234,7 +234,8 @@ options:
                            on request; default 300)
   --threads N              I/O and model threads (default: the number of CPU cores)
   --port-file FILE         write the bound addresses (tcp=, udp=, metrics= lines) once
-                           listening, e.g. when port 0 was asked for
+                           listening, e.g. when port 0 was asked for; removed at exit
+                           if it still holds them
   --log-level LEVEL        debug, info, warning or error (default info)
   --help                   this text
   --version                the version

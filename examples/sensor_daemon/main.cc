@@ -15,6 +15,7 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <mutex>
 #include <optional>
@@ -127,6 +128,16 @@ class Snapshotter {
 };
 
 // "tcp=HOST:PORT" lines (then udp=, metrics=) for scripts that asked for port 0.
+// True when `path` is a regular file whose whole content is `text`.
+bool file_holds(const std::string& path, const std::string& text) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::string content(text.size() + 1, '\0');
+  in.read(content.data(), static_cast<std::streamsize>(content.size()));
+  content.resize(static_cast<std::size_t>(in.gcount()));
+  return content == text;
+}
+
 std::string port_file_text(const v1::ServerConfig& config, const ntk::stream::Server& server,
                            const ntk::daemon::HttpServer* http) {
   auto line = [](const char* kind, const std::string& address, std::uint16_t port) {
@@ -201,14 +212,20 @@ int run(const ntk::daemon::DaemonOptions& options) {
     s.core_simd = std::string(core.simd);
     s.start_time_unix_seconds = unix_seconds();
   });
-  if (options.port_file) std::filesystem::remove(*options.port_file);
-
   // The snapshot directory is locked for this process before anything is restored.
   std::optional<ntk::daemon::SnapshotStore> store;
   std::optional<Snapshotter> snapshotter;
   if (!config.snapshot_dir().empty()) {
     store.emplace(config.snapshot_dir());
     snapshotter.emplace(*store, config, status);
+    // A port file of an earlier run goes once the directory is ours, so that nobody reads
+    // stale ports during a long restore. Before that, or without a snapshot directory,
+    // it is left alone: it may be a running instance's (a second one exits on the lock
+    // or on bind), and writing ours replaces it atomically.
+    if (options.port_file) {
+      std::error_code ignored;
+      std::filesystem::remove(*options.port_file, ignored);
+    }
   }
 
   // The stream server, not started yet: its models may still come from a snapshot.
@@ -387,7 +404,11 @@ int run(const ntk::daemon::DaemonOptions& options) {
     }
   }
   if (http) http->stop();
-  if (options.port_file) std::filesystem::remove(*options.port_file);
+  // Ours only: another instance may have written it since (it is then its ports).
+  if (options.port_file && file_holds(*options.port_file, ports)) {
+    std::error_code ignored;
+    std::filesystem::remove(*options.port_file, ignored);
+  }
   log(Level::kInfo, "stopped", {{"exit_code", std::to_string(exit_code)}});
   return exit_code;
 }

@@ -659,17 +659,32 @@ TEST_CASE("start-up: bad config or flag (2), --help and --version (0), busy port
   CHECK(out == "ntkd 0.1.0 (ntk::core: " + std::string(core.target) + ", " +
                    std::string(core.simd) + ")\n");
 
-  // A port that is taken, and a snapshot directory held by a running daemon.
+  // A port that is taken, and a snapshot directory held by a running daemon. Neither
+  // second start touches the running daemon's port file (it used to delete it first; a
+  // daemon now removes a stale one only once it holds its snapshot directory).
   Daemon d{dir, {}, {}, nullptr, {}};
   d.start("running.log");
-  std::tie(status, out) = run({"--listen", "127.0.0.1:" + std::to_string(d.tcp())}, "busy.log");
+  const std::string port_file = (dir / "ports").string();
+  const std::string ports = ntk::test::slurp(port_file);
+  REQUIRE(ports.find("tcp=") != std::string::npos);
+  std::tie(status, out) = run(
+      {"--listen", "127.0.0.1:" + std::to_string(d.tcp()), "--port-file", port_file}, "busy.log");
   CHECK(status == 1);
   CHECK(out.find("level=error msg=fatal") != std::string::npos);
-  std::tie(status, out) = run(
-      {"--listen", "127.0.0.1:0", "--snapshot-dir", (dir / "snapshots").string()}, "locked.log");
+  CHECK(ntk::test::slurp(port_file) == ports);
+  std::tie(status, out) = run({"--listen", "127.0.0.1:0", "--snapshot-dir",
+                               (dir / "snapshots").string(), "--port-file", port_file},
+                              "locked.log");
   CHECK(status == 1);
   CHECK(out.find("in use by another process") != std::string::npos);
+  CHECK(ntk::test::slurp(port_file) == ports);
   CHECK(d.stop() == 0);
+  CHECK_FALSE(std::filesystem::exists(port_file));  // its own: removed at exit
+  // A port file rewritten by someone else meanwhile is theirs: left in place at exit.
+  d.start("again.log");
+  std::ofstream(port_file) << "tcp=127.0.0.1:1\n";
+  CHECK(d.stop() == 0);
+  CHECK(ntk::test::slurp(port_file) == "tcp=127.0.0.1:1\n");
 }
 
 TEST_CASE("periodic snapshots and UDP ingest") {
