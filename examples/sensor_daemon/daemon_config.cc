@@ -6,8 +6,10 @@
 
 #include <cctype>
 #include <charconv>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <ios>
 #include <iterator>
 #include <sstream>
@@ -134,11 +136,81 @@ void check_address(const std::string& text, const std::string& where, const char
   }
 }
 
+// Strict UTF-8 (RFC 3629): no overlong forms, no surrogates, nothing above U+10FFFF.
+bool valid_utf8(std::string_view s) {
+  std::size_t i = 0;
+  while (i < s.size()) {
+    const auto b = static_cast<unsigned char>(s[i]);
+    if (b < 0x80) {
+      ++i;
+      continue;
+    }
+    int n = 0;
+    std::uint32_t cp = 0, min = 0;
+    if ((b & 0xE0) == 0xC0) {
+      n = 1, cp = b & 0x1F, min = 0x80;
+    } else if ((b & 0xF0) == 0xE0) {
+      n = 2, cp = b & 0x0F, min = 0x800;
+    } else if ((b & 0xF8) == 0xF0) {
+      n = 3, cp = b & 0x07, min = 0x10000;
+    } else {
+      return false;
+    }
+    if (s.size() - i <= static_cast<std::size_t>(n)) return false;  // cut short
+    for (int k = 1; k <= n; ++k) {
+      const auto c = static_cast<unsigned char>(s[i + static_cast<std::size_t>(k)]);
+      if ((c & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (c & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += static_cast<std::size_t>(n) + 1;
+  }
+  return true;
+}
+
+// Every string field of `m` (recursively) must be UTF-8: the config is stored in each
+// snapshot's header, and a proto3 string that is not UTF-8 would make that header
+// unreadable (the snapshot refused at the next start, its keys lost). Bytes from the
+// command line (a --snapshot-dir in Latin-1, say) are the usual way in.
+void check_utf8(const google::protobuf::Message& m, Path& path, const std::string& name,
+                const std::function<std::string(const Path&)>& at) {
+  const auto* r = m.GetReflection();
+  std::vector<const FieldDescriptor*> fields;
+  r->ListFields(m, &fields);
+  for (const FieldDescriptor* f : fields) {
+    const int count = f->is_repeated() ? r->FieldSize(m, f) : 1;
+    for (int i = 0; i < count; ++i) {
+      const int index = f->is_repeated() ? i : -1;
+      const std::string here = (name.empty() ? "" : name + ".") + f->name() +
+                               (f->is_repeated() ? "[" + std::to_string(i) + "]" : "");
+      path.push_back({f, index});
+      if (f->type() == FieldDescriptor::TYPE_STRING) {
+        std::string scratch;
+        const std::string& v = f->is_repeated() ? r->GetRepeatedStringReference(m, f, i, &scratch)
+                                                : r->GetStringReference(m, f, &scratch);
+        if (!valid_utf8(v)) {
+          throw ConfigError(at(path) + here +
+                            ": not valid UTF-8 (ntkd keeps its config in every snapshot, "
+                            "where text must be UTF-8)");
+        }
+      } else if (f->type() == FieldDescriptor::TYPE_MESSAGE) {
+        check_utf8(f->is_repeated() ? r->GetRepeatedMessage(m, f, i) : r->GetMessage(m, f), path,
+                   here, at);
+      }
+      path.pop_back();
+    }
+  }
+}
+
 // check_config with file positions (tree may be null: positions are then omitted).
 void check_config_at(const v1::ServerConfig& c, const std::string& file,
                      const TextFormat::ParseInfoTree* tree) {
   const auto* d = v1::ServerConfig::descriptor();
   auto at = [&](const Path& path) { return position(file, tree, path); };
+  {
+    Path path;
+    check_utf8(c, path, "", at);
+  }
   for (int i = 0; i < c.tcp_listen_size(); ++i) {
     check_address(c.tcp_listen(i), at({{field_of(d, "tcp_listen"), i}}), "tcp_listen");
   }
@@ -329,7 +401,7 @@ v1::ServerConfig load_config_file(const std::string& path) {
         "), cannot be the config file");
   }
   std::ifstream in(path);
-  if (!in) throw ConfigError(path + ": cannot open the config file");
+  if (!in) throw ConfigError(path + ": cannot open the config file: " + std::strerror(errno));
   std::string text;
   try {
     text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
@@ -338,6 +410,9 @@ v1::ServerConfig load_config_file(const std::string& path) {
     throw ConfigError(path + ": cannot read the config file: " + e.what());
   }
   if (in.bad()) throw ConfigError(path + ": cannot read the config file");
+  // Editors on Windows start UTF-8 files with a byte order mark; protobuf's text format
+  // would refuse it as a "non ascii codepoint". (Editors count no column for it either.)
+  if (text.starts_with("\xEF\xBB\xBF")) text.erase(0, 3);
 
   v1::ServerConfig config;
   TextFormat::ParseInfoTree tree;

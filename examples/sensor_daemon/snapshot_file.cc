@@ -121,8 +121,13 @@ SnapshotContents decode_snapshot(std::string_view bytes) {
 
   SnapshotContents result;
   const Frame& first = frames.front();
-  if (!result.header.ParseFromArray(first.body.data(), static_cast<int>(first.body.size())) ||
-      result.header.magic() != kSnapshotMagic) {
+  if (!result.header.ParseFromArray(first.body.data(), static_cast<int>(first.body.size()))) {
+    // Damage, a foreign file, or text in the header that is not UTF-8.
+    throw SnapshotError("the header does not parse as an ntk.v1.SnapshotHeader (" +
+                        std::to_string(first.body.size()) +
+                        " bytes): not an ntk snapshot, or damaged");
+  }
+  if (result.header.magic() != kSnapshotMagic) {
     throw SnapshotError("not an ntk snapshot: bad magic (expected the bytes \"NTKS\")");
   }
   const std::uint32_t version = result.header.format_version();

@@ -191,7 +191,36 @@ TEST_CASE("config errors: FILE:LINE:COLUMN and the reason") {
         p + ":3:5: defaults: series: noise_candidates lists 0.10000000000000001 twice");
 
   CHECK(load_error((dir / "missing.textproto").string()) ==
-        (dir / "missing.textproto").string() + ": cannot open the config file");
+        (dir / "missing.textproto").string() +
+            ": cannot open the config file: No such file or directory");
+
+  // Text that is not UTF-8 is refused with its position: the config goes into every
+  // snapshot header, which would not parse back (the snapshot refused, its keys lost).
+  p = write_file(dir, "n.textproto",
+                 "threads: 2\noverrides {\n  key_prefix: \"caf\xE9/\"\n  config { }\n}\n");
+  CHECK(load_error(p) == p + ":3:3: overrides[0].key_prefix: not valid UTF-8 (ntkd keeps its "
+                             "config in every snapshot, where text must be UTF-8)");
+  // Strict UTF-8: an overlong form and a surrogate are refused, a 4-byte character is not.
+  for (const std::string bad : {"\xC0\xAF", "\xED\xA0\x80", "\xF4\x90\x80\x80", "\xE2\x82"}) {
+    p = write_file(dir, "p.textproto", "overrides {\n  key_prefix: \"" + bad + "\"\n}\n");
+    CHECK(load_error(p).find(":2:3: overrides[0].key_prefix: not valid UTF-8") !=
+          std::string::npos);
+  }
+  p = write_file(dir, "q.textproto", "overrides {\n  key_prefix: \"\xF0\x9F\x98\x80/\"\n}\n");
+  CHECK(load_error(p).empty());
+  // From the command line, where file names in another encoding come from.
+  std::string message;
+  try {
+    ntk::daemon::resolve_config(args({"--snapshot-dir", "/var/lib/caf\xE9"}));
+  } catch (const ConfigError& e) {
+    message = e.what();
+  }
+  CHECK(message ==
+        "flags: snapshot_dir: not valid UTF-8 (ntkd keeps its config in every "
+        "snapshot, where text must be UTF-8)");
+  // A byte order mark is skipped; positions on the first line are as an editor shows them.
+  p = write_file(dir, "o.textproto", "\xEF\xBB\xBFthreads: 0\n");
+  CHECK(load_error(p) == p + ":1:1: threads must be >= 1, got 0");
 }
 
 TEST_CASE("config errors: a directory or a file that cannot be read, named") {

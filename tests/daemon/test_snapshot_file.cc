@@ -183,6 +183,16 @@ TEST_CASE("snapshot: refuses foreign files, unknown versions and inconsistent re
   std::string foreign;
   append_frame(other, foreign);
   CHECK(decode_error(foreign).find("bad magic") != std::string::npos);
+  // A header that does not parse (here: its config holds text that is not UTF-8, which
+  // ntkd now refuses at start) is named as such, not as a bad magic number.
+  v1::SnapshotHeader latin1;
+  latin1.set_magic(0x534b544eu);
+  latin1.set_format_version(1);
+  latin1.mutable_config()->set_snapshot_dir("/var/lib/caf\xE9");
+  std::string unparsable;
+  append_frame(latin1, unparsable);
+  CHECK(decode_error(unparsable).find("the header does not parse as an ntk.v1.SnapshotHeader") ==
+        0);
 
   auto build = [](const v1::SnapshotHeader& h, const std::vector<v1::KeySnapshot>& keys,
                   std::uint64_t count) {
