@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -127,6 +128,9 @@ struct HttpServer::Impl {
   // Every session started, for evict_idlest (the io_context runs on one thread, so no
   // lock: sessions, their handlers and the acceptor's all run there).
   std::vector<std::weak_ptr<Session>> sessions;
+  // Paces the accept loop after an accept error (EMFILE: the pending connection stays in
+  // the backlog, and accepting again at once would spin a core).
+  std::optional<asio::steady_timer> retry;
 
   bool evict_idlest() {
     std::erase_if(sessions, [](const std::weak_ptr<Session>& w) { return w.expired(); });
@@ -156,7 +160,17 @@ struct HttpServer::Impl {
           session->start();
         }
       }
-      // Transient accept errors (EMFILE, ...) must not end the accept loop.
+      if (ec) {
+        // Transient (EMFILE, ENFILE, ENOBUFS, ...): must not end the accept loop, nor spin
+        // it, as long as the cause lasts. The daemon logs nothing here: its data port
+        // reports the same exhaustion.
+        retry.emplace(io);
+        retry->expires_after(std::chrono::milliseconds(50));
+        retry->async_wait([this](beast::error_code wait_ec) {
+          if (!wait_ec && acceptor && acceptor->is_open()) do_accept();
+        });
+        return;
+      }
       do_accept();
     });
   }

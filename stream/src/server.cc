@@ -296,6 +296,8 @@ struct Server::Impl {
   std::condition_variable sessions_cv;
   std::unordered_map<std::uint64_t, std::weak_ptr<Session>> sessions;
   std::uint64_t next_session_id = 1;
+  // Accept errors since start: logged at the 1st, 2nd, 4th, ... (EMFILE lasts, 20 a second).
+  std::atomic<std::uint64_t> accept_errors{0};
 };
 
 // ---------------------------------------------------------------------------------------
@@ -1129,7 +1131,11 @@ void Server::Impl::do_accept(std::size_t i) {
     if (ec == asio::error::operation_aborted || !listener.acceptor.is_open()) return;
     if (ec) {
       // Transient (EMFILE, ENFILE, ENOBUFS, ECONNABORTED...): report, retry shortly.
-      log(LogLevel::kWarning, "accept: " + ec.message());
+      const std::uint64_t n = accept_errors.fetch_add(1, std::memory_order_relaxed) + 1;
+      if ((n & (n - 1)) == 0) {
+        log(LogLevel::kWarning, "accept: " + ec.message() + " (" + std::to_string(n) +
+                                    " accept errors since start; retrying every 50 ms)");
+      }
       listener.retry.expires_after(std::chrono::milliseconds(50));
       listener.retry.async_wait([this, i](ErrorCode wait_ec) {
         if (!wait_ec && listeners[i]->acceptor.is_open()) do_accept(i);
