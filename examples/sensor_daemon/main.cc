@@ -216,6 +216,7 @@ int run(const ntk::daemon::DaemonOptions& options) {
   std::optional<ntk::daemon::SnapshotStore> store;
   std::optional<Snapshotter> snapshotter;
   if (!config.snapshot_dir().empty()) {
+    status.update([](ntk::daemon::DaemonStatus& s) { s.snapshots_enabled = true; });
     store.emplace(config.snapshot_dir());
     snapshotter.emplace(*store, config, status);
     // A port file of an earlier run goes once the directory is ours, so that nobody reads

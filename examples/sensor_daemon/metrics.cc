@@ -269,10 +269,16 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
     p.family("ntkd_snapshot_last_success_timestamp_seconds", "gauge",
              "When the last snapshot was written (or restored at start), Unix seconds.");
     p.sample("ntkd_snapshot_last_success_timestamp_seconds", *st.last_snapshot_unix_seconds);
+  }
+  // With snapshots configured the age is always there, so that an alert on it fires when
+  // every write since start has failed: what was learned since start is then not durable.
+  if (st.snapshots_enabled || st.last_snapshot_unix_seconds) {
     p.family("ntkd_snapshot_age_seconds", "gauge",
-             "Seconds since the last snapshot was written (or restored at start).");
+             "Seconds since the last snapshot was written (or restored at start); since start "
+             "when there was none.");
     p.sample("ntkd_snapshot_age_seconds",
-             std::max(0.0, st.now_unix_seconds - *st.last_snapshot_unix_seconds));
+             std::max(0.0, st.now_unix_seconds -
+                               st.last_snapshot_unix_seconds.value_or(st.start_time_unix_seconds)));
   }
   p.family("ntkd_snapshot_duration_seconds", "gauge", "Duration of the last snapshot write.");
   p.sample("ntkd_snapshot_duration_seconds", st.last_snapshot_duration_seconds);

@@ -48,7 +48,9 @@ struct DaemonStatus {
   double now_unix_seconds = 0;
   bool ready = false;
   std::uint64_t restored_keys = 0;
-  // Snapshots: the last success (written, or restored at start), counts, last write.
+  // Snapshots: whether a snapshot directory is configured, the last success (written, or
+  // restored at start), counts, last write.
+  bool snapshots_enabled = false;
   std::optional<double> last_snapshot_unix_seconds;
   std::uint64_t snapshots_written = 0;
   std::uint64_t snapshot_failures = 0;

@@ -207,13 +207,20 @@ TEST_CASE("metrics: the set of series does not grow with the number of keys") {
     return out;
   };
   CHECK(names(1) == names(200));
-  // Without a snapshot yet, the age is absent rather than made up.
+  // Without snapshots configured, and no snapshot restored, no age: nothing to alert on.
   auto st = make_status();
   st.last_snapshot_unix_seconds.reset();
   v1::Stats empty = make_stats(0);
   empty.mutable_server()->clear_update_latency();
   const auto e = parse_prometheus(ntk::daemon::render_metrics(empty, st));
   CHECK(!e.has("ntkd_snapshot_age_seconds"));
+  CHECK(!e.has("ntkd_snapshot_last_success_timestamp_seconds"));
+  // Configured but never written (every write failed since start): the age runs from the
+  // start, so that "snapshot too old" fires; there is no success timestamp to show.
+  st.snapshots_enabled = true;
+  const auto never = parse_prometheus(ntk::daemon::render_metrics(empty, st));
+  CHECK(never.at("ntkd_snapshot_age_seconds") == 99.5);
+  CHECK(!never.has("ntkd_snapshot_last_success_timestamp_seconds"));
   CHECK(e.at("ntkd_dictionary_size_max") == 0);
   CHECK(e.at("ntkd_model_drift_max") == 0);  // no key: nothing drifted
   // A server that sent no buckets still renders a valid histogram (everything in +Inf).
