@@ -131,6 +131,10 @@ bool LogRateLimit::allow(Clock::time_point now, std::uint64_t* suppressed) {
 
 void set_min_level(Level level) { g_min_level.store(static_cast<int>(level)); }
 
+bool enabled(Level level) {
+  return static_cast<int>(level) >= g_min_level.load(std::memory_order_relaxed);
+}
+
 void log(Level level, std::string_view msg, std::initializer_list<Field> fields) {
   if (static_cast<int>(level) < g_min_level.load(std::memory_order_relaxed)) return;
   std::string line = format_log_line(utc_now(), level, msg, fields);

@@ -53,6 +53,8 @@ class LogRateLimit {
 
 // Lines below the minimum level are dropped (default: info).
 void set_min_level(Level level);
+// Whether a line of this level would be written.
+bool enabled(Level level);
 void log(Level level, std::string_view msg, std::initializer_list<Field> fields = {});
 
 }  // namespace ntk::daemon

@@ -231,11 +231,24 @@ int run(const ntk::daemon::DaemonOptions& options) {
 
   // The stream server, not started yet: its models may still come from a snapshot.
   ntk::stream::ServerOptions server_options = ntk::stream::options_from_config(config);
+  // Clients decide how many lines the server logs (a connection flood, timeouts), so at
+  // most 50 per 10 s below error, and then a count of those dropped.
   server_options.log = [](ntk::stream::LogLevel level, std::string_view message) {
+    static ntk::daemon::LogRateLimit limit(50, std::chrono::seconds(10));
     const Level l = level == ntk::stream::LogLevel::kDebug     ? Level::kDebug
                     : level == ntk::stream::LogLevel::kInfo    ? Level::kInfo
                     : level == ntk::stream::LogLevel::kWarning ? Level::kWarning
                                                                : Level::kError;
+    if (l != Level::kError && !ntk::daemon::enabled(l)) return;
+    if (l != Level::kError) {
+      std::uint64_t dropped = 0;
+      const bool allowed = limit.allow(ntk::daemon::LogRateLimit::Clock::now(), &dropped);
+      if (dropped > 0) {
+        log(Level::kWarning, "server log lines suppressed (rate limit)",
+            {{"component", "server"}, {"lines", std::to_string(dropped)}});
+      }
+      if (!allowed) return;
+    }
     log(l, message, {{"component", "server"}});
   };
   if (snapshotter) {

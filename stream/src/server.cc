@@ -436,7 +436,11 @@ class Server::Impl::Session final : public Owner {
       return;
     }
     if (ec == asio::error::eof) return on_eof();
-    if (ec) return do_close("read: " + ec.message());
+    if (ec) {
+      // A peer that resets (health checkers often close that way) is routine: debug.
+      const bool routine = ec == asio::error::connection_reset || ec == asio::error::broken_pipe;
+      return do_close("read: " + ec.message(), routine ? LogLevel::kDebug : LogLevel::kInfo);
+    }
     impl_.counters.bytes_received.fetch_add(n, std::memory_order_relaxed);
     last_activity_ = Clock::now();
     decoder_.feed(std::span<const std::uint8_t>(read_buffer_.data(), n));
@@ -651,15 +655,14 @@ class Server::Impl::Session final : public Owner {
     arm_timer();
   }
 
-  void do_close(const std::string& why) {
+  void do_close(const std::string& why, LogLevel level = LogLevel::kInfo) {
     if (closed_) return;
     closed_ = true;
     ErrorCode ec;
     timer_.cancel();
     socket_.shutdown(tcp::socket::shutdown_both, ec);
     socket_.close(ec);
-    if (!why.empty())
-      impl_.log(LogLevel::kInfo, "connection " + std::to_string(id_) + " closed: " + why);
+    if (!why.empty()) impl_.log(level, "connection " + std::to_string(id_) + " closed: " + why);
     impl_.counters.connections_open.fetch_sub(1, std::memory_order_relaxed);
     impl_.remove_session(id_);
   }

@@ -5,8 +5,10 @@
 // before and after a restart from a snapshot (clean SIGTERM, kill -9, a corrupted newest
 // snapshot), which is what "continues from the snapshot" means.
 #include <doctest/doctest.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -685,6 +687,40 @@ TEST_CASE("start-up: bad config or flag (2), --help and --version (0), busy port
   std::ofstream(port_file) << "tcp=127.0.0.1:1\n";
   CHECK(d.stop() == 0);
   CHECK(ntk::test::slurp(port_file) == "tcp=127.0.0.1:1\n");
+}
+
+TEST_CASE("a flood of connections reset by their peer does not flood the log") {
+  // Health checkers and crashed clients close with a reset. Each used to write an info
+  // line ("connection N closed: read: Connection reset by peer"): 300 resets, 300 lines.
+  TempDir dir;
+  Daemon d{dir, {}, {}, nullptr, {}};
+  d.start("flood.log");
+  for (int i = 0; i < 300; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(d.tcp());
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::write(fd, "\x05\x0a\x03", 3) == 3);  // the start of a frame
+    const linger reset{1, 0};                      // close() sends RST
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+    ::close(fd);
+  }
+  {
+    Client c(d.tcp());  // answered: the daemon has seen the resets before this request
+    REQUIRE(c.call(ntk::test::sensor_reading("k", 0, kT0, 1.0)).has_prediction());
+  }
+  CHECK(d.stop() == 0);
+  const std::string log = d.process->log();
+  std::size_t lines = 0;
+  for (std::size_t at = log.find("closed: read:"); at != std::string::npos;
+       at = log.find("closed: read:", at + 1)) {
+    ++lines;
+  }
+  CHECK(lines == 0);
+  CHECK(log.find("level=error") == std::string::npos);
 }
 
 TEST_CASE("periodic snapshots and UDP ingest") {
