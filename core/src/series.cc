@@ -468,6 +468,17 @@ struct SeriesPredictor::Impl {
     return {base + sd * p.mean, sd * sd * p.var_f, sd * sd * p.var_y};
   }
 
+  // A time before the newest slot's (a clock stepping back, or an unset time: 0) is taken
+  // as that slot's time, a step of 0 s, and counted. Taken as it came, the step back was
+  // clamped to 0 s but the next step, measured from the early time, was huge (from an
+  // unset time, 1.7e9 s): the mean interval, which the time feature divides by, stayed
+  // inflated and the feature flat for a long time.
+  std::uint64_t monotone_time(std::uint64_t time) {
+    if (slots == 0 || time >= last_time) return time;
+    ++counters.time_reversals;
+    return last_time;
+  }
+
   // Takes a (possibly imputed) value into the lags as slot number `slots`.
   void push_slot(double value, std::uint64_t time) {
     if (slots > 0) interval.add(seconds_between(last_time, time));
@@ -508,6 +519,7 @@ struct SeriesPredictor::Impl {
     out.mean = out.sd = out.z = kNaN;
     ++counters.observations;
     if (!admit_seq(seq, out)) return out;
+    time = monotone_time(time);
 
     // Beyond 1e150 counts as missing too: the model accepts no larger target, and the
     // scaler's squared deviations overflowed to inf (then NaN forecasts, scored).

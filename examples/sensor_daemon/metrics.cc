@@ -205,6 +205,7 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
     series.set_duplicates(series.duplicates() + s.duplicates());
     series.set_out_of_order(series.out_of_order() + s.out_of_order());
     series.set_gaps(series.gaps() + s.gaps());
+    series.set_time_reversals(series.time_reversals() + s.time_reversals());
     series.set_scored(series.scored() + s.scored());
     series.set_anomalies(series.anomalies() + s.anomalies());
     series.set_excluded(series.excluded() + s.excluded());
@@ -252,6 +253,10 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
   p.sample("ntkd_series_values_total", {{"outcome", "scored"}}, u(series.scored()));
   p.family("ntkd_series_gaps_total", "counter", "Sequence-number gaps seen.");
   p.sample("ntkd_series_gaps_total", u(series.gaps()));
+  p.family("ntkd_series_time_reversals_total", "counter",
+           "Values timed before the newest of their stream (a clock stepping back, or no "
+           "time): taken as a step of 0 s.");
+  p.sample("ntkd_series_time_reversals_total", u(series.time_reversals()));
   p.family("ntkd_anomalies_total", "counter", "Observations flagged as anomalies.");
   p.sample("ntkd_anomalies_total", u(series.anomalies()));
   p.family("ntkd_anomalies_excluded_total", "counter",

@@ -270,6 +270,7 @@ SeriesCounters from_proto(const v1::SeriesCounters& c) {
   out.anomalies = c.anomalies();
   out.excluded = c.excluded();
   out.updates = c.updates();
+  out.time_reversals = c.time_reversals();
   return out;
 }
 
@@ -475,6 +476,7 @@ v1::SeriesCounters to_proto(const SeriesCounters& c) {
   out.set_anomalies(c.anomalies);
   out.set_excluded(c.excluded);
   out.set_updates(c.updates);
+  out.set_time_reversals(c.time_reversals);
   return out;
 }
 

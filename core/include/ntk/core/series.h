@@ -26,7 +26,9 @@
 //   target and dbar the running mean interval between consecutive values, the feature is
 //   log((1 + dt / (h dbar)) / 2): 0 on a regular grid, about log(gap) across a gap. For
 //   h == 1 dt is the actual arrival time; for h > 1 the forecast is issued assuming
-//   dt = h dbar (feature 0) and the model learns with the actual dt.
+//   dt = h dbar (feature 0) and the model learns with the actual dt. A time before the
+//   newest value's (a clock stepping back, or an unset time, 0) counts as the newest
+//   value's time, a step of 0 s (SeriesCounters::time_reversals).
 //
 //   Bad and missing values (NaN, infinite, absent, or beyond 1e150 in magnitude):
 //   MissingPolicy decides; either way nothing is scored and nothing is learned from the
@@ -198,6 +200,9 @@ struct SeriesCounters {
   std::uint64_t anomalies = 0;     // flagged observations
   std::uint64_t excluded = 0;      // flagged values kept out of the model
   std::uint64_t updates = 0;       // samples the model learned
+  // Scalar streams: values whose time is before the newest slot's (a clock stepping back,
+  // or an unset time, 0); each is taken as a step of 0 s.
+  std::uint64_t time_reversals = 0;
   friend bool operator==(const SeriesCounters&, const SeriesCounters&) = default;
 };
 
