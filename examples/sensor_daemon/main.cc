@@ -94,6 +94,7 @@ class Snapshotter {
     header.set_writer(std::string("ntkd ") + kVersion);
     *header.mutable_config() = config_;
     for (const auto& p : models.configured_prefixes) *header.add_configured_prefixes() = p;
+    for (const auto& k : models.pending_keys) *header.add_pending_keys() = k;
     try {
       const auto path = store_.write(header, models.keys);
       const double seconds =
@@ -301,6 +302,7 @@ int run(const ntk::daemon::DaemonOptions& options) {
       models.configured_prefixes.assign(c.header.configured_prefixes().begin(),
                                         c.header.configured_prefixes().end());
       models.keys = c.keys;
+      models.pending_keys.assign(c.header.pending_keys().begin(), c.header.pending_keys().end());
       server.import_models(models);
     });
     for (const auto& refusal : result.refused) {

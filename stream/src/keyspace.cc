@@ -741,6 +741,14 @@ void Shard::export_keys(std::vector<v1::KeySnapshot>& out) const {
     *s.mutable_series() = stream::to_proto(e.predictor.export_state());
     out.push_back(std::move(s));
   }
+  // Keys configured before their first value: the key and its config, no state.
+  for (const auto& [key, configured] : key_configs_) {
+    if (entries_.count(key) > 0) continue;
+    v1::KeySnapshot s;
+    s.set_key(key);
+    *s.mutable_configured() = configured;
+    out.push_back(std::move(s));
+  }
 }
 
 Shard::Entry Shard::make_entry(const v1::KeySnapshot& s) {

@@ -186,6 +186,8 @@ class Shard {
   void collect_stats(std::string_view prefix, std::vector<v1::KeyStats>& out) const;
   // Appends a KeySnapshot of every live key (unsorted), with its key config (configured)
   // if it has one.
+  // Also the keys configured before their first value: key and configured only (no
+  // series state).
   void export_keys(std::vector<v1::KeySnapshot>& out) const;
 
   // One live key.

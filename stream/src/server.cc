@@ -1083,10 +1083,15 @@ ModelSnapshot Server::Impl::collect_snapshot(
   ModelSnapshot snapshot;
   snapshot.configured_prefixes = configs.configured();
   for (auto& part : parts) {
-    for (auto& k : part) snapshot.keys.push_back(std::move(k));
+    for (auto& k : part) {
+      (k.has_series() ? snapshot.keys : snapshot.pending_keys).push_back(std::move(k));
+    }
   }
-  std::sort(snapshot.keys.begin(), snapshot.keys.end(),
-            [](const v1::KeySnapshot& a, const v1::KeySnapshot& b) { return a.key() < b.key(); });
+  const auto by_key = [](const v1::KeySnapshot& a, const v1::KeySnapshot& b) {
+    return a.key() < b.key();
+  };
+  std::sort(snapshot.keys.begin(), snapshot.keys.end(), by_key);
+  std::sort(snapshot.pending_keys.begin(), snapshot.pending_keys.end(), by_key);
   return snapshot;
 }
 
@@ -1393,10 +1398,11 @@ void Server::import_models(const ModelSnapshot& snapshot) {
   if (impl_->state != Impl::State::kIdle) {
     throw std::logic_error("Server::import_models: the server was started already");
   }
-  if (snapshot.keys.size() > impl_->options.max_keys) {
-    throw std::invalid_argument(
-        "snapshot has " + std::to_string(snapshot.keys.size()) +
-        " keys, more than max_keys = " + std::to_string(impl_->options.max_keys));
+  if (snapshot.keys.size() + snapshot.pending_keys.size() > impl_->options.max_keys) {
+    throw std::invalid_argument("snapshot has " + std::to_string(snapshot.keys.size()) +
+                                " keys and " + std::to_string(snapshot.pending_keys.size()) +
+                                " configured before their first value, more than max_keys = " +
+                                std::to_string(impl_->options.max_keys) + " in all");
   }
   std::vector<std::vector<std::pair<std::string, detail::Shard::Entry>>> per_shard(
       impl_->shards.size());
@@ -1409,6 +1415,18 @@ void Server::import_models(const ModelSnapshot& snapshot) {
     const std::size_t shard = detail::shard_of(k.key(), impl_->shards.size());
     per_shard[shard].emplace_back(k.key(), detail::Shard::make_entry(k));
     if (k.has_configured()) key_configs[shard].emplace(k.key(), k.configured());
+  }
+  for (const v1::KeySnapshot& k : snapshot.pending_keys) {
+    if (k.key().empty())
+      throw std::invalid_argument("snapshot has a pending key config without a key");
+    if (!k.has_configured() || k.has_series()) {
+      throw std::invalid_argument("snapshot's pending key config for '" + k.key() +
+                                  "' must have a config and no state");
+    }
+    if (!seen.emplace(k.key(), true).second) {
+      throw std::invalid_argument("snapshot holds key '" + k.key() + "' twice");
+    }
+    key_configs[detail::shard_of(k.key(), impl_->shards.size())].emplace(k.key(), k.configured());
   }
   impl_->configs.set_configured(snapshot.configured_prefixes);  // checks before changing
   for (std::size_t i = 0; i < per_shard.size(); ++i) {

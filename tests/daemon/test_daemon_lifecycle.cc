@@ -321,6 +321,8 @@ TEST_CASE("Control.Configure of a key and of a prefix survive a restart") {
     Client c(d.tcp());
     REQUIRE(c.call(configure(false, "x", 3, 0)).has_ack());
     REQUIRE(c.call(configure(true, "p/", 4, 0)).has_ack());
+    // A key configured before its first value, which comes only after the restart.
+    REQUIRE(c.call(configure(false, "later", 5, 0)).has_ack());
     REQUIRE(c.call(ntk::test::sensor_reading("x", 1, kT0, 1.0)).has_prediction());
     CHECK(resolved_config(c, "x").series().lags() == 3);
   }
@@ -339,6 +341,9 @@ TEST_CASE("Control.Configure of a key and of a prefix survive a restart") {
     CHECK(x.series().horizon() == 2);
     REQUIRE(c.call(ntk::test::sensor_reading("p/1", 1, kT0, 1.0)).has_prediction());
     CHECK(resolved_config(c, "p/1").series().lags() == 4);
+    // Its config was kept (it used to be lost: the key came up with the default 8 lags).
+    REQUIRE(c.call(ntk::test::sensor_reading("later", 1, kT0, 1.0)).has_prediction());
+    CHECK(resolved_config(c, "later").series().lags() == 5);
   }
   CHECK(d.stop() == 0);
 }

@@ -1264,6 +1264,52 @@ TEST_CASE("the Configure tables stay bounded") {
   CHECK(error_count(server.counters(), v1::ERROR_CODE_TOO_MANY_KEYS) == 3);
 }
 
+TEST_CASE("a key configured before its first value is exported and imported") {
+  ServerOptions options = small_options();
+  options.max_keys = 3;
+  Server server(options);
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  REQUIRE(client.call(ntk::test::control_configure(false, "early", 4, 6)).has_ack());
+  REQUIRE(client.call(ntk::test::control_configure(false, "live", 5, 0)).has_ack());
+  REQUIRE(client.call(reading("live", 1, 1.0)).has_prediction());
+  const ntk::stream::ModelSnapshot snapshot = server.export_models();
+  REQUIRE(snapshot.keys.size() == 1);
+  CHECK(snapshot.keys[0].key() == "live");
+  REQUIRE(snapshot.pending_keys.size() == 1);
+  CHECK(snapshot.pending_keys[0].key() == "early");
+  CHECK(!snapshot.pending_keys[0].has_series());
+  CHECK(snapshot.pending_keys[0].configured().series().lags() == 4);
+  server.stop();
+
+  // Restored: the pending key keeps its place among max_keys and its config.
+  Server restored(options);
+  restored.import_models(snapshot);
+  restored.start();
+  Client c2("127.0.0.1", restored.port(), with_timeout());
+  REQUIRE(c2.call(reading("other", 1, 1.0)).has_prediction());  // 3 of 3 places
+  CHECK(c2.call(reading("fourth", 1, 1.0)).error().code() == v1::ERROR_CODE_TOO_MANY_KEYS);
+  REQUIRE(c2.call(reading("early", 1, 1.0)).has_prediction());
+  const v1::Response r = c2.call(control_stats("early", std::nullopt));
+  REQUIRE(r.has_stats());
+  CHECK(r.stats().keys(0).config().series().lags() == 4);
+  CHECK(r.stats().keys(0).config().series().warmup() == 6);
+  restored.stop();
+
+  // Refused: a pending key that is also a live key, or too many in all.
+  ntk::stream::ModelSnapshot twice = snapshot;
+  twice.pending_keys[0].set_key("live");
+  Server a(options);
+  CHECK_THROWS_WITH_AS(a.import_models(twice), "snapshot holds key 'live' twice",
+                       std::invalid_argument);
+  ntk::stream::ModelSnapshot many = snapshot;
+  for (const char* k : {"p1", "p2"}) {
+    many.pending_keys.push_back(snapshot.pending_keys[0]);
+    many.pending_keys.back().set_key(k);
+  }
+  CHECK_THROWS_AS(a.import_models(many), std::invalid_argument);
+}
+
 TEST_CASE("multi-channel readings: every channel key fits the key limit") {
   Server server(small_options());
   server.start();

@@ -82,6 +82,9 @@ struct ModelSnapshot {
   // One per key, sorted by key; each with its resolved config, its own Control.Configure
   // config (if any), kind, last seq and state.
   std::vector<v1::KeySnapshot> keys;
+  // Keys configured (Control.Configure of a key) before their first value, sorted by key:
+  // only `key` and `configured` set. They count towards max_keys, as when configured.
+  std::vector<v1::KeySnapshot> pending_keys;
 };
 
 // Writes a snapshot for Control.Snapshot and returns the path written (reported in the
