@@ -159,6 +159,12 @@ void Counters::retire(const v1::ModelCounters& model, const v1::SeriesCounters& 
   add_counts(retired_series, series);
 }
 
+void Counters::restore(const v1::ModelCounters& model, const v1::SeriesCounters& series) {
+  std::lock_guard lock(retired_mutex);
+  add_counts(restored_model, model);
+  add_counts(restored_series, series);
+}
+
 v1::ServerCounters Counters::to_proto() const {
   constexpr auto r = std::memory_order_relaxed;
   v1::ServerCounters c;
@@ -187,6 +193,8 @@ v1::ServerCounters Counters::to_proto() const {
     std::lock_guard lock(retired_mutex);
     *c.mutable_retired_model() = retired_model;
     *c.mutable_retired_series() = retired_series;
+    *c.mutable_restored_model() = restored_model;
+    *c.mutable_restored_series() = restored_series;
   }
   for (int i = 0; i < kErrorCodes; ++i) {
     const std::uint64_t n = errors[static_cast<std::size_t>(i)].load(r);
@@ -812,7 +820,12 @@ void Shard::replace_all(std::vector<std::pair<std::string, Entry>> entries,
   for (const auto& [key, entry] : entries_) retire(key, entry);
   entries_.clear();
   key_configs_ = std::move(key_configs);
-  for (auto& [key, entry] : entries) entries_.emplace(std::move(key), std::move(entry));
+  for (auto& [key, entry] : entries) {
+    v1::KeyStats stats;
+    fill_key_stats(key, entry, &stats);
+    counters_.restore(stats.model(), stats.counters());
+    entries_.emplace(std::move(key), std::move(entry));
+  }
   counters_.keys.fetch_add(entries_.size(), std::memory_order_relaxed);
   counters_.key_slots.fetch_add(slots_used(), std::memory_order_relaxed);
 }

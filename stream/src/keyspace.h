@@ -84,6 +84,9 @@ struct Counters {
   // Adds a key's counters to the retired sums (ServerCounters.retired_*): the key is
   // being dropped, reconfigured or replaced. Not the hot path (a mutex).
   void retire(const v1::ModelCounters& model, const v1::SeriesCounters& series);
+  // Adds a key's counters to the restored sums (ServerCounters.restored_*): the key was
+  // imported from a snapshot with these counts.
+  void restore(const v1::ModelCounters& model, const v1::SeriesCounters& series);
 
   void count_error(v1::ErrorCode code);
   void count_requests(RequestKind kind, std::uint64_t n = 1) {
@@ -100,6 +103,8 @@ struct Counters {
   mutable std::mutex retired_mutex;
   v1::ModelCounters retired_model;
   v1::SeriesCounters retired_series;
+  v1::ModelCounters restored_model;  // what imported keys carried in
+  v1::SeriesCounters restored_series;
 };
 
 // Distinct key prefixes Control.Configure may set (a new key is matched against each).

@@ -178,6 +178,16 @@ TEST_CASE("metrics: the exposition parses and its numbers are the aggregates") {
     CHECK(r.at("ntkd_model_updates_total") == 1000 + 100 + 101 + 102 + 103 + 104);
     CHECK(r.at("ntkd_series_values_total{outcome=\"offered\"}") == 7 + 200 + 201 + 202 + 203 + 204);
     CHECK(r.at("ntkd_keys") == 5);
+    // What the keys restored at start carried in does not count: the totals run from the
+    // process's start (600 accepted before a restart are not 600 new ones after it).
+    with_retired.mutable_server()->mutable_restored_model()->set_updates(400);
+    with_retired.mutable_server()->mutable_restored_series()->set_observations(1000);
+    with_retired.mutable_server()->mutable_restored_series()->set_duplicates(9);  // > 5: 0
+    const auto b = parse_prometheus(ntk::daemon::render_metrics(with_retired, make_status()));
+    CHECK(b.at("ntkd_model_updates_total") == 1000 + 100 + 101 + 102 + 103 + 104 - 400);
+    CHECK(b.at("ntkd_series_values_total{outcome=\"offered\"}") ==
+          7 + 200 + 201 + 202 + 203 + 204 - 1000);
+    CHECK(b.at("ntkd_series_values_total{outcome=\"duplicate\"}") == 0);
   }
 
   CHECK(e.at("ntkd_ready") == 1);

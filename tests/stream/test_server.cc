@@ -1282,9 +1282,13 @@ TEST_CASE("a key configured before its first value is exported and imported") {
   CHECK(snapshot.pending_keys[0].configured().series().lags() == 4);
   server.stop();
 
-  // Restored: the pending key keeps its place among max_keys and its config.
+  // Restored: the pending key keeps its place among max_keys and its config; the counts
+  // the live key carried in are recorded as restored.
   Server restored(options);
   restored.import_models(snapshot);
+  CHECK(restored.counters().restored_series().observations() == 1);
+  CHECK(restored.counters().restored_series().accepted() == 1);
+  CHECK(restored.counters().retired_series().observations() == 0);
   restored.start();
   Client c2("127.0.0.1", restored.port(), with_timeout());
   REQUIRE(c2.call(reading("other", 1, 1.0)).has_prediction());  // 3 of 3 places
