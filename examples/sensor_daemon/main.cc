@@ -50,6 +50,11 @@ std::uint64_t unix_nanos() {
                                         .count());
 }
 
+ntk::daemon::DaemonStatus with_process(ntk::daemon::DaemonStatus s) {
+  s.process = ntk::daemon::read_process_stats();
+  return s;
+}
+
 // What /metrics and /readyz report about the daemon itself; written by the control thread
 // and the snapshot writer, read by the HTTP thread.
 class Status {
@@ -284,7 +289,7 @@ int run(const ntk::daemon::DaemonOptions& options) {
                       (ready ? std::string("starting or stopping") : phase) + "); retry\n"};
         }
         return {200, "text/plain; version=0.0.4; charset=utf-8",
-                ntk::daemon::render_metrics(*stats, status.get())};
+                ntk::daemon::render_metrics(*stats, with_process(status.get()))};
       }
       return {404, "text/plain; charset=utf-8", "not found (try /metrics, /livez, /readyz)\n"};
     });

@@ -3,11 +3,17 @@
 
 #include <google/protobuf/descriptor.h>
 #include <google/protobuf/stubs/common.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <map>
+#include <sstream>
+#include <vector>
 
 #include "ntk/v1/state.pb.h"
 
@@ -106,6 +112,46 @@ void subtract_counts(google::protobuf::Message& a, const google::protobuf::Messa
 
 }  // namespace
 
+std::optional<ProcessStats> read_process_stats() {
+#ifdef __linux__
+  std::ifstream in("/proc/self/stat");
+  std::string line;
+  if (!std::getline(in, line)) return std::nullopt;
+  // The fields after the command name, which is in parentheses and may hold anything.
+  const std::size_t close = line.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::istringstream fields(line.substr(close + 1));
+  std::vector<std::string> f;
+  for (std::string x; fields >> x;) f.push_back(x);
+  // f[0] is field 3 (state): utime 14, stime 15, vsize 23, rss 24 are f[11], f[12], f[20],
+  // f[21] (proc(5)).
+  if (f.size() < 22) return std::nullopt;
+  const double ticks = static_cast<double>(::sysconf(_SC_CLK_TCK));
+  const double page = static_cast<double>(::sysconf(_SC_PAGESIZE));
+  ProcessStats s;
+  try {
+    s.cpu_seconds = (std::stod(f[11]) + std::stod(f[12])) / ticks;
+    s.virtual_memory_bytes = std::stod(f[20]);
+    s.resident_memory_bytes = std::stod(f[21]) * page;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+  std::error_code ec;
+  std::size_t fds = 0;
+  for (auto it = std::filesystem::directory_iterator("/proc/self/fd", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    ++fds;
+  }
+  // The iterator's own descriptor is among them while it lists.
+  s.open_fds = static_cast<double>(fds > 0 ? fds - 1 : 0);
+  rlimit limit{};
+  if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) s.max_fds = static_cast<double>(limit.rlim_cur);
+  return s;
+#else
+  return std::nullopt;
+#endif
+}
+
 std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
   PromText p;
   const v1::ServerCounters& c = stats.server();
@@ -124,6 +170,21 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
            1);
   p.family("ntkd_start_time_seconds", "gauge", "Start time of the daemon, Unix seconds.");
   p.sample("ntkd_start_time_seconds", st.start_time_unix_seconds);
+  if (st.process) {
+    const ProcessStats& ps = *st.process;
+    p.family("process_cpu_seconds_total", "counter", "User and system CPU time spent, seconds.");
+    p.sample("process_cpu_seconds_total", ps.cpu_seconds);
+    p.family("process_resident_memory_bytes", "gauge", "Resident memory size, bytes.");
+    p.sample("process_resident_memory_bytes", ps.resident_memory_bytes);
+    p.family("process_virtual_memory_bytes", "gauge", "Virtual memory size, bytes.");
+    p.sample("process_virtual_memory_bytes", ps.virtual_memory_bytes);
+    p.family("process_open_fds", "gauge", "Open file descriptors.");
+    p.sample("process_open_fds", ps.open_fds);
+    p.family("process_max_fds", "gauge", "Limit on open file descriptors (soft).");
+    p.sample("process_max_fds", ps.max_fds);
+    p.family("process_start_time_seconds", "gauge", "Start time of the process, Unix seconds.");
+    p.sample("process_start_time_seconds", st.start_time_unix_seconds);
+  }
   p.family("ntkd_ready", "gauge",
            "1 when snapshots are restored and the daemon accepts requests (see /readyz).");
   p.sample("ntkd_ready", st.ready ? 1 : 0);

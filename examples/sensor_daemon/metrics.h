@@ -38,6 +38,17 @@ std::string prom_escape_label(std::string_view value);
 // +Inf, -Inf, NaN.
 std::string prom_number(double value);
 
+// The process's own resources, as Prometheus client libraries export them (process_*).
+struct ProcessStats {
+  double cpu_seconds = 0;  // user + system
+  double resident_memory_bytes = 0;
+  double virtual_memory_bytes = 0;
+  double open_fds = 0;
+  double max_fds = 0;  // RLIMIT_NOFILE, soft
+};
+// Reads them from /proc/self (Linux); nullopt where that is not available.
+std::optional<ProcessStats> read_process_stats();
+
 // What the daemon itself knows, besides the server's counters and key stats.
 struct DaemonStatus {
   std::string version;
@@ -59,6 +70,7 @@ struct DaemonStatus {
   std::uint64_t last_snapshot_bytes = 0;
   std::uint64_t reloads_ok = 0;
   std::uint64_t reloads_failed = 0;
+  std::optional<ProcessStats> process;  // read at scrape time
 };
 
 // The whole exposition: server counters (requests by kind, responses, errors by code for

@@ -582,6 +582,10 @@ TEST_CASE("metrics: scraped over HTTP and parsed; counters match the traffic") {
   CHECK(e.has("ntkd_build_info{core=\"" + std::string(core.target) +
               "\",format=\"ntk.v1\",protobuf=\"3.21.12\",simd=\"" + std::string(core.simd) +
               "\",version=\"0.1.0\"}"));
+  // The process's own resources, read from its /proc entry.
+  CHECK(e.at("process_resident_memory_bytes") > 1e6);
+  CHECK(e.at("process_open_fds") >= 5);  // stdio, listeners, the scrape's connection
+  CHECK(e.at("process_cpu_seconds_total") >= 0);
   CHECK(ntk::test::http_get(d.metrics(), "/nope").first == 404);
   CHECK(d.stop() == 0);
 }

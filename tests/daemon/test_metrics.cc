@@ -2,6 +2,9 @@
 // format, its aggregates equal sums computed here from the same key stats, no series is
 // per key; and the HTTP endpoint answers as HTTP/1.1 should.
 #include <doctest/doctest.h>
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -205,6 +208,44 @@ TEST_CASE("metrics: the exposition parses and its numbers are the aggregates") {
     CHECK(e.help.count(family) == 1);
   }
   for (const auto& [k, v] : e.samples) CHECK(k.find("sensor-") == std::string::npos);
+}
+
+TEST_CASE("process metrics: rendered as Prometheus clients do, read from /proc") {
+  auto st = make_status();
+  const v1::Stats stats = make_stats(1);
+  CHECK(!parse_prometheus(ntk::daemon::render_metrics(stats, st)).has("process_open_fds"));
+  st.process = ntk::daemon::ProcessStats{12.5, 4096.0 * 1024, 8192.0 * 1024, 17, 1024};
+  const auto e = parse_prometheus(ntk::daemon::render_metrics(stats, st));
+  CHECK(e.types.at("process_cpu_seconds_total") == "counter");
+  CHECK(e.at("process_cpu_seconds_total") == 12.5);
+  CHECK(e.at("process_resident_memory_bytes") == 4096.0 * 1024);
+  CHECK(e.at("process_virtual_memory_bytes") == 8192.0 * 1024);
+  CHECK(e.at("process_open_fds") == 17);
+  CHECK(e.at("process_max_fds") == 1024);
+  CHECK(e.at("process_start_time_seconds") == 1700000000.5);
+
+  // The reader, against the kernel's other accounts of this process.
+  const std::optional<ntk::daemon::ProcessStats> before = ntk::daemon::read_process_stats();
+  REQUIRE(before);
+  const int fd = ::open("/proc/self/stat", O_RDONLY);
+  REQUIRE(fd >= 0);
+  const std::optional<ntk::daemon::ProcessStats> after = ntk::daemon::read_process_stats();
+  ::close(fd);
+  REQUIRE(after);
+  CHECK(after->open_fds == before->open_fds + 1);
+  rlimit limit{};
+  REQUIRE(::getrlimit(RLIMIT_NOFILE, &limit) == 0);
+  CHECK(after->max_fds == static_cast<double>(limit.rlim_cur));
+  rusage usage{};
+  REQUIRE(::getrusage(RUSAGE_SELF, &usage) == 0);
+  const double peak = static_cast<double>(usage.ru_maxrss) * 1024.0;  // kB
+  CHECK(after->resident_memory_bytes > 0);
+  CHECK(after->resident_memory_bytes <= peak);
+  CHECK(after->virtual_memory_bytes >= after->resident_memory_bytes);
+  const double cpu = static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+                     1e-6 * static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
+  CHECK(after->cpu_seconds >= 0);
+  CHECK(after->cpu_seconds <= cpu + 0.05);  // clock ticks round down; rusage is finer
 }
 
 TEST_CASE("metrics: the set of series does not grow with the number of keys") {
