@@ -636,12 +636,15 @@ TEST_CASE("a client that pipelines Stats of every key without reading holds one 
     frames += frame_of(r);
   }
   silent.send_raw(bytes_of(frames), kRequests);  // 100 small frames: all reach the server
-  // The answers fill the socket buffers after a few; then the server stops decoding.
+  // The answers fill the socket buffers after a few; then the server stops decoding. Wait
+  // until the count has not moved for 500 ms (each answer takes a while to build: under
+  // the sanitizers on a loaded machine, longer than a 20 ms poll, which made this flaky).
   std::uint64_t read = 0;
-  for (int round = 0; round < 50; ++round) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  int quiet = 0;
+  for (int round = 0; round < 400 && quiet < 10; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
     const std::uint64_t now = server.counters().tcp_frames() - frames_before;
-    if (now == read && round > 10) break;
+    quiet = now == read ? quiet + 1 : 0;
     read = now;
   }
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
