@@ -239,6 +239,14 @@ void check_config_at(const v1::ServerConfig& c, const std::string& file,
     if (c.overrides(i).key_prefix().empty()) {
       throw ConfigError(at({{overrides, i}}) + name + ": key_prefix must not be empty");
     }
+    for (int j = 0; j < i; ++j) {
+      if (c.overrides(j).key_prefix() == c.overrides(i).key_prefix()) {
+        // Silently, the first would win and the second be ignored.
+        throw ConfigError(at({{overrides, i}}) + name + ": key_prefix \"" +
+                          c.overrides(i).key_prefix() + "\" repeats overrides[" +
+                          std::to_string(j) + "]'s: give each prefix once");
+      }
+    }
     v1::KeyConfig merged = c.defaults();
     stream::merge_key_config(merged, c.overrides(i).config());
     try {

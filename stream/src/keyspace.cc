@@ -245,6 +245,13 @@ void check_table(const v1::KeyConfig& defaults, const std::vector<v1::PrefixOver
     if (overrides[i].key_prefix().empty()) {
       throw std::invalid_argument(what + ".key_prefix is empty");
     }
+    for (std::size_t j = 0; j < i; ++j) {
+      if (overrides[j].key_prefix() == overrides[i].key_prefix()) {
+        throw std::invalid_argument(what + ".key_prefix " + quoted(overrides[i].key_prefix()) +
+                                    " repeats overrides[" + std::to_string(j) +
+                                    "]'s: give each prefix once");
+      }
+    }
     v1::KeyConfig merged = defaults;
     merge_key_config(merged, overrides[i].config());
     check_resolves(merged, what + " (key_prefix " + quoted(overrides[i].key_prefix()) + ")");

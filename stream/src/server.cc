@@ -115,7 +115,8 @@ void ServerOptions::validate() const {
   };
   range("threads", threads, 0, 1024);
   range("shards", shards, 0, 65536);
-  range("max_frame_bytes", max_frame_bytes, 0, kMaxFrameBytesLimit);
+  // Below 64 bytes hardly a SensorReading fits: every request would be FRAME_TOO_LARGE.
+  range("max_frame_bytes", max_frame_bytes, 64, kMaxFrameBytesLimit);
   range("max_keys", max_keys, 1, std::numeric_limits<std::uint32_t>::max());
   range("max_queued_responses", max_queued_responses, 1, 1 << 20);
   range("max_connections", max_connections, 1, 1 << 20);
@@ -1156,10 +1157,11 @@ void Server::Impl::do_accept(std::size_t i) {
       return;
     }
     if (counters.connections_open.load(std::memory_order_relaxed) >= options.max_connections) {
-      ErrorCode ignored;
-      socket.close(ignored);
+      // Counted before the close, which the peer may see at once.
       const std::uint64_t refused =
           counters.connections_refused.fetch_add(1, std::memory_order_relaxed) + 1;
+      ErrorCode ignored;
+      socket.close(ignored);
       if ((refused & (refused - 1)) == 0) {  // 1, 2, 4, ...: a flood logs a few lines only
         log(LogLevel::kWarning, "connection refused: max_connections (" +
                                     std::to_string(options.max_connections) + ") are open; " +

@@ -176,6 +176,11 @@ TEST_CASE("config errors: FILE:LINE:COLUMN and the reason") {
                              "got \"127.0.0.1:99999\"");
   p = write_file(dir, "j.textproto", "\noverrides { config { } }\n");
   CHECK(load_error(p) == p + ":2:1: overrides[0]: key_prefix must not be empty");
+  p = write_file(dir, "j2.textproto",
+                 "overrides { key_prefix: \"a/\" }\noverrides { key_prefix: \"b/\" }\n"
+                 "overrides {\n  key_prefix: \"a/\"\n}\n");
+  CHECK(load_error(p) == p + ":3:1: overrides[2]: key_prefix \"a/\" repeats overrides[0]'s: "
+                             "give each prefix once");
   p = write_file(dir, "k.textproto", "threads: 0\n");
   CHECK(load_error(p) == p + ":1:1: threads must be >= 1, got 0");
   // A repeated field: the position of its first entry (protobuf's lookup without an index

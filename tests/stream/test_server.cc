@@ -89,6 +89,22 @@ TEST_CASE("port 0 picks a free port; a taken port fails at start") {
   bad = small_options();
   bad.defaults.mutable_series()->set_lags(0);
   CHECK_THROWS_AS(Server{bad}, std::invalid_argument);
+  bad = small_options();
+  bad.max_frame_bytes = 63;  // every request would be FRAME_TOO_LARGE
+  CHECK_THROWS_WITH_AS(Server{bad}, "max_frame_bytes must be in [64, 2147483647], got 63",
+                       std::invalid_argument);
+  // The same prefix twice: the second would be ignored without a word.
+  bad = small_options();
+  for (const int lags : {3, 5}) {
+    v1::PrefixOverride fx;
+    fx.set_key_prefix("fx/");
+    fx.mutable_config()->mutable_series()->set_lags(lags);
+    bad.overrides.push_back(fx);
+  }
+  CHECK_THROWS_WITH_AS(Server{bad},
+                       "overrides[1].key_prefix 'fx/' repeats overrides[0]'s: give each prefix "
+                       "once",
+                       std::invalid_argument);
 }
 
 TEST_CASE("observations: every answer equals the in-process predictor's") {
