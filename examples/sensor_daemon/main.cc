@@ -14,6 +14,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -382,6 +383,14 @@ int run(const ntk::daemon::DaemonOptions& options) {
         if (!options.config_path) {
           log(Level::kWarning, "SIGHUP: no --config file to reload");
         } else {
+          // systemd's reload protocol: RELOADING=1 with the time, READY=1 when done, the
+          // outcome in STATUS (what `systemctl status` shows).
+          timespec now{};
+          ::clock_gettime(CLOCK_MONOTONIC, &now);
+          const long long usec = static_cast<long long>(now.tv_sec) * 1000000 + now.tv_nsec / 1000;
+          notify(("RELOADING=1\nMONOTONIC_USEC=" + std::to_string(usec) +
+                  "\nSTATUS=reloading the config")
+                     .c_str());
           try {
             const v1::ServerConfig fresh = ntk::daemon::resolve_config(options);
             server.set_key_configs(fresh.defaults(),
@@ -395,10 +404,14 @@ int run(const ntk::daemon::DaemonOptions& options) {
             log(Level::kInfo, "config reloaded: key defaults and overrides apply to new keys",
                 {{"file", *options.config_path},
                  {"overrides", std::to_string(fresh.overrides_size())}});
+            notify("READY=1\nSTATUS=listening; config reloaded");
           } catch (const std::exception& e) {
             status.update([](ntk::daemon::DaemonStatus& s) { ++s.reloads_failed; });
             log(Level::kError, "config reload failed: keeping the running config",
                 {{"error", e.what()}});
+            std::string why = e.what();
+            for (char& ch : why) ch = ch == '\n' ? ' ' : ch;  // one line
+            notify(("READY=1\nSTATUS=listening; config reload failed: " + why).c_str());
           }
         }
         wait_signal();

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <ctime>
 #include <random>
 #include <string>
 #include <vector>
@@ -163,29 +164,41 @@ v1::Request snapshot_request() {
   return r;
 }
 
+// sd_notify: a datagram socket standing in for systemd's.
+struct NotifySocket {
+  std::string path;
+  int fd = -1;
+  explicit NotifySocket(const TempDir& dir)
+      : path((dir / "notify.sock").string()), fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  }
+  ~NotifySocket() { ::close(fd); }
+  NotifySocket(const NotifySocket&) = delete;
+  NotifySocket& operator=(const NotifySocket&) = delete;
+  // The next datagram (30 s at most).
+  std::string next() const {
+    pollfd p{fd, POLLIN, 0};
+    REQUIRE(::poll(&p, 1, 30000) == 1);
+    char buf[512];
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    REQUIRE(n > 0);
+    return std::string(buf, static_cast<std::size_t>(n));
+  }
+};
+
 }  // namespace
 
 TEST_CASE("lifecycle: port 0, feed, SIGTERM, restart from the snapshot, identical predictions") {
   TempDir dir;
   const std::vector<double> y = make_series(400);
 
-  // sd_notify: a datagram socket standing in for systemd.
-  const std::string notify_path = (dir / "notify.sock").string();
-  const int notify_fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, notify_path.c_str(), sizeof addr.sun_path - 1);
-  REQUIRE(::bind(notify_fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-  auto next_notification = [&] {
-    pollfd p{notify_fd, POLLIN, 0};
-    REQUIRE(::poll(&p, 1, 30000) == 1);
-    char buf[256];
-    const ssize_t n = ::recv(notify_fd, buf, sizeof buf, 0);
-    REQUIRE(n > 0);
-    return std::string(buf, static_cast<std::size_t>(n));
-  };
+  NotifySocket notify(dir);
+  const auto next_notification = [&] { return notify.next(); };
 
-  Daemon d{dir, {}, {"NOTIFY_SOCKET=" + notify_path}, nullptr, {}};
+  Daemon d{dir, {}, {"NOTIFY_SOCKET=" + notify.path}, nullptr, {}};
   d.start("first.log");
   CHECK(next_notification() == "READY=1\nSTATUS=listening");
   CHECK(d.tcp() != 0);
@@ -224,7 +237,6 @@ TEST_CASE("lifecycle: port 0, feed, SIGTERM, restart from the snapshot, identica
       ntk::test::parse_prometheus(ntk::test::http_get(d.metrics(), "/metrics").second);
   CHECK(metrics.at("ntkd_snapshot_restored_keys") == 1);
   CHECK(d.stop() == 0);
-  ::close(notify_fd);
 }
 
 TEST_CASE("a snapshot written by the x86-64-v3 copy of ntk::core restores in the baseline copy") {
@@ -594,8 +606,21 @@ TEST_CASE("SIGHUP reloads the key defaults for new keys; a bad reload keeps the 
   TempDir dir;
   const auto config = dir / "ntkd.textproto";
   std::ofstream(config) << "defaults { series { lags: 4 } }\n";
-  Daemon d{dir, {"--config", config.string()}, {}, nullptr, {}};
+  NotifySocket notify(dir);
+  Daemon d{dir, {"--config", config.string()}, {"NOTIFY_SOCKET=" + notify.path}, nullptr, {}};
   d.start("ntkd.log");
+  CHECK(notify.next() == "READY=1\nSTATUS=listening");
+  // systemd's reload protocol (sd_notify(3)): RELOADING=1 with the monotonic time, then
+  // READY=1 once done, with the outcome in STATUS.
+  const auto reloading = [&] {
+    const std::string n = notify.next();
+    CHECK(n.rfind("RELOADING=1\nMONOTONIC_USEC=", 0) == 0);
+    timespec now{};
+    ::clock_gettime(CLOCK_MONOTONIC, &now);
+    const double usec = std::stod(n.substr(n.find('=', 12) + 1));
+    CHECK(usec <= 1e6 * static_cast<double>(now.tv_sec) + 1e-3 * static_cast<double>(now.tv_nsec));
+    CHECK(usec > 1e6 * static_cast<double>(now.tv_sec - 60));
+  };
   Client c(d.tcp());
   REQUIRE(c.call(ntk::test::sensor_reading("before", 0, kT0, 1.0)).has_prediction());
   CHECK(resolved_config(c, "before").series().lags() == 4);
@@ -613,6 +638,8 @@ TEST_CASE("SIGHUP reloads the key defaults for new keys; a bad reload keeps the 
   };
   std::ofstream(config, std::ios::trunc) << "defaults { series { lags: 6 } }\n";
   d.process->signal(SIGHUP);
+  reloading();
+  CHECK(notify.next() == "READY=1\nSTATUS=listening; config reloaded");
   wait_reloads("ok", 1);
   REQUIRE(c.call(ntk::test::sensor_reading("after", 0, kT0, 1.0)).has_prediction());
   CHECK(resolved_config(c, "after").series().lags() == 6);
@@ -620,6 +647,10 @@ TEST_CASE("SIGHUP reloads the key defaults for new keys; a bad reload keeps the 
 
   std::ofstream(config, std::ios::trunc) << "defaults { series { lags: 0 } }\n";
   d.process->signal(SIGHUP);
+  reloading();
+  const std::string failed = notify.next();
+  CHECK(failed.rfind("READY=1\nSTATUS=listening; config reload failed: ", 0) == 0);
+  CHECK(failed.find("lags must be in [1, 4096], got 0") != std::string::npos);
   wait_reloads("failed", 1);
   REQUIRE(c.call(ntk::test::sensor_reading("later", 0, kT0, 1.0)).has_prediction());
   CHECK(resolved_config(c, "later").series().lags() == 6);
