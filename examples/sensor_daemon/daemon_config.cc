@@ -373,7 +373,7 @@ DaemonOptions parse_daemon_args(int argc, const char* const* argv) {
     } else if (arg == "--port-file") {
       o.port_file = value();
       if (o.port_file->empty()) throw ConfigError("--port-file: empty path");
-      // ntkd removes the file at start and exit and renames its new version over it: as
+      // ntkd may remove the file at start and exit and renames its new version over it: as
       // root, --port-file /dev/stdout or /dev/null would delete the device. (A symlink is
       // harmless: the link is what goes.)
       std::error_code ec;
@@ -383,6 +383,11 @@ DaemonOptions parse_daemon_args(int argc, const char* const* argv) {
         throw ConfigError("--port-file: " + *o.port_file +
                           " is not a regular file; ntkd replaces and removes this file, so it "
                           "needs a path of its own");
+      }
+      // Its directory must exist: found out only after the restore, the error exited 1.
+      const std::filesystem::path dir = std::filesystem::path(*o.port_file).parent_path();
+      if (!dir.empty() && !std::filesystem::is_directory(dir, ec)) {
+        throw ConfigError("--port-file: the directory " + dir.string() + " does not exist");
       }
     } else if (arg == "--log-level") {
       try {

@@ -129,6 +129,8 @@ TEST_CASE("command-line errors name the flag") {
   CHECK(args_error({"--log-level", "loud"}) ==
         "--log-level: unknown log level \"loud\" (debug, info, warning, error)");
   CHECK(args_error({"--port-file="}) == "--port-file: empty path");
+  CHECK(args_error({"--port-file", "/nonexistent/dir/ports"}) ==
+        "--port-file: the directory /nonexistent/dir does not exist");
   // ntkd deletes and replaces its port file: never a device (as root, /dev/null).
   CHECK(args_error({"--port-file", "/dev/null"}) ==
         "--port-file: /dev/null is not a regular file; ntkd replaces and removes this file, so "
