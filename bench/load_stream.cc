@@ -490,6 +490,8 @@ int run(const Args& args) {
     options.threads = args.server_threads;
     options.defaults = key_config(args);
     options.max_keys = static_cast<std::size_t>(args.keys) + 16;
+    options.max_connections = std::max<std::size_t>(
+        options.max_connections, static_cast<std::size_t>(args.connections) + 16);
     server = std::make_unique<ntk::stream::Server>(options);
     server->start();
     port = server->port();
