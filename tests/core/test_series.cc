@@ -211,15 +211,21 @@ TEST_CASE("RunningMoments equals the two-pass mean and sample deviation") {
   CHECK(m.sd() == doctest::Approx(s.sd).epsilon(1e-10));
 }
 
+namespace {
+
+// validate()'s message, or "" when the config is valid.
+std::string message(const SeriesConfig& c) {
+  try {
+    c.validate();
+  } catch (const std::invalid_argument& e) {
+    return std::string(e.what());
+  }
+  return std::string();
+}
+
+}  // namespace
+
 TEST_CASE("SeriesConfig validation names the field and the value") {
-  const auto message = [](const SeriesConfig& c) {
-    try {
-      c.validate();
-    } catch (const std::invalid_argument& e) {
-      return std::string(e.what());
-    }
-    return std::string();
-  };
   SeriesConfig c;
   CHECK(message(c).empty());
   c.lags = 0;
@@ -276,14 +282,6 @@ TEST_CASE("SeriesConfig refuses a kernel that overflows on standardized inputs")
   //   NTK, relu, depth 3, w_std 1e60: w_std^8 = 1e480 times O(100): inf;
   //   polynomial, degree 150, gamma 1, coef0 1: (|x|^2 + 1)^150 = (100 d + 1)^150, finite
   //   for d = 1 (101^150 ~ 4.4e300), inf for d = 2 (201^150 ~ 1.5e345).
-  const auto message = [](const SeriesConfig& c) {
-    try {
-      c.validate();
-    } catch (const std::invalid_argument& e) {
-      return std::string(e.what());
-    }
-    return std::string();
-  };
   SeriesConfig c;
   c.model.kernel = ntk::KernelSpec::parse("ntk:activation=erf,depth=1,w_std=1e200");
   const std::string m = message(c);
