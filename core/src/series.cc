@@ -53,18 +53,19 @@ std::string num(double v) {
 // every sample (OnlineGP::update takes no x with k(x, x) not finite) and the stream would
 // answer prior forecasts forever: extreme parameters (w_std 1e200, a polynomial of degree
 // 10^6) are refused here, with the probe they failed on. The probe is an input
-// kSeriesKernelProbe standard deviations out in every component; inputs beyond it are
-// rare enough to be judged and not learned one by one.
+// SeriesConfig::kKernelProbe standard deviations out in every component; inputs beyond
+// it are rare enough to be judged and not learned one by one. k(x, x) at the probe does
+// not fall as the dimension grows (the NTK's does not change: its input kernel is
+// x.x'/d), so dimension 1 is the check valid for every stream.
 void check_kernel_range(const KernelSpec& spec, int dim) {
   const VectorXd probe = VectorXd::Constant(dim, SeriesConfig::kKernelProbe);
   const double k = (*make_kernel(spec))(probe);
   if (!std::isfinite(k)) {
-    invalid("kernel " + spec.to_string() +
-            " overflows (k(x, x) = " + (std::isnan(k) ? std::string("NaN") : num(k)) +
-            ") on an input " + num(SeriesConfig::kKernelProbe) +
-            " standard deviations out in each of its " + std::to_string(dim) +
-            " components: the model could learn nothing; lower its scale (w_std, variance, "
-            "gamma, coef0) or its degree");
+    invalid("kernel " + spec.to_string() + " overflows (k(x, x) = " +
+            (std::isnan(k) ? std::string("NaN") : num(k)) + ") on an input of " +
+            std::to_string(dim) + " component(s), each " + num(SeriesConfig::kKernelProbe) +
+            " standard deviations out: the model could learn nothing; lower its scale (w_std, "
+            "variance, gamma, coef0) or its degree");
   }
 }
 
@@ -182,7 +183,9 @@ void SeriesConfig::validate() const {
   if (!(selection_margin > 1.0)) {
     invalid("selection_margin must be > 1, got " + num(selection_margin));
   }
-  check_kernel_range(model.kernel, lags + (time_feature ? 1 : 0));
+  // The stream's input dimension is not known here (lags and time feature, or the
+  // features of an Observation key): dimension 1 here, the real one in the constructor.
+  check_kernel_range(model.kernel, 1);
 }
 
 namespace {
@@ -289,7 +292,7 @@ struct SeriesPredictor::Impl {
   }
 
   Impl(const SeriesConfig& c, int fdim)
-      : config((c.validate(), fdim > 0 ? check_kernel_range(c.model.kernel, fdim) : void(), c)),
+      : config((c.validate(), check_kernel_range(c.model.kernel, input_dim(c, fdim)), c)),
         feature_dim(fdim),
         dim(input_dim(c, fdim)),
         models(make_models(c, dim)),
@@ -474,14 +477,15 @@ struct SeriesPredictor::Impl {
   // unset time, 1.7e9 s): the mean interval, which the time feature divides by, stayed
   // inflated and the feature flat for a long time.
   std::uint64_t monotone_time(std::uint64_t time) {
-    if (slots == 0 || time >= last_time) return time;
+    if (slots == 0 || time >= last_time) return time;  // (also the first, or all, unset)
     ++counters.time_reversals;
     return last_time;
   }
 
-  // Takes a (possibly imputed) value into the lags as slot number `slots`.
+  // Takes a (possibly imputed) value into the lags as slot number `slots`. A step from an
+  // unset time (0: the first values came without one) is unknown, not 1.7e9 s.
   void push_slot(double value, std::uint64_t time) {
-    if (slots > 0) interval.add(seconds_between(last_time, time));
+    if (slots > 0 && last_time != 0) interval.add(seconds_between(last_time, time));
     const int cap = ring_capacity();
     ring_values[static_cast<std::size_t>(ring_head)] = value;
     ring_times[static_cast<std::size_t>(ring_head)] = time;
@@ -543,7 +547,10 @@ struct SeriesPredictor::Impl {
     const int offset = h - 1;  // lags of this value's sample end at back(offset)
     const bool ready = warmed() && ring_count >= lags() + offset;
     if (ready) {
-      const double dt = seconds_between(back_time(offset), time);
+      // From an unset time (0) the step is unknown: taken as the mean one (feature 0).
+      const std::uint64_t from = back_time(offset);
+      const double dt =
+          from == 0 ? static_cast<double>(horizon()) * interval.mean : seconds_between(from, time);
       embed(offset, time_feature(dt));
     }
     const double target = ready ? target_of(value, offset) : 0.0;

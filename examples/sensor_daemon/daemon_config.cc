@@ -373,7 +373,7 @@ DaemonOptions parse_daemon_args(int argc, const char* const* argv) {
     } else if (arg == "--port-file") {
       o.port_file = value();
       if (o.port_file->empty()) throw ConfigError("--port-file: empty path");
-      // ntkd may remove the file at start and exit and renames its new version over it: as
+      // ntkd removes the file at exit and renames its new version over it: as
       // root, --port-file /dev/stdout or /dev/null would delete the device. (A symlink is
       // harmless: the link is what goes.)
       std::error_code ec;

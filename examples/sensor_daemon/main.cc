@@ -226,15 +226,11 @@ int run(const ntk::daemon::DaemonOptions& options) {
     status.update([](ntk::daemon::DaemonStatus& s) { s.snapshots_enabled = true; });
     store.emplace(config.snapshot_dir());
     snapshotter.emplace(*store, config, status);
-    // A port file of an earlier run goes once the directory is ours, so that nobody reads
-    // stale ports during a long restore. Before that, or without a snapshot directory,
-    // it is left alone: it may be a running instance's (a second one exits on the lock
-    // or on bind), and writing ours replaces it atomically.
-    if (options.port_file) {
-      std::error_code ignored;
-      std::filesystem::remove(*options.port_file, ignored);
-    }
   }
+  // An existing port file is left alone until ours replaces it atomically, once we
+  // listen: it may be a running instance's (a second start exits on the snapshot lock or
+  // on bind, before that). A stale one from a crashed run stays readable meanwhile: wait
+  // for READY=1 or /readyz rather than for the file.
 
   // The stream server, not started yet: its models may still come from a snapshot.
   ntk::stream::ServerOptions server_options = ntk::stream::options_from_config(config);

@@ -114,9 +114,11 @@ void subtract_counts(google::protobuf::Message& a, const google::protobuf::Messa
 
 std::optional<ProcessStats> read_process_stats() {
 #ifdef __linux__
-  std::ifstream in("/proc/self/stat");
   std::string line;
-  if (!std::getline(in, line)) return std::nullopt;
+  {
+    std::ifstream in("/proc/self/stat");  // closed before the descriptors are counted
+    if (!std::getline(in, line)) return std::nullopt;
+  }
   // The fields after the command name, which is in parentheses and may hold anything.
   const std::size_t close = line.rfind(')');
   if (close == std::string::npos) return std::nullopt;
@@ -142,8 +144,9 @@ std::optional<ProcessStats> read_process_stats() {
        !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
     ++fds;
   }
-  // The iterator's own descriptor is among them while it lists.
-  s.open_fds = static_cast<double>(fds > 0 ? fds - 1 : 0);
+  // The iterator's own descriptor is among them while it lists. Out of descriptors, the
+  // listing itself fails: then the count is left out, not reported as 0.
+  if (!ec && fds > 0) s.open_fds = static_cast<double>(fds - 1);
   rlimit limit{};
   if (::getrlimit(RLIMIT_NOFILE, &limit) == 0) s.max_fds = static_cast<double>(limit.rlim_cur);
   return s;
@@ -178,8 +181,10 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
     p.sample("process_resident_memory_bytes", ps.resident_memory_bytes);
     p.family("process_virtual_memory_bytes", "gauge", "Virtual memory size, bytes.");
     p.sample("process_virtual_memory_bytes", ps.virtual_memory_bytes);
-    p.family("process_open_fds", "gauge", "Open file descriptors.");
-    p.sample("process_open_fds", ps.open_fds);
+    if (ps.open_fds) {
+      p.family("process_open_fds", "gauge", "Open file descriptors.");
+      p.sample("process_open_fds", *ps.open_fds);
+    }
     p.family("process_max_fds", "gauge", "Limit on open file descriptors (soft).");
     p.sample("process_max_fds", ps.max_fds);
     p.family("process_start_time_seconds", "gauge", "Start time of the process, Unix seconds.");

@@ -43,8 +43,8 @@ struct ProcessStats {
   double cpu_seconds = 0;  // user + system
   double resident_memory_bytes = 0;
   double virtual_memory_bytes = 0;
-  double open_fds = 0;
-  double max_fds = 0;  // RLIMIT_NOFILE, soft
+  std::optional<double> open_fds;  // absent when /proc/self/fd cannot be listed
+  double max_fds = 0;              // RLIMIT_NOFILE, soft
 };
 // Reads them from /proc/self (Linux); nullopt where that is not available.
 std::optional<ProcessStats> read_process_stats();

@@ -546,7 +546,7 @@ v1::ErrorCode Shard::observe_scalar(Entry& entry, const std::string& key,
     return duplicate ? v1::ERROR_CODE_DUPLICATE_SEQ : v1::ERROR_CODE_OUT_OF_ORDER_SEQ;
   }
   if (seq) entry.last_seq = seq;
-  entry.last_time = time;
+  entry.last_time = std::max(entry.last_time, time);  // as the series takes times (newest)
   fill_prediction(o, entry.predictor, time, prediction);
   return v1::ERROR_CODE_UNSPECIFIED;
 }
@@ -598,7 +598,7 @@ void Shard::handle_observation(const v1::Request& request, v1::Response& respons
             ": dropped");
   }
   if (seq) e->last_seq = seq;
-  e->last_time = o.time_unix_nano();
+  e->last_time = std::max(e->last_time, o.time_unix_nano());
   fill_prediction(out, e->predictor, o.time_unix_nano(), response.mutable_prediction());
 }
 

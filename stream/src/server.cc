@@ -297,8 +297,10 @@ struct Server::Impl {
   std::condition_variable sessions_cv;
   std::unordered_map<std::uint64_t, std::weak_ptr<Session>> sessions;
   std::uint64_t next_session_id = 1;
-  // Accept errors since start: logged at the 1st, 2nd, 4th, ... (EMFILE lasts, 20 a second).
+  // Accept errors and refusals in a row (reset by a connection accepted): logged at the
+  // 1st, 2nd, 4th, ... of each episode (EMFILE lasts, 20 errors a second).
   std::atomic<std::uint64_t> accept_errors{0};
+  std::atomic<std::uint64_t> refusals_in_a_row{0};
 };
 
 // ---------------------------------------------------------------------------------------
@@ -420,7 +422,17 @@ class Server::Impl::Session final : public Owner {
   }
 
   void do_read() {
-    if (reading_ || closed_ || input_pending_ || stop_reading_ || flushing_ || ring_full()) return;
+    if (reading_ || closed_ || stop_reading_ || flushing_) return;
+    if (input_pending_ || ring_full()) {
+      // Paused by the server (answers not yet taken): not the peer's time.
+      if (paused_at_ == Clock::time_point{}) paused_at_ = Clock::now();
+      return;
+    }
+    if (paused_at_ != Clock::time_point{}) {
+      // The read timeout counts only time the server waited for the peer.
+      if (partial_) partial_since_ += Clock::now() - paused_at_;
+      paused_at_ = Clock::time_point{};
+    }
     reading_ = true;
     socket_.async_read_some(
         asio::buffer(read_buffer_),
@@ -643,7 +655,7 @@ class Server::Impl::Session final : public Owner {
         return do_close("write timeout: the peer does not read");
       }
       if (o.read_timeout.count() > 0 && partial_ && !input_pending_ &&
-          now - partial_since_ > o.read_timeout) {
+          paused_at_ == Clock::time_point{} && now - partial_since_ > o.read_timeout) {
         c.read_timeouts.fetch_add(1, std::memory_order_relaxed);
         return do_close("read timeout: a frame was not completed in time");
       }
@@ -661,11 +673,13 @@ class Server::Impl::Session final : public Owner {
     closed_ = true;
     ErrorCode ec;
     timer_.cancel();
+    // The place among max_connections is free before the peer can see the close (a
+    // client that reconnects at once must not be refused); the log line comes last.
+    impl_.counters.connections_open.fetch_sub(1, std::memory_order_relaxed);
     socket_.shutdown(tcp::socket::shutdown_both, ec);
     socket_.close(ec);
-    if (!why.empty()) impl_.log(level, "connection " + std::to_string(id_) + " closed: " + why);
-    impl_.counters.connections_open.fetch_sub(1, std::memory_order_relaxed);
     impl_.remove_session(id_);
+    if (!why.empty()) impl_.log(level, "connection " + std::to_string(id_) + " closed: " + why);
   }
 
   std::uint64_t id_;
@@ -691,6 +705,7 @@ class Server::Impl::Session final : public Owner {
   std::uint64_t uncounted_responses_ = 0, uncounted_frames_ = 0;
   std::array<std::uint64_t, detail::kRequestKinds> uncounted_requests_{};  // by RequestKind
   Clock::time_point last_activity_, partial_since_, write_started_, linger_deadline_;
+  Clock::time_point paused_at_{};  // reads paused by the server since (epoch: not paused)
 };
 
 // ---------------------------------------------------------------------------------------
@@ -1143,7 +1158,7 @@ void Server::Impl::do_accept(std::size_t i) {
       const std::uint64_t n = accept_errors.fetch_add(1, std::memory_order_relaxed) + 1;
       if ((n & (n - 1)) == 0) {
         log(LogLevel::kWarning, "accept: " + ec.message() + " (" + std::to_string(n) +
-                                    " accept errors since start; retrying every 50 ms)");
+                                    " accept errors in a row; retrying every 50 ms)");
       }
       listener.retry.expires_after(std::chrono::milliseconds(50));
       listener.retry.async_wait([this, i](ErrorCode wait_ec) {
@@ -1158,18 +1173,20 @@ void Server::Impl::do_accept(std::size_t i) {
     }
     if (counters.connections_open.load(std::memory_order_relaxed) >= options.max_connections) {
       // Counted before the close, which the peer may see at once.
-      const std::uint64_t refused =
-          counters.connections_refused.fetch_add(1, std::memory_order_relaxed) + 1;
+      counters.connections_refused.fetch_add(1, std::memory_order_relaxed);
       ErrorCode ignored;
       socket.close(ignored);
-      if ((refused & (refused - 1)) == 0) {  // 1, 2, 4, ...: a flood logs a few lines only
+      const std::uint64_t n = refusals_in_a_row.fetch_add(1, std::memory_order_relaxed) + 1;
+      if ((n & (n - 1)) == 0) {  // 1, 2, 4, ...: a flood logs a few lines only
         log(LogLevel::kWarning, "connection refused: max_connections (" +
                                     std::to_string(options.max_connections) + ") are open; " +
-                                    std::to_string(refused) + " refused since start");
+                                    std::to_string(n) + " refused in a row");
       }
       do_accept(i);
       return;
     }
+    accept_errors.store(0, std::memory_order_relaxed);  // an episode ends
+    refusals_in_a_row.store(0, std::memory_order_relaxed);
     counters.connections_accepted.fetch_add(1, std::memory_order_relaxed);
     counters.connections_open.fetch_add(1, std::memory_order_relaxed);
     std::uint64_t id = 0;
@@ -1430,7 +1447,21 @@ void Server::import_models(const ModelSnapshot& snapshot) {
     }
     key_configs[detail::shard_of(k.key(), impl_->shards.size())].emplace(k.key(), k.configured());
   }
+  const std::vector<v1::PrefixOverride> saved = impl_->configs.configured();
   impl_->configs.set_configured(snapshot.configured_prefixes);  // checks before changing
+  // A pending key config must resolve with the prefixes just restored, as a Configure of
+  // it did when it was given (or its key would answer BAD_CONFIG and hold a place).
+  for (const v1::KeySnapshot& k : snapshot.pending_keys) {
+    v1::KeyConfig merged = impl_->configs.base_for(k.key());
+    merge_key_config(merged, k.configured());
+    try {
+      resolve_key_config(merged);
+    } catch (const std::invalid_argument& e) {
+      impl_->configs.set_configured(saved);
+      throw std::invalid_argument("snapshot's pending key config for '" + k.key() +
+                                  "' does not resolve: " + e.what());
+    }
+  }
   for (std::size_t i = 0; i < per_shard.size(); ++i) {
     impl_->shards[i]->shard.replace_all(std::move(per_shard[i]), std::move(key_configs[i]));
   }

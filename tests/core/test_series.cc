@@ -282,15 +282,31 @@ TEST_CASE("SeriesConfig refuses a kernel that overflows on standardized inputs")
   //   NTK, relu, depth 3, w_std 1e60: w_std^8 = 1e480 times O(100): inf;
   //   polynomial, degree 150, gamma 1, coef0 1: (|x|^2 + 1)^150 = (100 d + 1)^150, finite
   //   for d = 1 (101^150 ~ 4.4e300), inf for d = 2 (201^150 ~ 1.5e345).
+  // validate() probes one component (the dimension is the stream's); the constructors
+  // probe the stream's own: lags + time feature, or the feature dimension.
+  const auto construct_error = [](const SeriesConfig& c, int feature_dim) {
+    try {
+      if (feature_dim > 0) {
+        SeriesPredictor p(c, feature_dim);
+      } else {
+        SeriesPredictor p(c);
+      }
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
   SeriesConfig c;
   c.model.kernel = ntk::KernelSpec::parse("ntk:activation=erf,depth=1,w_std=1e200");
   const std::string m = message(c);
   CHECK(m.find("series: kernel ntk:activation=erf,depth=1,w_std=1e+200") == 0);
   CHECK(m.find("overflows (k(x, x) = NaN)") != std::string::npos);  // inf - inf inside
-  CHECK(m.find("10 standard deviations out in each of its 8 components") != std::string::npos);
-  CHECK_THROWS_AS(SeriesPredictor{c}, std::invalid_argument);
+  CHECK(m.find("on an input of 1 component(s), each 10 standard deviations out") !=
+        std::string::npos);
+  CHECK(construct_error(c, 0) == m);
   c.model.kernel = ntk::KernelSpec::parse("ntk:activation=erf,depth=1,w_std=1e100");
   CHECK(message(c).empty());  // 1e200 * 100: finite
+  CHECK(construct_error(c, 0).empty());
 
   c.model.kernel = ntk::KernelSpec::parse("ntk:activation=relu,depth=3,w_std=1e60");
   CHECK(message(c).find("overflows (k(x, x) = inf)") != std::string::npos);
@@ -298,21 +314,18 @@ TEST_CASE("SeriesConfig refuses a kernel that overflows on standardized inputs")
   CHECK(message(c).empty());
 
   c.model.kernel = ntk::KernelSpec::parse("polynomial:degree=150,gamma=1,coef0=1");
+  CHECK(message(c).empty());  // 8 lags: not known to validate()
+  CHECK(construct_error(c, 0).find("on an input of 8 component(s)") != std::string::npos);
   c.lags = 1;
-  CHECK(message(c).empty());
-  CHECK_NOTHROW(SeriesPredictor{c});
+  CHECK(construct_error(c, 0).empty());
   c.time_feature = true;  // two components
-  CHECK(message(c).find("each of its 2 components") != std::string::npos);
+  CHECK(construct_error(c, 0).find("on an input of 2 component(s)") != std::string::npos);
+  // Feature mode probes the feature dimension, whatever the (unused) lags: fine for one
+  // feature, refused for two.
   c.time_feature = false;
-  // Feature mode probes the feature dimension: the same config is fine for one feature
-  // and refused for two.
-  CHECK_NOTHROW(SeriesPredictor(c, 1));
-  try {
-    SeriesPredictor(c, 2);
-    FAIL("a kernel that overflows on two features was accepted");
-  } catch (const std::invalid_argument& e) {
-    CHECK(std::string(e.what()).find("each of its 2 components") != std::string::npos);
-  }
+  c.lags = 8;
+  CHECK(construct_error(c, 1).empty());
+  CHECK(construct_error(c, 2).find("on an input of 2 component(s)") != std::string::npos);
 }
 
 TEST_CASE("embedding and scaling: the first samples by hand") {
@@ -667,6 +680,24 @@ TEST_CASE("a time before the newest (or unset) is a step of 0 s, counted") {
     }
   }
   CHECK(unset.counters().time_reversals == 2);
+  // The first values without a time (a client that sets it only later): the step from
+  // them is unknown, not 1.7e9 s, and the mean interval stays right.
+  SeriesPredictor late(c);
+  double sse_late = 0.0;
+  for (std::size_t i = 0; i < st.values.size(); ++i) {
+    const Outcome o = late.observe(i, i < 3 ? 0 : st.times[i], st.values[i]);
+    if (i >= 200 && o.has_prediction) sse_late += (o.value - o.mean) * (o.value - o.mean);
+  }
+  CHECK(late.counters().time_reversals == 0);
+  CHECK(sse_late <= 1.2 * sse_truth);
+  // The mean interval is that of the known steps (values 3 to 399), closed form.
+  double sum = 0.0;
+  for (std::size_t i = 4; i < st.times.size(); ++i) {
+    sum += static_cast<double>(st.times[i] - st.times[i - 1]) * 1e-9;
+  }
+  const double known_mean = sum / static_cast<double>(st.times.size() - 4);
+  CHECK(late.export_state().interval.n == st.times.size() - 4);
+  CHECK(late.export_state().interval.mean == doctest::Approx(known_mean).epsilon(1e-12));
   CHECK(oracle.counters().time_reversals == 0);
   CHECK(truth.counters().time_reversals == 0);
   // Two bad times cost little afterwards. (Taken as they came, the step from time 0 to

@@ -701,9 +701,9 @@ TEST_CASE("start-up: bad config or flag (2), --help and --version (0), busy port
   CHECK(out == "ntkd 0.1.0 (ntk::core: " + std::string(core.target) + ", " +
                    std::string(core.simd) + ")\n");
 
-  // A port that is taken, and a snapshot directory held by a running daemon. Neither
-  // second start touches the running daemon's port file (it used to delete it first; a
-  // daemon now removes a stale one only once it holds its snapshot directory).
+  // A port that is taken (with a snapshot directory of its own, and without), and a
+  // snapshot directory held by a running daemon. No second start touches the running
+  // daemon's port file (it used to delete it first).
   Daemon d{dir, {}, {}, nullptr, {}};
   d.start("running.log");
   const std::string port_file = (dir / "ports").string();
@@ -713,6 +713,11 @@ TEST_CASE("start-up: bad config or flag (2), --help and --version (0), busy port
       {"--listen", "127.0.0.1:" + std::to_string(d.tcp()), "--port-file", port_file}, "busy.log");
   CHECK(status == 1);
   CHECK(out.find("level=error msg=fatal") != std::string::npos);
+  CHECK(ntk::test::slurp(port_file) == ports);
+  std::tie(status, out) = run({"--listen", "127.0.0.1:" + std::to_string(d.tcp()), "--port-file",
+                               port_file, "--snapshot-dir", (dir / "other").string()},
+                              "busy2.log");
+  CHECK(status == 1);
   CHECK(ntk::test::slurp(port_file) == ports);
   std::tie(status, out) = run({"--listen", "127.0.0.1:0", "--snapshot-dir",
                                (dir / "snapshots").string(), "--port-file", port_file},

@@ -232,7 +232,16 @@ TEST_CASE("process metrics: rendered as Prometheus clients do, read from /proc")
   const std::optional<ntk::daemon::ProcessStats> after = ntk::daemon::read_process_stats();
   ::close(fd);
   REQUIRE(after);
-  CHECK(after->open_fds == before->open_fds + 1);
+  REQUIRE(before->open_fds);
+  REQUIRE(after->open_fds);
+  CHECK(*after->open_fds == *before->open_fds + 1);
+  // Exactly the descriptors open: counted here by probing each number up to the limit.
+  int open_now = 0;
+  for (int i = 0; i < 4096; ++i) open_now += ::fcntl(i, F_GETFD) != -1;
+  const std::optional<ntk::daemon::ProcessStats> now = ntk::daemon::read_process_stats();
+  REQUIRE(now);
+  REQUIRE(now->open_fds);
+  CHECK(*now->open_fds == open_now);
   rlimit limit{};
   REQUIRE(::getrlimit(RLIMIT_NOFILE, &limit) == 0);
   CHECK(after->max_fds == static_cast<double>(limit.rlim_cur));

@@ -884,6 +884,26 @@ TEST_CASE("max_connections: one connection more is closed at once and counted") 
   CHECK(server.counters().connections_refused() == 1);
 }
 
+TEST_CASE("max_connections: a place is free once the client sees its connection closed") {
+  // The count went down only after the close and its log line: a client reconnecting at
+  // once was refused, every time when the log sink is slow (stderr to a busy journal).
+  ServerOptions options = small_options();
+  options.max_connections = 1;
+  options.idle_timeout = std::chrono::milliseconds(50);
+  options.log = [](ntk::stream::LogLevel, std::string_view) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  };
+  Server server(options);
+  server.start();
+  for (std::uint64_t i = 1; i <= 5; ++i) {
+    Client c("127.0.0.1", server.port(), with_timeout());
+    REQUIRE(c.call(reading("r", i, 1.0 * i)).has_prediction());
+    REQUIRE(server_closes(c));  // idle timeout
+  }
+  CHECK(server.counters().connections_refused() == 0);
+  CHECK(server.counters().idle_timeouts() == 5);
+}
+
 TEST_CASE("idle and read timeouts close only the silent connection") {
   ServerOptions options = small_options();
   options.idle_timeout = std::chrono::milliseconds(200);
@@ -1331,6 +1351,20 @@ TEST_CASE("a key configured before its first value is exported and imported") {
     many.pending_keys.back().set_key(k);
   }
   CHECK_THROWS_AS(a.import_models(many), std::invalid_argument);
+  // A pending config that does not resolve (under these options' defaults: warmup 1) is
+  // refused before anything changes: the prefixes imported with it are not kept.
+  ntk::stream::ModelSnapshot broken = snapshot;
+  broken.pending_keys[0].mutable_configured()->mutable_series()->set_warmup(1);
+  v1::PrefixOverride prefix;
+  prefix.set_key_prefix("pre/");
+  prefix.mutable_config()->mutable_series()->set_lags(3);
+  broken.configured_prefixes.push_back(prefix);
+  Server b(options);
+  CHECK_THROWS_WITH_AS(b.import_models(broken),
+                       doctest::Contains("pending key config for 'early' does not resolve"),
+                       std::invalid_argument);
+  CHECK(b.export_models().configured_prefixes.empty());
+  CHECK(b.export_models().keys.empty());
 }
 
 TEST_CASE("multi-channel readings: every channel key fits the key limit") {

@@ -28,7 +28,9 @@
 //   h == 1 dt is the actual arrival time; for h > 1 the forecast is issued assuming
 //   dt = h dbar (feature 0) and the model learns with the actual dt. A time before the
 //   newest value's (a clock stepping back, or an unset time, 0) counts as the newest
-//   value's time, a step of 0 s (SeriesCounters::time_reversals).
+//   value's time, a step of 0 s (SeriesCounters::time_reversals); while the values have
+//   come without a time (0 from the first one on), steps from them are unknown: left out
+//   of dbar, and dt = h dbar.
 //
 //   Bad and missing values (NaN, infinite, absent, or beyond 1e150 in magnitude):
 //   MissingPolicy decides; either way nothing is scored and nothing is learned from the
@@ -148,7 +150,8 @@ struct SeriesConfig {
   // are checked by ModelConfig::validate() and read "model: <field> ...";
   // model.noise_variance must be valid even when noise_candidates replace it. Kernel
   // parameters so extreme that k(x, x) overflows at the probe input (kKernelProbe in every
-  // component) are refused: the model could learn nothing from standardized data.
+  // component) are refused: the model could learn nothing from standardized data. Here
+  // with one component; SeriesPredictor's constructors probe the stream's dimension.
   void validate() const;
   friend bool operator==(const SeriesConfig&, const SeriesConfig&) = default;
 };
