@@ -422,17 +422,7 @@ class Server::Impl::Session final : public Owner {
   }
 
   void do_read() {
-    if (reading_ || closed_ || stop_reading_ || flushing_) return;
-    if (input_pending_ || ring_full()) {
-      // Paused by the server (answers not yet taken): not the peer's time.
-      if (paused_at_ == Clock::time_point{}) paused_at_ = Clock::now();
-      return;
-    }
-    if (paused_at_ != Clock::time_point{}) {
-      // The read timeout counts only time the server waited for the peer.
-      if (partial_) partial_since_ += Clock::now() - paused_at_;
-      paused_at_ = Clock::time_point{};
-    }
+    if (reading_ || closed_ || input_pending_ || stop_reading_ || flushing_ || ring_full()) return;
     reading_ = true;
     socket_.async_read_some(
         asio::buffer(read_buffer_),
@@ -654,8 +644,11 @@ class Server::Impl::Session final : public Owner {
         c.write_timeouts.fetch_add(1, std::memory_order_relaxed);
         return do_close("write timeout: the peer does not read");
       }
+      // Not while the server holds unprocessed input: reading is paused then (a full ring
+      // stops process_input before it looks at a partial frame), and the timeout starts
+      // again from when that input is processed.
       if (o.read_timeout.count() > 0 && partial_ && !input_pending_ &&
-          paused_at_ == Clock::time_point{} && now - partial_since_ > o.read_timeout) {
+          now - partial_since_ > o.read_timeout) {
         c.read_timeouts.fetch_add(1, std::memory_order_relaxed);
         return do_close("read timeout: a frame was not completed in time");
       }
@@ -705,7 +698,6 @@ class Server::Impl::Session final : public Owner {
   std::uint64_t uncounted_responses_ = 0, uncounted_frames_ = 0;
   std::array<std::uint64_t, detail::kRequestKinds> uncounted_requests_{};  // by RequestKind
   Clock::time_point last_activity_, partial_since_, write_started_, linger_deadline_;
-  Clock::time_point paused_at_{};  // reads paused by the server since (epoch: not paused)
 };
 
 // ---------------------------------------------------------------------------------------

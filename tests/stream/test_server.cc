@@ -904,6 +904,38 @@ TEST_CASE("max_connections: a place is free once the client sees its connection 
   CHECK(server.counters().idle_timeouts() == 5);
 }
 
+TEST_CASE("the read timeout does not run while the server itself does not read") {
+  // Reading pauses until a Snapshot's answer is written (here: a writer that takes 900
+  // ms). A client that had already sent the start of its next frame must not be closed by
+  // the read timeout (300 ms) for a frame the server was not reading: the timeout runs
+  // from when the server took that input up again.
+  ServerOptions options = small_options();
+  options.read_timeout = std::chrono::milliseconds(300);
+  options.snapshot_writer = [](const ntk::stream::ModelSnapshot&) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(900));
+    return std::string("/nowhere/snapshot");
+  };
+  Server server(options);
+  server.start();
+  Client c("127.0.0.1", server.port(), with_timeout());
+  v1::Request snapshot;
+  snapshot.set_seq(1);
+  snapshot.mutable_control()->mutable_snapshot();
+  const std::string next = frame_of(reading("late", 2, 1.0));
+  c.send_raw(bytes_of(frame_of(snapshot) + next.substr(0, 3)), 1);
+  const v1::Response ack = c.receive();  // after the writer's 900 ms
+  REQUIRE(ack.has_ack());
+  CHECK(ack.ack().snapshot_path() == "/nowhere/snapshot");
+  // The rest of the frame 150 ms later: within the read timeout of the server's reading
+  // time, beyond it if the paused 900 ms counted.
+  std::this_thread::sleep_for(std::chrono::milliseconds(150));
+  c.send_raw(bytes_of(next.substr(3)), 1);
+  const v1::Response late = c.receive();
+  CHECK(late.seq() == 2);
+  CHECK(late.has_prediction());
+  CHECK(server.counters().read_timeouts() == 0);
+}
+
 TEST_CASE("idle and read timeouts close only the silent connection") {
   ServerOptions options = small_options();
   options.idle_timeout = std::chrono::milliseconds(200);
