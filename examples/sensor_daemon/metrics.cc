@@ -15,6 +15,7 @@
 #include <sstream>
 #include <vector>
 
+#include "ntk/stream/convert.h"
 #include "ntk/v1/state.pb.h"
 
 namespace ntk::daemon {
@@ -95,19 +96,6 @@ double u(std::uint64_t v) { return static_cast<double>(v); }
 std::string short_code(const std::string& name) {
   constexpr std::string_view prefix = "ERROR_CODE_";
   return name.rfind(prefix, 0) == 0 ? name.substr(prefix.size()) : name;
-}
-
-// a -= b for every uint64 field, at 0 at least (a server that predates a field sends 0).
-void subtract_counts(google::protobuf::Message& a, const google::protobuf::Message& b) {
-  const google::protobuf::Descriptor* d = a.GetDescriptor();
-  const google::protobuf::Reflection* ra = a.GetReflection();
-  const google::protobuf::Reflection* rb = b.GetReflection();
-  for (int i = 0; i < d->field_count(); ++i) {
-    const google::protobuf::FieldDescriptor* f = d->field(i);
-    if (f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_UINT64) continue;
-    const std::uint64_t x = ra->GetUInt64(a, f), y = rb->GetUInt64(b, f);
-    ra->SetUInt64(&a, f, x > y ? x - y : 0);
-  }
 }
 
 }  // namespace
@@ -290,8 +278,8 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
     series.set_excluded(series.excluded() + s.excluded());
   }
   // Less what the keys restored at start carried in: from this process's start.
-  subtract_counts(model, c.restored_model());
-  subtract_counts(series, c.restored_series());
+  ntk::stream::subtract_counts(model, c.restored_model());
+  ntk::stream::subtract_counts(series, c.restored_series());
   p.family("ntkd_keys", "gauge", "Live stream keys.");
   p.sample("ntkd_keys", u(c.keys()));
   p.family("ntkd_models", "gauge",

@@ -1,6 +1,9 @@
 // Conversions between ntk.v1 protobuf configs/states and the core structs.
 #include "ntk/stream/convert.h"
 
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/message.h>
+
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -488,6 +491,32 @@ v1::PrequentialScore to_proto(const PrequentialScore& s) {
   out.set_sum_nlpd(s.sum_nlpd);
   out.set_covered(s.covered);
   return out;
+}
+
+namespace {
+
+// f(a's value, b's value) into a, for every uint64 field.
+template <typename F>
+void combine_counts(google::protobuf::Message& a, const google::protobuf::Message& b, F f) {
+  const google::protobuf::Descriptor* d = a.GetDescriptor();
+  const google::protobuf::Reflection* ra = a.GetReflection();
+  const google::protobuf::Reflection* rb = b.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const google::protobuf::FieldDescriptor* fd = d->field(i);
+    if (fd->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_UINT64) continue;
+    ra->SetUInt64(&a, fd, f(ra->GetUInt64(a, fd), rb->GetUInt64(b, fd)));
+  }
+}
+
+}  // namespace
+
+void add_counts(google::protobuf::Message& a, const google::protobuf::Message& b) {
+  combine_counts(a, b, [](std::uint64_t x, std::uint64_t y) { return x + y; });
+}
+
+void subtract_counts(google::protobuf::Message& a, const google::protobuf::Message& b) {
+  // At 0 at least: a server that predates a field sends 0 for it.
+  combine_counts(a, b, [](std::uint64_t x, std::uint64_t y) { return x > y ? x - y : 0; });
 }
 
 v1::ModelCounters to_proto(const ModelCounters& c) {

@@ -137,22 +137,6 @@ void Counters::count_error(v1::ErrorCode code) {
     errors[static_cast<std::size_t>(i)].fetch_add(1, std::memory_order_relaxed);
 }
 
-namespace {
-
-// a += b, field by field (every field of these messages is a uint64 count).
-void add_counts(google::protobuf::Message& a, const google::protobuf::Message& b) {
-  const google::protobuf::Descriptor* d = a.GetDescriptor();
-  const google::protobuf::Reflection* ra = a.GetReflection();
-  const google::protobuf::Reflection* rb = b.GetReflection();
-  for (int i = 0; i < d->field_count(); ++i) {
-    const google::protobuf::FieldDescriptor* f = d->field(i);
-    if (f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_UINT64) continue;
-    ra->SetUInt64(&a, f, ra->GetUInt64(a, f) + rb->GetUInt64(b, f));
-  }
-}
-
-}  // namespace
-
 void Counters::retire(const v1::ModelCounters& model, const v1::SeriesCounters& series) {
   std::lock_guard lock(retired_mutex);
   add_counts(retired_model, model);

@@ -69,4 +69,9 @@ v1::PrequentialScore to_proto(const PrequentialScore& score);
 PrequentialScore from_proto(const v1::PrequentialScore& score);
 v1::ModelCounters to_proto(const ModelCounters& counters);
 
+// Sums of counters (v1::ModelCounters, v1::SeriesCounters), every uint64 field: a += b,
+// and a -= b at 0 at least. requires: a and b of the same message type.
+void add_counts(google::protobuf::Message& a, const google::protobuf::Message& b);
+void subtract_counts(google::protobuf::Message& a, const google::protobuf::Message& b);
+
 }  // namespace ntk::stream
