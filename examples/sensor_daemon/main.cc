@@ -134,7 +134,6 @@ class Snapshotter {
   Status& status_;
 };
 
-// "tcp=HOST:PORT" lines (then udp=, metrics=) for scripts that asked for port 0.
 // True when `path` is a regular file whose whole content is `text`.
 bool file_holds(const std::string& path, const std::string& text) {
   std::ifstream in(path, std::ios::binary);
@@ -145,6 +144,7 @@ bool file_holds(const std::string& path, const std::string& text) {
   return content == text;
 }
 
+// "tcp=HOST:PORT" lines (then udp=, metrics=) for scripts that asked for port 0.
 std::string port_file_text(const v1::ServerConfig& config, const ntk::stream::Server& server,
                            const ntk::daemon::HttpServer* http) {
   auto line = [](const char* kind, const std::string& address, std::uint16_t port) {
