@@ -13,17 +13,16 @@
 // with --benchmark_repetitions; CPU time, which a machine shared with other work affects
 // least).
 //
-//   cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DNTK_BUILD_BENCH=ON -DNTK_NATIVE=OFF
+//   cmake -S . -B build-bench -DCMAKE_BUILD_TYPE=Release -DNTK_BUILD_BENCH=ON
 //   cmake --build build-bench --target bench_kernel
 //   build-bench/bench/bench_kernel
+// That build runs the copy of ntk::core the loader picks for this CPU (the ntk_core
+// context line); -DNTK_HWCAPS=OFF gives baseline x86-64 code, -DNTK_NATIVE=ON the host's.
 #include <benchmark/benchmark.h>
-#include <unistd.h>
 
 #include <cstdio>
-#include <map>
 #include <memory>
 #include <random>
-#include <set>
 #include <string>
 #include <vector>
 
@@ -122,27 +121,6 @@ void BM_naive(benchmark::State& state, const char* spec) {
   per_entry_counter(state, M);
 }
 
-// Collects the CPU time per iteration (ns) of every benchmark while the console output goes
-// on: the median over repetitions when --benchmark_repetitions is given, else the run.
-class Collector : public benchmark::ConsoleReporter {
- public:
-  // Colours only on a terminal (the flag --benchmark_color applies to the default reporter).
-  Collector() : ConsoleReporter(::isatty(STDOUT_FILENO) ? OO_ColorTabular : OO_Tabular) {}
-  void ReportRuns(const std::vector<Run>& runs) override {
-    for (const Run& r : runs) {
-      if (r.run_type == Run::RT_Aggregate && r.aggregate_name == "median") {
-        times[r.run_name.str()] = r.GetAdjustedCPUTime();
-        medians.insert(r.run_name.str());
-      } else if (r.run_type == Run::RT_Iteration && !medians.contains(r.run_name.str())) {
-        times[r.run_name.str()] = r.GetAdjustedCPUTime();
-      }
-    }
-    ConsoleReporter::ReportRuns(runs);
-  }
-  std::map<std::string, double> times;
-  std::set<std::string> medians;
-};
-
 std::string run_name(const std::string& kind, const char* kernel, int M, int d) {
   return kind + "/" + kernel + "/M:" + std::to_string(M) + "/d:" + std::to_string(d);
 }
@@ -164,15 +142,13 @@ int main(int argc, char** argv) {
   ntk::bench::add_build_context();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  Collector collector;
+  ntk::bench::TimeCollector collector;
   benchmark::RunSpecifiedBenchmarks(&collector);
   benchmark::Shutdown();
+  if (collector.empty()) return 0;  // --benchmark_list_tests, or a filter that matched nothing
 
   // Time per entry in ns, naive / row, and row / (RBF row) at the same M and d.
-  const auto t = [&](const std::string& name) {
-    const auto it = collector.times.find(name);
-    return it == collector.times.end() ? 0.0 : it->second;
-  };
+  const auto t = [&](const std::string& name) { return collector.time(name); };
   std::printf("\nFrom this run: ns per entry (row, naive), naive/row, row/(rbf row)\n");
   std::printf("%-17s %5s %3s %9s %9s %9s %9s\n", "kernel", "M", "d", "row", "naive", "naive/row",
               "row/rbf");

@@ -1,10 +1,11 @@
 // Online GP update and prediction throughput, steady state (dictionary full, evicting),
 // d = 7, against dlib::krls (radial_basis_kernel, max dictionary size M) on the same
 // streams. Samples that enter the dictionary and samples that do not are measured
-// separately, since their costs differ (by about 30x for dlib). BM_reference_pieces times
+// separately, since their costs differ (by about 30x for dlib with Debian's reference
+// BLAS, 10x with OpenBLAS; the blas context line names the one loaded). BM_reference_pieces times
 // the yardstick (plain Eigen pieces of one step) on the same machine. After the
 // benchmarks the program prints the ratios dlib time / ntkstream time and ntkstream time /
-// reference time from this one run.
+// reference time from this one run (CPU time; medians with --benchmark_repetitions).
 //
 //   cmake -S . -B build-bench -G Ninja -DCMAKE_BUILD_TYPE=Release -DNTK_NATIVE=ON
 //         -DNTK_BUILD_BENCH=ON
@@ -12,13 +13,13 @@
 //   build-bench/bench/bench_model --benchmark_min_time=0.2
 #include <benchmark/benchmark.h>
 #include <dlib/svm.h>
-#include <unistd.h>
+#include <link.h>
 
 #include <Eigen/Cholesky>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <map>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -80,16 +81,20 @@ void BM_ntk_update(benchmark::State& state, bool ntk_kernel, ntk::EvictionPolicy
     for (int i = 0; i < gp.dictionary_size(); ++i) stream.push_back(gp.inputs().row(i).transpose());
   }
   std::size_t i = 0;
-  std::uint64_t admitted = 0;
+  std::uint64_t admitted = 0, newcomer_evicted = 0;
   for (auto _ : state) {
     const Eigen::VectorXd& x = stream[i];
     const ntk::UpdateResult r = gp.update(x, target(x));
     admitted += r.admitted;
+    newcomer_evicted += r.evicted == M;  // the sample just admitted left again at once
     benchmark::DoNotOptimize(r.prediction.mean);
     if (++i == stream.size()) i = 0;
   }
-  state.counters["admitted_fraction"] =
-      static_cast<double>(admitted) / static_cast<double>(state.iterations());
+  const auto n = static_cast<double>(state.iterations());
+  state.counters["admitted_fraction"] = static_cast<double>(admitted) / n;
+  // Under min_loss most admitted samples are the least useful basis and leave in the same
+  // update (a removal of the last row, O(M)); oldest-first always moves the whole factor.
+  state.counters["newcomer_evicted"] = static_cast<double>(newcomer_evicted) / n;
   state.counters["updates_per_s"] =
       benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
 }
@@ -119,6 +124,29 @@ void BM_ntk_recompute(benchmark::State& state, bool ntk_kernel, ntk::EvictionPol
     gp.recompute();
     benchmark::DoNotOptimize(gp.last_drift());
   }
+}
+
+// The BLAS libraries loaded into this process, by their real paths. dlib's matrix
+// products call the system BLAS, and its admitting path is dominated by one O(M^3)
+// product (in krls::remove_dictionary_vector), so its time depends on which BLAS
+// Debian's alternatives resolve libblas.so.3 to: the reference BLAS (libblas3, what
+// libdlib-dev pulls in) or an optimized one (OpenBLAS, BLIS), which is several times faster.
+std::string loaded_blas() {
+  std::string found;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, std::size_t, void* out) {
+        const std::string name = info->dlpi_name ? info->dlpi_name : "";
+        if (name.find("blas") == std::string::npos && name.find("blis") == std::string::npos) {
+          return 0;
+        }
+        char* real = ::realpath(name.c_str(), nullptr);
+        auto& s = *static_cast<std::string*>(out);
+        s += (s.empty() ? "" : ", ") + std::string(real ? real : name.c_str());
+        std::free(real);
+        return 0;
+      },
+      &found);
+  return found.empty() ? "none loaded" : found;
 }
 
 DlibSample to_dlib(const Eigen::VectorXd& x) {
@@ -250,30 +278,19 @@ BENCHMARK(BM_reference_pieces)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_dlib_krls, admit, Path::kAdmit)->Apply(sizes);
 BENCHMARK_CAPTURE(BM_dlib_krls, reject, Path::kReject)->Apply(sizes);
 
-// Collects per-iteration times while the normal console output goes on.
-class Collector : public benchmark::ConsoleReporter {
- public:
-  // Colour only on a terminal, so that redirected output stays plain text.
-  Collector() : ConsoleReporter(isatty(1) ? OO_Defaults : OO_Tabular) {}
-  void ReportRuns(const std::vector<Run>& runs) override {
-    for (const Run& r : runs) times[r.benchmark_name()] = r.GetAdjustedRealTime();
-    ConsoleReporter::ReportRuns(runs);
-  }
-  std::map<std::string, double> times;
-};
-
 }  // namespace
 
 int main(int argc, char** argv) {
   const bool like_for_like = ntk::bench::add_build_context();
+  benchmark::AddCustomContext("blas", loaded_blas());
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  Collector collector;
+  ntk::bench::TimeCollector collector;
   benchmark::RunSpecifiedBenchmarks(&collector);
   benchmark::Shutdown();
+  if (collector.empty()) return 0;  // --benchmark_list_tests, or a filter that matched nothing
   const auto t = [&](const std::string& name, int M) {
-    const auto it = collector.times.find(name + "/" + std::to_string(M));
-    return it == collector.times.end() ? 0.0 : it->second;
+    return collector.time(name + "/" + std::to_string(M));
   };
   if (!like_for_like) {
     std::printf(
@@ -282,7 +299,10 @@ int main(int argc, char** argv) {
         "code than ntkstream. For like-for-like ratios configure with NTK_ARCH (or\n"
         "NTK_NATIVE), or hide AVX2 from the loader: GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2.\n");
   }
-  std::printf("\nRatios from this run (dlib::krls time / ntkstream time, same stream, RBF):\n");
+  std::printf(
+      "\nRatios from this run (dlib::krls CPU time / ntkstream CPU time, same stream, RBF;\n"
+      "dlib's admitting path depends on the BLAS, see blas above; oldest-first is like for\n"
+      "like, min_loss mostly evicts the newcomer again, see newcomer_evicted):\n");
   std::printf("%6s %26s %26s %22s\n", "M", "admit: dlib/ours(oldest)", "admit: dlib/ours(minloss)",
               "reject: dlib/ours");
   for (int M : {32, 64, 128, 256, 512}) {
@@ -297,7 +317,7 @@ int main(int argc, char** argv) {
   // The goal, <= 20 us where its machine took 19-22 us for the reference pieces at
   // M = 256, is <= 0.91-1.05 times the reference on any machine.
   std::printf(
-      "\nRatios from this run (ntkstream time / reference pieces time, see "
+      "\nRatios from this run (ntkstream CPU time / reference pieces CPU time, see "
       "BM_reference_pieces):\n");
   const char* const paths[] = {"rbf_minloss_admit", "rbf_oldest_admit", "rbf_reject",
                                "ntk_minloss_admit", "ntk_oldest_admit", "ntk_reject"};
