@@ -342,27 +342,51 @@ TEST_CASE("no heap allocation per update once constructed") {
     gp.predict(VectorXd::Zero(3));
     if (ntk::test::allocations_include_malloc()) CHECK(ntk::test::allocations() - before >= 1);
   }
-  for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
-    for (const char* spec : kKernels) {
-      CAPTURE(spec);
-      ModelConfig c;
-      c.kernel = ntk::KernelSpec::parse(spec);
-      c.budget = 32;
-      c.forgetting = 0.999;
-      c.eviction = policy;
-      c.recompute_every = 100;  // recomputations happen inside the counted window
-      OnlineGP gp(c, 3);
-      const auto xs = random_inputs(1500, 3, 61);
-      std::vector<double> ys;
-      for (const VectorXd& x : xs) ys.push_back(target(x));
-      for (std::size_t t = 0; t < 500; ++t) gp.update(xs[t], ys[t]);
-      const long before = ntk::test::allocations();
-      std::uint64_t recomputes = 0;
-      for (std::size_t t = 500; t < xs.size(); ++t)
-        recomputes += gp.update(xs[t], ys[t]).recomputed;
-      CHECK(ntk::test::allocations() - before == 0);
-      CHECK(recomputes >= 9);
-      CHECK(gp.dictionary_size() == c.budget);
+  // Forgetting on and off (off leaves covariance updates pending between folds), and d = 7
+  // with forgetting off as in bench_model; fresh inputs (admitted, evicting) and then
+  // copies of dictionary points (rejected by the admission test).
+  struct Case {
+    double forgetting;
+    int dim;
+  };
+  for (const Case k : {Case{0.999, 3}, Case{1.0, 7}}) {
+    for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
+      for (const char* spec : kKernels) {
+        CAPTURE(spec);
+        CAPTURE(k.forgetting);
+        ModelConfig c;
+        c.kernel = ntk::KernelSpec::parse(spec);
+        c.budget = 32;
+        c.forgetting = k.forgetting;
+        c.eviction = policy;
+        c.recompute_every = 100;  // recomputations happen inside the counted window
+        OnlineGP gp(c, k.dim);
+        const auto xs = random_inputs(1500, k.dim, 61);
+        std::vector<double> ys;
+        for (const VectorXd& x : xs) ys.push_back(target(x));
+        for (std::size_t t = 0; t < 500; ++t) gp.update(xs[t], ys[t]);
+        const long before = ntk::test::allocations();
+        std::uint64_t recomputes = 0, admitted = 0;
+        for (std::size_t t = 500; t < xs.size(); ++t) {
+          const ntk::UpdateResult r = gp.update(xs[t], ys[t]);
+          recomputes += r.recomputed;
+          admitted += r.admitted;
+        }
+        CHECK(ntk::test::allocations() - before == 0);
+        CHECK(recomputes >= 9);
+        CHECK(admitted >= 500);
+        CHECK(gp.dictionary_size() == c.budget);
+
+        std::vector<VectorXd> repeats;
+        for (int i = 0; i < gp.dictionary_size(); ++i) repeats.emplace_back(gp.inputs().row(i));
+        const long before_repeats = ntk::test::allocations();
+        admitted = 0;
+        for (int pass = 0; pass < 4; ++pass) {
+          for (const VectorXd& x : repeats) admitted += gp.update(x, 0.5).admitted;
+        }
+        CHECK(ntk::test::allocations() - before_repeats == 0);
+        CHECK(admitted == 0);
+      }
     }
   }
 }
