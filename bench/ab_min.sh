@@ -1,8 +1,8 @@
 #!/bin/bash
 # A/B of two Google Benchmark binaries on a noisy machine: runs them alternately N times
-# with a benchmark filter and prints, per benchmark and binary, the minimum time in µs
-# (A = the first binary, B = the second). The minimum of alternating runs is robust to
-# other tenants' load, which only ever adds time.
+# with a benchmark filter and prints, per benchmark and binary, the minimum wall-clock
+# time (the Time column) in µs (A = the first binary, B = the second). The minimum of
+# alternating runs is robust to other tenants' load, which only ever adds time.
 #   usage: bench/ab_min.sh N FILTER BINARY_A BINARY_B [extra benchmark flags...]
 #   e.g.:  bench/ab_min.sh 5 'BM_ntk_update/.*/256$' /tmp/bench_model_before build/bench/bench/bench_model
 set -euo pipefail
