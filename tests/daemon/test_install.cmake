@@ -4,7 +4,11 @@
 # With CONSUMER, a separate project builds against the prefix as the README says
 # (find_package(ntkstream), ntk::core) and runs.
 #   cmake -DBUILD_DIR=<build> -DPREFIX=<scratch prefix> -DPYTHON=<python3>
-#         [-DCONSUMER=1 -DGENERATOR=<generator> -DCXX=<compiler>] -P test_install.cmake
+#         [-DCONSUMER=1 -DGENERATOR=<generator> -DCXX=<compiler> -DEIGEN_INCLUDE=<dirs>]
+#         -P test_install.cmake
+# With CONSUMER, a compile without CMake must also be refused by the installed
+# ntk/core/abi.h when its Eigen alignment differs from the library's, and accepted with
+# the definitions the README gives.
 foreach(var BUILD_DIR PREFIX PYTHON)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "${var} is required")
@@ -104,6 +108,29 @@ int main() {
                   ERROR_VARIABLE err)
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "the consumer program failed (${rc}): ${out}${err}")
+  endif()
+
+  # Without CMake (the compiler's default target: Eigen aligns to 16 bytes under SSE2).
+  file(STRINGS ${PREFIX}/include/ntk/core/abi.h pinned
+       REGEX "^#define NTK_EIGEN_MAX_ALIGN_BYTES [1-9]")
+  if(pinned)
+    set(includes -I${PREFIX}/include)
+    foreach(dir ${EIGEN_INCLUDE})
+      list(APPEND includes -I${dir})
+    endforeach()
+    file(WRITE ${src}/plain.cc "#include <ntk/core/series.h>\nint main() { return 0; }\n")
+    execute_process(COMMAND ${CXX} -std=c++20 -fsyntax-only ${includes} ${src}/plain.cc
+                    RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+    if(rc EQUAL 0 OR NOT err MATCHES "ntk::core was built with EIGEN_MAX_ALIGN_BYTES=32")
+      message(FATAL_ERROR "a compile with Eigen's default alignment was not refused (${rc}):\n"
+                          "${out}${err}")
+    endif()
+    execute_process(COMMAND ${CXX} -std=c++20 -fsyntax-only ${includes} -DEIGEN_MAX_ALIGN_BYTES=32
+                            -DEIGEN_MAX_STATIC_ALIGN_BYTES=32 ${src}/plain.cc
+                    RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+    if(NOT rc EQUAL 0)
+      message(FATAL_ERROR "a compile with the README's definitions failed (${rc}):\n${out}${err}")
+    endif()
   endif()
 endif()
 file(REMOVE_RECURSE ${PREFIX} ${PREFIX}-consumer)

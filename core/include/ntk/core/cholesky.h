@@ -36,6 +36,8 @@
 
 #include <Eigen/Core>
 
+#include "ntk/core/abi.h"
+
 namespace ntk {
 
 enum class CholeskyInfo {

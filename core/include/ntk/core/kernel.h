@@ -31,6 +31,7 @@
 #include <Eigen/Core>
 #include <memory>
 
+#include "ntk/core/abi.h"
 #include "ntk/core/kernel_spec.h"
 
 namespace ntk {
