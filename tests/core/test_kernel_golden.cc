@@ -336,7 +336,8 @@ TEST_CASE("gradient-descent predictions (gd_mse) with the project's kernel") {
     const Eigen::SelfAdjointEigenSolver<MatrixXd> eig(Kr);
     REQUIRE(eig.info() == Eigen::Success);
     for (const auto& [t_key, values] : c.at("fx_test_t").items()) {
-      CAPTURE(t_key);
+      const std::string& t_name = t_key;  // Clang < 16 does not capture bindings in lambdas
+      CAPTURE(t_name);
       VectorXd expected(static_cast<Index>(values.size()));
       for (Index i = 0; i < expected.size(); ++i) {
         const json& v = values[static_cast<std::size_t>(i)];

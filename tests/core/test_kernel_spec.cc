@@ -27,8 +27,8 @@ using ntk::Parameterization;
 // The specs the issue (and README, DESIGN.md) write; each is already canonical.
 const char* const kIssueExamples[] = {
     "ntk:activation=relu,depth=3,w_std=1.5,b_std=0.1,parameterization=ntk,output=ntk",
-    "ntk:activation=erf,depth=2,w_std=1.5,b_std=none,parameterization=standard,width=512,"
-    "output=nngp",
+    ("ntk:activation=erf,depth=2,w_std=1.5,b_std=none,parameterization=standard,width=512,"
+     "output=nngp"),
     "rbf:lengthscale=0.5,variance=1",
     "polynomial:degree=3,gamma=1,coef0=1",
     "linear",

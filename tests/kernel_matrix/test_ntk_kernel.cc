@@ -123,8 +123,8 @@ RowMatrixXd points_b() {
 
 const char* const kSpecs[] = {
     "ntk:activation=relu,depth=3,w_std=1.5,b_std=0.1,parameterization=ntk,output=ntk",
-    "ntk:activation=erf,depth=2,w_std=1.5,b_std=none,parameterization=standard,width=512,"
-    "output=nngp",
+    ("ntk:activation=erf,depth=2,w_std=1.5,b_std=none,parameterization=standard,width=512,"
+     "output=nngp"),
     "ntk:activation=gelu,depth=1,w_std=1.2,b_std=0.2",
     "rbf:lengthscale=0.5,variance=1",
     "polynomial:degree=3,gamma=1,coef0=1",
