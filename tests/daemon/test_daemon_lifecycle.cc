@@ -5,6 +5,7 @@
 // before and after a restart from a snapshot (clean SIGTERM, kill -9, a corrupted newest
 // snapshot), which is what "continues from the snapshot" means.
 #include <doctest/doctest.h>
+#include <google/protobuf/stubs/common.h>  // GOOGLE_PROTOBUF_VERSION
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -591,9 +592,13 @@ TEST_CASE("metrics: scraped over HTTP and parsed; counters match the traffic") {
   // The daemon runs the copy of ntk::core this test process runs: same machine, same
   // environment, same loader (test_build checks which copy that is).
   const ntk::CoreBuild core = ntk::core_build();
+  // The protobuf runtime's version, from its header (3021012 is 3.21.12).
+  const std::string protobuf = std::to_string(GOOGLE_PROTOBUF_VERSION / 1000000) + "." +
+                               std::to_string(GOOGLE_PROTOBUF_VERSION / 1000 % 1000) + "." +
+                               std::to_string(GOOGLE_PROTOBUF_VERSION % 1000);
   CHECK(e.has("ntkd_build_info{core=\"" + std::string(core.target) +
-              "\",format=\"ntk.v1\",protobuf=\"3.21.12\",simd=\"" + std::string(core.simd) +
-              "\",version=\"0.1.0\"}"));
+              "\",format=\"ntk.v1\",protobuf=\"" + protobuf + "\",simd=\"" +
+              std::string(core.simd) + "\",version=\"" NTK_PROJECT_VERSION "\"}"));
   // The process's own resources, read from its /proc entry.
   CHECK(e.at("process_resident_memory_bytes") > 1e6);
   CHECK(e.at("process_open_fds") >= 5);  // stdio, listeners, the scrape's connection
@@ -698,7 +703,7 @@ TEST_CASE("start-up: bad config or flag (2), --help and --version (0), busy port
   std::tie(status, out) = run({"--version"}, "version.log");
   CHECK(status == 0);
   const ntk::CoreBuild core = ntk::core_build();
-  CHECK(out == "ntkd 0.1.0 (ntk::core: " + std::string(core.target) + ", " +
+  CHECK(out == "ntkd " NTK_PROJECT_VERSION " (ntk::core: " + std::string(core.target) + ", " +
                    std::string(core.simd) + ")\n");
 
   // A port that is taken (with a snapshot directory of its own, and without), and a

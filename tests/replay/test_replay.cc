@@ -351,8 +351,8 @@ TEST_CASE("ntk-replay: bad command lines and bad files give one line and exit st
   const Run version = replay({"--version"});
   const ntk::CoreBuild core = ntk::core_build();
   CHECK(version.status == 0);
-  CHECK(version.out == "ntk-replay 0.1.0 (ntk::core: " + std::string(core.target) + ", " +
-                           std::string(core.simd) + ")\n");
+  CHECK(version.out == "ntk-replay " NTK_PROJECT_VERSION " (ntk::core: " +
+                           std::string(core.target) + ", " + std::string(core.simd) + ")\n");
 }
 
 TEST_CASE("ntk-replay: the noise ratio is raced by default, fixed by --noise") {
