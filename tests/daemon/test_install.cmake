@@ -33,6 +33,12 @@ foreach(f ${CMAKE_INSTALL_BINDIR}/ntkd ${CMAKE_INSTALL_BINDIR}/ntk-replay
   endif()
 endforeach()
 
+# The installed unit starts the installed ntkd.
+file(STRINGS ${PREFIX}/share/doc/ntkstream/examples/ntkd.service exec REGEX "^ExecStart=")
+if(NOT exec MATCHES "^ExecStart=${PREFIX}/${CMAKE_INSTALL_BINDIR}/ntkd --config ")
+  message(FATAL_ERROR "installed ntkd.service: ${exec}")
+endif()
+
 # The installed programs run, and resolve libntkcore inside the prefix (ldd names the
 # file the loader picks: lib/ or its glibc-hwcaps/x86-64-v3/ copy).
 foreach(prog ntkd ntk-replay)
