@@ -138,5 +138,31 @@ int main() {
       message(FATAL_ERROR "a compile with the README's definitions failed (${rc}):\n${out}${err}")
     endif()
   endif()
+
+  # The README's example built with the installed ntkcore.pc's flags, without CMake, runs.
+  find_program(PKG_CONFIG pkg-config)
+  if(PKG_CONFIG)
+    file(GLOB_RECURSE pc ${PREFIX}/*/pkgconfig/ntkcore.pc)
+    get_filename_component(pc_dir "${pc}" DIRECTORY)
+    get_filename_component(lib_dir "${pc_dir}" DIRECTORY)
+    set(ENV{PKG_CONFIG_PATH} "${pc_dir}")
+    execute_process(COMMAND ${PKG_CONFIG} --cflags --libs ntkcore RESULT_VARIABLE rc
+                    OUTPUT_VARIABLE flags ERROR_VARIABLE err OUTPUT_STRIP_TRAILING_WHITESPACE)
+    if(NOT rc EQUAL 0)
+      message(FATAL_ERROR "pkg-config ntkcore (${pc}): ${err}")
+    endif()
+    separate_arguments(flags UNIX_COMMAND "${flags}")
+    execute_process(COMMAND ${CXX} -std=c++20 ${src}/main.cc -o ${src}/app_pc ${flags}
+                            -Wl,-rpath,${lib_dir}
+                    RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+    if(rc EQUAL 0)
+      execute_process(COMMAND ${src}/app_pc RESULT_VARIABLE rc OUTPUT_VARIABLE out
+                      ERROR_VARIABLE err)
+    endif()
+    if(NOT rc EQUAL 0)
+      message(FATAL_ERROR "the example built with pkg-config ntkcore (${flags}) failed (${rc}):\n"
+                          "${out}${err}")
+    endif()
+  endif()
 endif()
 file(REMOVE_RECURSE ${PREFIX} ${PREFIX}-consumer)
