@@ -136,7 +136,9 @@ std::string loaded_blas() {
   dl_iterate_phdr(
       [](dl_phdr_info* info, std::size_t, void* out) {
         const std::string name = info->dlpi_name ? info->dlpi_name : "";
-        if (name.find("blas") == std::string::npos && name.find("blis") == std::string::npos) {
+        const std::string file = name.substr(name.find_last_of('/') + 1);  // npos + 1 == 0
+        if (file.find("blas") == std::string::npos && file.find("blis") == std::string::npos &&
+            file.find("mkl") == std::string::npos) {
           return 0;
         }
         char* real = ::realpath(name.c_str(), nullptr);

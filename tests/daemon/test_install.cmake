@@ -9,6 +9,7 @@
 # With CONSUMER, a compile without CMake must also be refused by the installed
 # ntk/core/abi.h when its Eigen alignment differs from the library's, and accepted with
 # the definitions the README gives.
+cmake_policy(VERSION 3.20)  # script mode starts with no policies (IN_LIST)
 foreach(var BUILD_DIR PREFIX PYTHON)
   if(NOT DEFINED ${var})
     message(FATAL_ERROR "${var} is required")
@@ -35,8 +36,13 @@ endforeach()
 
 # The installed unit starts the installed ntkd.
 file(STRINGS ${PREFIX}/share/doc/ntkstream/examples/ntkd.service exec REGEX "^ExecStart=")
-if(NOT exec MATCHES "^ExecStart=${PREFIX}/${CMAKE_INSTALL_BINDIR}/ntkd --config ")
+string(FIND "${exec}" "ExecStart=${PREFIX}/${CMAKE_INSTALL_BINDIR}/ntkd --config " at)
+if(NOT at EQUAL 0)
   message(FATAL_ERROR "installed ntkd.service: ${exec}")
+endif()
+file(STRINGS ${BUILD_DIR}/install_manifest.txt manifest)
+if(NOT "${PREFIX}/share/doc/ntkstream/examples/ntkd.service" IN_LIST manifest)
+  message(FATAL_ERROR "ntkd.service is not in ${BUILD_DIR}/install_manifest.txt")
 endif()
 
 # The installed programs run, and resolve libntkcore inside the prefix (ldd names the
