@@ -122,21 +122,28 @@ int main() {
     message(FATAL_ERROR "the consumer program failed (${rc}): ${out}${err}")
   endif()
 
-  # Without CMake (the compiler's default target: Eigen aligns to 16 bytes under SSE2).
-  file(STRINGS ${PREFIX}/include/ntk/core/abi.h pinned
-       REGEX "^#define NTK_EIGEN_MAX_ALIGN_BYTES [1-9]")
-  if(pinned)
-    set(includes -I${PREFIX}/include)
-    foreach(dir ${EIGEN_INCLUDE})
-      list(APPEND includes -I${dir})
-    endforeach()
-    file(WRITE ${src}/plain.cc "#include <ntk/core/series.h>\nint main() { return 0; }\n")
-    execute_process(COMMAND ${CXX} -std=c++20 -fsyntax-only ${includes} ${src}/plain.cc
-                    RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
-    if(rc EQUAL 0 OR NOT err MATCHES "ntk::core was built with EIGEN_MAX_ALIGN_BYTES=32")
-      message(FATAL_ERROR "a compile with Eigen's default alignment was not refused (${rc}):\n"
-                          "${out}${err}")
-    endif()
+  # Without CMake and without flags (the compiler's default target: Eigen aligns to 16
+  # bytes under SSE2): refused unless the library has that alignment too.
+  file(STRINGS ${PREFIX}/include/ntk/core/abi.h align
+       REGEX "^#define NTK_EIGEN_MAX_ALIGN_BYTES [0-9]+$")
+  string(REGEX REPLACE ".* " "" align "${align}")
+  set(includes -I${PREFIX}/include)
+  foreach(dir ${EIGEN_INCLUDE})
+    list(APPEND includes -I${dir})
+  endforeach()
+  file(WRITE ${src}/plain.cc "#include <ntk/core/series.h>\nint main() { return 0; }\n")
+  execute_process(COMMAND ${CXX} -std=c++20 -fsyntax-only ${includes} ${src}/plain.cc
+                  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT align MATCHES "^(16|32|64)$")
+    message(FATAL_ERROR "installed abi.h has no alignment: '${align}'")
+  elseif(NOT align EQUAL 16 AND
+         (rc EQUAL 0 OR NOT err MATCHES "ntk::core was built with EIGEN_MAX_ALIGN_BYTES=${align}"))
+    message(FATAL_ERROR "a compile with Eigen's default alignment was not refused (${rc}):\n"
+                        "${out}${err}")
+  endif()
+  # With the README's definitions, where the alignment is pinned (no -march build).
+  file(READ ${PREFIX}/include/ntk/core/abi.h abi)
+  if(abi MATCHES "-DEIGEN_MAX_ALIGN_BYTES=32 -DEIGEN_MAX_STATIC_ALIGN_BYTES=32")
     execute_process(COMMAND ${CXX} -std=c++20 -fsyntax-only ${includes} -DEIGEN_MAX_ALIGN_BYTES=32
                             -DEIGEN_MAX_STATIC_ALIGN_BYTES=32 ${src}/plain.cc
                     RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
