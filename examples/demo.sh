@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The ntkstream demo: start the ntkd daemon on loopback, stream a real recorded sensor series
-# through it with ntk-replay --connect, show how the online NTK regressor did, stop the
-# daemon cleanly.
+# through it with ntk-replay --connect, print its first predictions, the readings it flagged
+# and how the online NTK regressor did, stop the daemon cleanly.
 #
 #   bash examples/demo.sh BUILD_DIR      (what `bash cmake/quickstart.sh demo` runs)
 #
@@ -82,6 +82,26 @@ windows = [(int(w["start_row"]), int(w["end_row"])) for w in csv.DictReader(open
 inside = [a for a in flagged if any(s <= a <= e for s, e in windows)]
 hit = sum(1 for s, e in windows if any(s <= a <= e for a in flagged))
 summary = json.load(open(summary_json))
+
+# The predictions themselves: each was made before its reading arrived. The first ones
+# show the model at work from its first samples on; the flagged ones are the readings
+# that did not fit (all of them are in predictions.csv).
+Z95 = 1.959963984540054  # the 95% interval, as the coverage counts it
+def show(title, chosen):
+    print(title)
+    print("  %-19s %9s %9s %19s %7s" % ("time", "reading", "forecast", "95% interval", "z"))
+    for r in chosen:
+        mean, sd = float(r["mean"]), float(r["sd"])
+        mark = "  in a labelled failure window" if int(r["row"]) in in_window else ""
+        print("  %-19s %9.2f %9.2f   [%6.2f, %6.2f] %+7.1f%s"
+              % (r["time"].replace("T", " "), float(r["truth"]), mean, mean - Z95 * sd,
+                 mean + Z95 * sd, float(r["z"]), mark))
+in_window = set(inside)
+print()
+show("== the first predictions (after %s readings of warm-up)" % rows[0]["row"], rows[:5])
+print()
+show("== the %d readings flagged as anomalies (|z| > 4)" % len(flagged),
+     [r for r in rows if r["anomaly"] == "1"])
 print()
 print("  %-34s %s" % ("predictions scored (n)", n))
 print("  %-34s %.4f" % ("MSE, online NTK (ntkd)", mse))
