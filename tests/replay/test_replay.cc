@@ -321,6 +321,10 @@ TEST_CASE("ntk-replay: bad command lines and bad files give one line and exit st
   check_one_line_error(
       replay({"--offline", "--input", good, "--value-column", "value", "--speed", "2"}),
       "--speed: only with --connect");
+  // --speed is checked as it is read: a finite number >= 0 (an infinite one never paces).
+  check_one_line_error(
+      replay({"--offline", "--input", good, "--value-column", "value", "--speed", "inf"}),
+      "--speed: expected a finite number >= 0, got 'inf'");
   // An unwritable plot path fails before the run (exit 1, an output), and nothing reaches
   // stdout (gnuplot wrote the PNG there).
   const Run unplottable = replay({"--offline", "--input", good, "--value-column", "value", "--plot",

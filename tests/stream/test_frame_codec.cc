@@ -480,3 +480,22 @@ TEST_CASE("validate_request: every rule with its code") {
     CHECK(code_of(snap) == v1::ERROR_CODE_UNSPECIFIED);
   }
 }
+
+TEST_CASE("validate_request: Control targets longer than kMaxKeyBytes are INVALID_VALUE") {
+  // Every Control target is a key or a key prefix: at most 256 bytes, each checked.
+  v1::Request st;
+  st.mutable_control()->mutable_stats()->set_key_prefix(std::string(256, 'p'));
+  CHECK(code_of(st) == v1::ERROR_CODE_UNSPECIFIED);
+  st.mutable_control()->mutable_stats()->set_key_prefix(std::string(257, 'p'));
+  CHECK(code_of(st) == v1::ERROR_CODE_INVALID_VALUE);
+  st.mutable_control()->mutable_stats()->set_key(std::string(256, 'k'));
+  CHECK(code_of(st) == v1::ERROR_CODE_UNSPECIFIED);
+  st.mutable_control()->mutable_stats()->set_key(std::string(257, 'k'));
+  CHECK(code_of(st) == v1::ERROR_CODE_INVALID_VALUE);
+  v1::Request cfg;
+  cfg.mutable_control()->mutable_configure()->set_key(std::string(257, 'k'));
+  cfg.mutable_control()->mutable_configure()->mutable_config()->mutable_series()->set_lags(4);
+  CHECK(code_of(cfg) == v1::ERROR_CODE_INVALID_VALUE);
+  cfg.mutable_control()->mutable_configure()->set_key(std::string(256, 'k'));
+  CHECK(code_of(cfg) == v1::ERROR_CODE_UNSPECIFIED);
+}

@@ -992,7 +992,7 @@ TEST_CASE("drained shutdown: whatever was read is answered, in order") {
   c.send_raw(bytes_of(frames), kN);
   REQUIRE(c.receive().seq() == 1);  // the server is busy with them
   std::thread stopper([&] { server.stop(); });
-  std::uint64_t answered = 1, predictions = 1, shutting_down = 0;
+  std::uint64_t answered = 1, predictions = 1, shutting_down = 0, left_open = 0;
   try {
     while (answered < kN) {
       const v1::Response r = c.receive();
@@ -1002,6 +1002,7 @@ TEST_CASE("drained shutdown: whatever was read is answered, in order") {
         ++predictions;
       } else {
         REQUIRE(r.error().code() == v1::ERROR_CODE_SHUTTING_DOWN);
+        if (!r.error().connection_closed()) ++left_open;  // the server closes after them
         ++shutting_down;
       }
       ++answered;
@@ -1015,6 +1016,7 @@ TEST_CASE("drained shutdown: whatever was read is answered, in order") {
   CHECK(counters.tcp_frames() == answered);
   CHECK(counters.responses() == answered);
   CHECK(error_count(counters, v1::ERROR_CODE_SHUTTING_DOWN) == shutting_down);
+  CHECK(left_open == 0);  // every SHUTTING_DOWN says connection_closed
   MESSAGE("answered " << answered << " of " << kN << " (" << shutting_down
                       << " with SHUTTING_DOWN)");
   // Blocking accessors still work on a stopped server.
@@ -1660,4 +1662,329 @@ TEST_CASE("AsyncClient: a handler that throws does not stall the others") {
   CHECK(run_through(io) == 1);
   CHECK(failed.size() == 3);
   CHECK(client->pending() == 0);
+}
+
+TEST_CASE("UDP: a datagram of exactly max_frame_bytes is taken, one byte more is refused") {
+  ServerOptions options = small_options();
+  options.udp_listen = {"127.0.0.1:0"};
+  options.udp_replies = true;
+  options.max_frame_bytes = 64;
+  Server server(options);
+  server.start();
+  asio::io_context io;
+  asio::ip::udp::socket socket(io, asio::ip::udp::endpoint(asio::ip::udp::v4(), 0));
+  const asio::ip::udp::endpoint target(asio::ip::make_address("127.0.0.1"), server.udp_port());
+  // A Request of `size` bytes: a reading padded with its tag.
+  const auto sized = [](std::uint64_t seq, std::size_t size) {
+    v1::Request r = reading("u", seq, 1.0);
+    r.set_tag("x");
+    while (r.ByteSizeLong() < size) r.set_tag(r.tag() + "x");
+    REQUIRE(r.ByteSizeLong() == size);
+    return r.SerializeAsString();
+  };
+  std::vector<char> buffer(65536);
+  const auto exchange = [&](const std::string& datagram) {
+    socket.send_to(asio::buffer(datagram), target);
+    asio::ip::udp::endpoint from;
+    const std::size_t n = socket.receive_from(asio::buffer(buffer), from);
+    v1::Response r;
+    REQUIRE(r.ParseFromArray(buffer.data(), static_cast<int>(n)));
+    return r;
+  };
+  v1::Response r = exchange(sized(1, 64));
+  CHECK(r.has_prediction());
+  CHECK(r.seq() == 1);
+  r = exchange(sized(2, 65));
+  REQUIRE(r.has_error());
+  CHECK(r.error().code() == v1::ERROR_CODE_FRAME_TOO_LARGE);
+  CHECK_FALSE(r.error().connection_closed());  // a datagram is not a connection
+  CHECK(r.error().message().find("65") != std::string::npos);
+  r = exchange(sized(3, 64));  // the port goes on
+  CHECK(r.has_prediction());
+  CHECK(r.seq() == 3);
+
+  const v1::ServerCounters c = server.counters();
+  CHECK(c.udp_datagrams() == 3);
+  CHECK(c.responses() == 3);  // every datagram answered once, the refused one too
+  CHECK(error_count(c, v1::ERROR_CODE_FRAME_TOO_LARGE) == 1);
+  CHECK(c.requests_sensor_reading() == 2);  // the refused datagram was not decoded
+  v1::Control::GetStats scope;
+  scope.set_key("u");
+  const v1::Stats s = server.stats(scope);
+  REQUIRE(s.keys_size() == 1);
+  CHECK(s.keys(0).counters().observations() == 2);
+  CHECK(s.keys(0).last_seq() == 3);
+}
+
+TEST_CASE("market ticks: the reference price of a log return travels with the models") {
+  ServerOptions options = small_options();
+  options.defaults.set_tick_value(v1::TICK_VALUE_LOG_RETURN);
+  Server server(options);
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  REQUIRE(client.call(tick("fx/A", 1, 1.25, std::nullopt, std::nullopt)).has_prediction());
+  REQUIRE(client.call(tick("fx/A", 2, 1.5, std::nullopt, std::nullopt)).has_prediction());
+  const ntk::stream::ModelSnapshot snapshot = server.export_models();
+  REQUIRE(snapshot.keys.size() == 1);
+  CHECK(snapshot.keys[0].has_last_price());
+  CHECK(snapshot.keys[0].last_price() == 1.5);
+
+  Server restored(options);
+  restored.import_models(snapshot);
+  restored.start();
+  Client c2("127.0.0.1", restored.port(), with_timeout());
+  // Both servers take the next tick relative to 1.5, identically.
+  const v1::Request next = tick("fx/A", 3, 1.75, std::nullopt, std::nullopt);
+  const v1::Response x = client.call(next);
+  const v1::Response y = c2.call(next);
+  REQUIRE(x.has_prediction());
+  REQUIRE(y.has_prediction());
+  CHECK(x.prediction().value() == std::log(1.75 / 1.5));
+  CHECK(y.prediction().value() == std::log(1.75 / 1.5));
+  CHECK(y.prediction().SerializeAsString() == x.prediction().SerializeAsString());
+
+  // A reference price that is not finite is a corrupt snapshot.
+  for (const double bad :
+       {std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+    ntk::stream::ModelSnapshot broken = snapshot;
+    broken.keys[0].set_last_price(bad);
+    Server other(options);
+    CHECK_THROWS_WITH_AS(other.import_models(broken), doctest::Contains("last_price is not finite"),
+                         std::invalid_argument);
+    CHECK(other.counters().keys() == 0);
+  }
+}
+
+TEST_CASE("multi-channel readings: a channel's error is in its result and counted") {
+  Server server(small_options());
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  // "pump/1" is fed by ticks: that channel of a reading is KIND_MISMATCH, the others go on.
+  REQUIRE(client.call(tick("pump/1", 1, 1.0, std::nullopt, std::nullopt)).has_prediction());
+  v1::Request m = reading("pump", 1, std::nullopt);
+  for (int c = 0; c < 3; ++c) m.mutable_sensor_reading()->add_values(1.0 + c);
+  v1::Response r = client.call(m);
+  REQUIRE(r.has_channels());
+  REQUIRE(r.channels().channels_size() == 3);
+  CHECK(r.channels().channels(0).has_prediction());
+  CHECK(r.channels().channels(1).error().code() == v1::ERROR_CODE_KIND_MISMATCH);
+  CHECK(r.channels().channels(1).key() == "pump/1");
+  CHECK(r.channels().channels(2).has_prediction());
+  // The same seq again: every stream channel refuses it as a duplicate.
+  r = client.call(m);
+  REQUIRE(r.channels().channels_size() == 3);
+  CHECK(r.channels().channels(0).error().code() == v1::ERROR_CODE_DUPLICATE_SEQ);
+  CHECK(r.channels().channels(1).error().code() == v1::ERROR_CODE_KIND_MISMATCH);
+  CHECK(r.channels().channels(2).error().code() == v1::ERROR_CODE_DUPLICATE_SEQ);
+  const v1::ServerCounters c = server.counters();
+  CHECK(error_count(c, v1::ERROR_CODE_KIND_MISMATCH) == 2);
+  CHECK(error_count(c, v1::ERROR_CODE_DUPLICATE_SEQ) == 2);
+  CHECK(c.responses() == 3);
+}
+
+TEST_CASE("import_models: a key whose last_seq disagrees with its series state is refused") {
+  Server server(small_options());
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  REQUIRE(client.call(reading("s", 7, 1.0)).has_prediction());
+  const ntk::stream::ModelSnapshot snapshot = server.export_models();
+  REQUIRE(snapshot.keys.size() == 1);
+  REQUIRE(snapshot.keys[0].last_seq() == 7);
+  REQUIRE(snapshot.keys[0].series().last_seq() == 7);
+  Server ok(small_options());
+  ok.import_models(snapshot);
+  CHECK(ok.counters().keys() == 1);
+
+  ntk::stream::ModelSnapshot other = snapshot;
+  other.keys[0].set_last_seq(8);
+  Server a(small_options());
+  CHECK_THROWS_WITH_AS(a.import_models(other),
+                       doctest::Contains("last_seq differs from series.last_seq"),
+                       std::invalid_argument);
+  ntk::stream::ModelSnapshot missing = snapshot;
+  missing.keys[0].clear_last_seq();
+  CHECK_THROWS_WITH_AS(a.import_models(missing),
+                       doctest::Contains("last_seq differs from series.last_seq"),
+                       std::invalid_argument);
+  CHECK(a.counters().keys() == 0);
+}
+
+TEST_CASE("UDP: a datagram that finds no free slot is dropped and counted OVERLOADED") {
+  // One thread, one slot, replies on: while the thread waits in the snapshot writer, the
+  // datagrams queue in the socket; then each one that arrives while the slot's reply is
+  // still being sent finds no room (UDP has no backpressure).
+  std::promise<void> writing, release;
+  std::shared_future<void> released = release.get_future().share();
+  ServerOptions options = small_options();
+  options.threads = 1;
+  options.udp_listen = {"127.0.0.1:0"};
+  options.udp_replies = true;
+  options.max_queued_responses = 1;
+  options.snapshot_writer = [&](const ntk::stream::ModelSnapshot&) {
+    writing.set_value();
+    released.wait();
+    return std::string("mem://1");
+  };
+  Server server(options);
+  server.start();
+  Client tcp("127.0.0.1", server.port(), with_timeout());
+  v1::Request snapshot;
+  snapshot.mutable_control()->mutable_snapshot();
+  tcp.send(snapshot);
+  writing.get_future().wait();  // the server's only thread is in the writer
+
+  asio::io_context io;
+  asio::ip::udp::socket socket(io, asio::ip::udp::endpoint(asio::ip::udp::v4(), 0));
+  const asio::ip::udp::endpoint target(asio::ip::make_address("127.0.0.1"), server.udp_port());
+  constexpr std::uint64_t kSent = 8;
+  for (std::uint64_t t = 1; t <= kSent; ++t) {
+    socket.send_to(asio::buffer(reading("u", t, 1.0 * t).SerializeAsString()), target);
+  }
+  release.set_value();
+  REQUIRE(tcp.receive().has_ack());
+  v1::ServerCounters c;
+  // Every datagram is either answered or counted as dropped (the Snapshot is 1 response).
+  REQUIRE(eventually([&] {
+    c = server.counters();
+    return c.udp_datagrams() == kSent &&
+           c.responses() - 1 + error_count(c, v1::ERROR_CODE_OVERLOADED) == kSent;
+  }));
+  const std::uint64_t overloaded = error_count(c, v1::ERROR_CODE_OVERLOADED);
+  CHECK(overloaded >= 1);
+  CHECK(c.requests_sensor_reading() == kSent - overloaded);  // a dropped one is not decoded
+  // Exactly the answered ones come back, in order, each with its prediction.
+  std::vector<char> buffer(65536);
+  std::uint64_t last = 0;
+  for (std::uint64_t i = 0; i < kSent - overloaded; ++i) {
+    asio::ip::udp::endpoint from;
+    const std::size_t n = socket.receive_from(asio::buffer(buffer), from);
+    v1::Response r;
+    REQUIRE(r.ParseFromArray(buffer.data(), static_cast<int>(n)));
+    CHECK(r.has_prediction());
+    CHECK(r.seq() > last);
+    last = r.seq();
+  }
+  socket.non_blocking(true);
+  asio::ip::udp::endpoint from;
+  boost::system::error_code ec;
+  socket.receive_from(asio::buffer(buffer), from, 0, ec);
+  CHECK(ec == asio::error::would_block);  // nothing more
+}
+
+TEST_CASE("TCP: an unparseable frame is counted as a frame and an error, not as a request") {
+  Server server(small_options());
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  const std::string garbage = "\x05\x0a\xff\xff\xff\xff";  // a 5-byte frame, not a Request
+  client.send_raw(bytes_of(garbage), 1);
+  const v1::Response malformed = client.receive();
+  CHECK(malformed.error().code() == v1::ERROR_CODE_MALFORMED_MESSAGE);
+  const v1::Response missing = client.call(v1::Request());
+  CHECK(missing.error().code() == v1::ERROR_CODE_MISSING_FIELD);
+  const v1::Response predicted = client.call(reading("r", 1, 1.0));
+  REQUIRE(predicted.has_prediction());
+  const v1::ServerCounters c = server.counters();
+  // Every byte each way is counted, the unparseable frame's too.
+  CHECK(c.bytes_received() ==
+        garbage.size() + frame_of(v1::Request()).size() + frame_of(reading("r", 1, 1.0)).size());
+  const auto framed_size = [](const v1::Response& r) {
+    std::string bytes;
+    return ntk::stream::encode_delimited(r, bytes);
+  };
+  const std::uint64_t sent = framed_size(malformed) + framed_size(missing) + framed_size(predicted);
+  // Counted when the write completes, which may be after the client has read it.
+  CHECK(eventually([&] { return server.counters().bytes_sent() == sent; }));
+  CHECK(c.tcp_frames() == 3);
+  CHECK(c.responses() == 3);
+  CHECK(c.requests() == 2);  // the empty Request and the reading
+  CHECK(c.requests_no_payload() == 1);
+  CHECK(c.requests_sensor_reading() == 1);
+  CHECK(error_count(c, v1::ERROR_CODE_MALFORMED_MESSAGE) == 1);
+  CHECK(error_count(c, v1::ERROR_CODE_MISSING_FIELD) == 1);
+}
+
+TEST_CASE("Control.Snapshot: keys_affected counts the keys written, not pending configs") {
+  std::vector<ntk::stream::ModelSnapshot> written;
+  ServerOptions options = small_options();
+  options.snapshot_writer = [&](const ntk::stream::ModelSnapshot& s) {
+    written.push_back(s);  // one Snapshot at a time: no lock needed
+    return std::string("mem://1");
+  };
+  Server server(options);
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  REQUIRE(client.call(ntk::test::control_configure(false, "early", 4)).has_ack());
+  REQUIRE(client.call(reading("live", 1, 1.0)).has_prediction());
+  v1::Request snapshot;
+  snapshot.mutable_control()->mutable_snapshot();
+  const v1::Response r = client.call(snapshot);
+  REQUIRE(r.has_ack());
+  CHECK(r.ack().keys_affected() == 1);
+  CHECK(r.ack().snapshot_path() == "mem://1");
+  REQUIRE(written.size() == 1);
+  REQUIRE(written[0].keys.size() == 1);
+  CHECK(written[0].keys[0].key() == "live");
+  REQUIRE(written[0].pending_keys.size() == 1);
+  CHECK(written[0].pending_keys[0].key() == "early");
+}
+
+TEST_CASE("AsyncClient: an answer nobody asked for ends the connection with EBADMSG") {
+  // Two Responses in one write for one request: the second matches no request, and the
+  // answers after it could not be matched either.
+  FakePeer peer([](tcp::socket& s) {
+    std::vector<std::uint8_t> buffer(4096);
+    boost::system::error_code ec;
+    s.read_some(asio::buffer(buffer), ec);  // the first request
+    if (ec) return;
+    v1::Response first, extra;
+    first.set_seq(1);
+    extra.set_seq(99);
+    std::string bytes;
+    ntk::stream::encode_delimited(first, bytes);
+    ntk::stream::encode_delimited(extra, bytes);
+    asio::write(s, asio::buffer(bytes), ec);
+    s.read_some(asio::buffer(buffer), ec);  // a second request, if the client still sends
+    if (ec) return;
+    v1::Response second;
+    second.set_seq(2);
+    bytes.clear();
+    ntk::stream::encode_delimited(second, bytes);
+    asio::write(s, asio::buffer(bytes), ec);
+  });
+  asio::io_context io;
+  auto client = ntk::stream::AsyncClient::create(io.get_executor());
+  client->async_connect("127.0.0.1", peer.port(), [](boost::system::error_code) {});
+  std::vector<std::pair<boost::system::error_code, std::uint64_t>> got;
+  const auto record = [&](boost::system::error_code ec, v1::Response r) {
+    got.emplace_back(ec, r.seq());
+  };
+  client->async_call(reading("x", 1, 1.0), record);
+  io.run();
+  client->async_call(reading("x", 2, 2.0), record);
+  io.restart();
+  io.run_for(std::chrono::seconds(5));
+  REQUIRE(got.size() == 2);
+  CHECK_FALSE(got[0].first);
+  CHECK(got[0].second == 1);
+  CHECK(got[1].first.value() == EBADMSG);
+  CHECK(client->pending() == 0);
+}
+
+TEST_CASE("Client: pending() counts the answers due; receive() with none due is a logic_error") {
+  Server server(small_options());
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  CHECK(client.pending() == 0);
+  client.send(reading("p", 1, 1.0));
+  client.send(reading("p", 2, 2.0));
+  CHECK(client.pending() == 2);
+  CHECK(client.receive().seq() == 1);
+  CHECK(client.pending() == 1);
+  CHECK(client.receive().seq() == 2);
+  CHECK(client.pending() == 0);
+  REQUIRE(client.call(reading("p", 3, 3.0)).has_prediction());
+  CHECK(client.pending() == 0);
+  CHECK_THROWS_AS(client.receive(), std::logic_error);
+  const v1::Request more[] = {reading("p", 4, 4.0), reading("p", 5, 5.0)};
+  CHECK(client.call_many(more).size() == 2);  // nothing is pending: allowed
 }
