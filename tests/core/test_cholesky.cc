@@ -809,6 +809,64 @@ TEST_CASE("solves and log-determinant against LLT, LU and residuals") {
   CHECK(relative_difference(d.log_determinant(), std::log(36.0)) <= 1e-15);
 }
 
+TEST_CASE("solve_lower_trailing_in_place: the tail of a forward solve of [0; b]") {
+  // Oracle: a fresh LLT's forward solve of the right-hand side that is zero above `from`;
+  // its tail is the trailing block's solve. n = 21 crosses the solves' 8-column panels;
+  // from = n (an empty trailing block) is in the documented range [0, size()].
+  const Index n = 21;
+  Source src(Family::kRandomSpd, 77);
+  std::vector<Item> items;
+  for (Index i = 0; i < n; ++i) items.push_back(src.draw());
+  const MatrixXd K = src.gram(items);
+  const double jitter = 1e-6;
+  IncrementalCholesky c(n + 3, jitter);
+  REQUIRE(c.rebuild(K) == CholeskyInfo::kSuccess);
+  const MatrixXd Lf = fresh_factor(K, jitter);
+  std::mt19937_64 rng(13);
+  std::normal_distribution<double> g;
+  for (Index from = 0; from <= n; ++from) {
+    CAPTURE(from);
+    VectorXd b(n - from);
+    for (Index i = 0; i < b.size(); ++i) b(i) = g(rng);
+    VectorXd z = VectorXd::Zero(n);
+    z.tail(n - from) = b;
+    const VectorXd ref = Lf.triangularView<Eigen::Lower>().solve(z).tail(n - from);
+    VectorXd x = b;
+    CHECK_NOTHROW(c.solve_lower_trailing_in_place(from, x));
+    CHECK((x - ref).norm() <= 1e-12 * std::max(1.0, ref.norm()));
+  }
+  VectorXd empty(0), one(1), two(2);
+  CHECK(contains(invalid_argument_message([&] { c.solve_lower_trailing_in_place(-1, one); }),
+                 "from must be in [0, size() = 21], got -1"));
+  CHECK(contains(invalid_argument_message([&] { c.solve_lower_trailing_in_place(n + 1, empty); }),
+                 "got 22"));
+  CHECK(contains(invalid_argument_message([&] { c.solve_lower_trailing_in_place(n - 1, two); }),
+                 "b.size() must equal size() - from = 1, got 2"));
+}
+
+TEST_CASE("assign reports the first row holding a non-finite entry, not the last found") {
+  // The strict lower triangle is scanned column by column; the status names the lowest row
+  // index among all the bad entries, even when a later column holds a bad entry further
+  // down.
+  Source src(Family::kRandomSpd, 45);
+  std::vector<Item> items;
+  for (int i = 0; i < 12; ++i) items.push_back(src.draw());
+  const MatrixXd Lf = fresh_factor(src.gram(items), 1e-3);
+  IncrementalCholesky c(12, 1e-3);
+  MatrixXd bad = Lf;
+  bad(8, 2) = std::numeric_limits<double>::infinity();
+  bad(9, 6) = std::nan("");
+  CHECK(c.assign(bad) == CholeskyInfo::kNotPositiveDefinite);
+  CHECK(c.failed_index() == 8);
+  bad = Lf;
+  bad(5, 0) = std::nan("");
+  bad(11, 4) = -std::numeric_limits<double>::infinity();
+  bad(10, 9) = std::nan("");
+  CHECK(c.assign(bad) == CholeskyInfo::kNotPositiveDefinite);
+  CHECK(c.failed_index() == 5);
+  CHECK(c.size() == 0);
+}
+
 TEST_CASE("drift is ~1e-16 after a rebuild and measures a perturbed factor") {
   Source src(Family::kRandomSpd, 17);
   std::vector<Item> items;

@@ -266,6 +266,56 @@ TEST_CASE("per-layer lists of W_std, b_std and widths are honoured") {
         doctest::Approx(10.0 * 2 / 3 + 4.5 + 1).epsilon(1e-15));
 }
 
+TEST_CASE("NtkParams: per-layer lists are validated, naming the field, layer and value") {
+  // The per-layer lists come from code, not from a spec string: each is checked on its
+  // own (a short b_std list would otherwise be read past its end).
+  const auto base = [] {
+    ntk::detail::NtkParams p;
+    p.depth = 2;
+    p.parameterization = ntk::Parameterization::kStandard;
+    p.w_std = {1.0, 1.5, 2.0};
+    p.b_std = {0.1, std::nullopt, 0.3};
+    p.width = {16.0, 32.0};
+    return p;
+  };
+  CHECK_NOTHROW(ntk::detail::NtkKernel{base()});
+  const auto refused = [&](auto&& mutate, const char* text) {
+    ntk::detail::NtkParams p = base();
+    mutate(p);
+    CHECK_THROWS_WITH_AS(ntk::detail::NtkKernel{p}, doctest::Contains(text), std::invalid_argument);
+  };
+  refused([](ntk::detail::NtkParams& p) { p.depth = -1; }, "depth must be in [0, 1000], got -1");
+  refused([](ntk::detail::NtkParams& p) { p.w_std.pop_back(); },
+          "w_std must have depth + 1 = 3 values, got 2");
+  refused([](ntk::detail::NtkParams& p) { p.b_std.pop_back(); },
+          "b_std must have depth + 1 = 3 values, got 2");
+  refused([](ntk::detail::NtkParams& p) { p.b_std.push_back(0.5); },
+          "b_std must have depth + 1 = 3 values, got 4");
+  refused([](ntk::detail::NtkParams& p) { p.w_std[1] = -1.0; },
+          "w_std[1] must be finite and >= 0, got -1");
+  refused([](ntk::detail::NtkParams& p) { p.b_std[2] = std::nan(""); }, "b_std[2] must be finite");
+  refused([](ntk::detail::NtkParams& p) { p.width.pop_back(); },
+          "width must have depth = 2 values for parameterization=standard, got 1");
+  refused([](ntk::detail::NtkParams& p) { p.width[1] = 0.0; },
+          "width[1] must be finite and > 0, got 0");
+  refused([](ntk::detail::NtkParams& p) { p.width[0] = -4.0; }, "width[0] must be finite");
+  // from_spec takes ntk specs only.
+  CHECK_THROWS_WITH_AS(ntk::detail::NtkParams::from_spec(ntk::KernelSpec::parse("rbf")),
+                       doctest::Contains("spec type must be ntk, got rbf"), std::invalid_argument);
+  // A uniform network's summary is the spec it came from, bias included; a kernel built
+  // from params reports that summary.
+  for (const char* text :
+       {"ntk:activation=erf,depth=3,w_std=1.7,b_std=0.2,parameterization=ntk,output=nngp",
+        "ntk:activation=relu,depth=2,w_std=1.1,b_std=none,parameterization=standard,width=9,"
+        "output=ntk"}) {
+    CAPTURE(text);
+    const ntk::KernelSpec spec = ntk::KernelSpec::parse(text);
+    const ntk::detail::NtkParams p = ntk::detail::NtkParams::from_spec(spec);
+    CHECK(p.summary() == spec);
+    CHECK(ntk::detail::NtkKernel(p).spec() == spec);
+  }
+}
+
 TEST_CASE("README hand checks (d = 3, W_std = 1, b_std = 0, depth 1, x = e1)") {
   const VectorXd e1 = VectorXd::Unit(3, 0);
   const VectorXd zero = VectorXd::Zero(3);

@@ -60,6 +60,7 @@ MatrixXd post_of(const ntk::ModelState& s) {
 
 void check_bitwise_equal(const ntk::ModelState& a, const ntk::ModelState& b) {
   CHECK(a.config == b.config);
+  CHECK(a.dim == b.dim);
   CHECK(a.inputs == b.inputs);
   CHECK(a.samples == b.samples);
   CHECK(a.gram == b.gram);
@@ -74,7 +75,10 @@ void check_bitwise_equal(const ntk::ModelState& a, const ntk::ModelState& b) {
   CHECK(a.updates == b.updates);
   CHECK(a.admitted == b.admitted);
   CHECK(a.evicted == b.evicted);
+  CHECK(a.recomputes == b.recomputes);
+  CHECK(a.pivot_failures == b.pivot_failures);
   CHECK(a.since_recompute == b.since_recompute);
+  CHECK(a.last_drift == b.last_drift);
 }
 
 }  // namespace
@@ -210,6 +214,52 @@ TEST_CASE(
   }
 }
 
+TEST_CASE("pending covariance updates: a slot freed and taken again between folds") {
+  // lambda = 1 keeps up to 7 rank-1 updates pending in U between folds. A high admission
+  // threshold mixes rejected samples (whose update columns cover only the slots below the
+  // highest taken one) with admissions that take a slot again, often the highest: that
+  // slot's row of U must then be zero in the pending columns, whatever a previous fold
+  // cycle left there. Oracle: the naive KRLS-T, every update and a probe's prediction.
+  for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
+    for (const int budget : {2, 3, 5}) {
+      CAPTURE(ntk::to_string(policy));
+      CAPTURE(budget);
+      ModelConfig c;
+      c.kernel = ntk::KernelSpec::parse(kKernels[0]);
+      c.budget = budget;
+      c.noise_variance = 0.02;
+      c.admission_threshold = 0.3;
+      c.eviction = policy;
+      c.estimate_signal_power = false;
+      c.recompute_every = 0;
+      c.jitter = 1e-9;
+      const auto kernel = ntk::make_kernel(c.kernel);
+      OnlineGP gp(c, 2);
+      ntk::test::NaiveKrlst naive(c, kernel);
+      // inputs at half the scale: about half of them are close enough to be rejected
+      auto xs = random_inputs(400, 2, 59);
+      for (VectorXd& x : xs) x *= 0.5;
+      const VectorXd probe = VectorXd::Constant(2, 0.2);
+      int admitted = 0, rejected = 0;
+      for (std::size_t t = 0; t < xs.size(); ++t) {
+        CAPTURE(t);
+        const double y = std::sin(2.0 * xs[t](0)) + 0.3 * xs[t](1);
+        const auto expect = naive.update(xs[t], y);
+        const ntk::UpdateResult r = gp.update(xs[t], y);
+        check_close(r.prediction, expect.pred, 1e-8);
+        REQUIRE(r.admitted == expect.admitted);
+        REQUIRE(r.evicted == expect.evicted);
+        // (every third update: the others leave the factor's removal to the next one)
+        if (t % 3 == 0) check_close(gp.predict(probe), naive.predict(probe), 1e-8);
+        (r.admitted ? admitted : rejected) += 1;
+      }
+      CHECK(admitted > 50);
+      CHECK(rejected > 50);
+      gp.check_invariants(1e-8);
+    }
+  }
+}
+
 TEST_CASE("the evicted basis minimizes the brute-force criterion") {
   ModelConfig c;
   c.kernel = ntk::KernelSpec::parse(kKernels[0]);
@@ -323,6 +373,10 @@ TEST_CASE("config validation names the field and value") {
   bad([](ModelConfig& c) { c.forgetting = 1.5; }, "forgetting must be in (0, 1], got 1.5");
   bad([](ModelConfig& c) { c.forgetting = 0; }, "forgetting");
   bad([](ModelConfig& c) { c.admission_threshold = -1; }, "admission_threshold");
+  // The interval is half open: at 1 no residual (gamma2 <= k(x, x) + jitter) could pass.
+  bad([](ModelConfig& c) { c.admission_threshold = 1.0; },
+      "admission_threshold must be in [0, 1), got 1");
+  bad([](ModelConfig& c) { c.admission_threshold = std::nan(""); }, "admission_threshold");
   bad([](ModelConfig& c) { c.recompute_every = -3; }, "recompute_every must be >= 0, got -3");
   bad([](ModelConfig& c) { c.drift_bound = 0; }, "drift_bound");
   bad([](ModelConfig& c) { c.jitter = -1e-3; }, "jitter");
@@ -605,6 +659,27 @@ TEST_CASE("import refuses a state whose parts do not belong together") {
   }
 }
 
+TEST_CASE("import's factor tolerance is the larger of 1e-6 and 100 drift bounds") {
+  // A factor whose last diagonal entry puts the relative drift near 1e-3: refused under
+  // the default drift_bound (tolerance 1e-6), taken under drift_bound 1e-4 (tolerance
+  // 1e-2), a model that would itself only refactorize at that drift.
+  ModelConfig c;
+  c.budget = 8;
+  OnlineGP gp(c, 3);
+  for (const VectorXd& x : random_inputs(30, 3, 47)) gp.update(x, target(x));
+  ntk::ModelState st = gp.export_state();
+  const Eigen::Index m = st.inputs.rows();
+  const double lmm = st.factor(m - 1, m - 1);
+  st.factor(m - 1, m - 1) *= 1.0 + 1e-3 * st.gram.norm() / (2.0 * lmm * lmm);
+  CHECK_THROWS_WITH_AS(OnlineGP::import_state(st),
+                       doctest::Contains("factor is not the Cholesky factor"),
+                       std::invalid_argument);
+  st.config.drift_bound = 1e-4;
+  const OnlineGP loose = OnlineGP::import_state(st);
+  CHECK(loose.drift() > 1e-4);
+  CHECK(loose.drift() < 1e-2);
+}
+
 TEST_CASE("import takes every state the model exports, near-singular ones included") {
   // With admission threshold 0 the dictionaries become near-singular: the model's own
   // sigma then exceeds |sigma_ij| <= sqrt(sigma_ii sigma_jj) and its diag(Q) misses a fresh
@@ -773,6 +848,177 @@ TEST_CASE("the drift checks work at the extremes of the accepted input scale") {
   }
 }
 
+TEST_CASE("the drift check subtracts the jitter: a sound factor is not rebuilt") {
+  // With jitter 1e-3 far above drift_bound, L L^T = K_D + jitter I holds to rounding (the
+  // dense drift() below is the oracle), so the column check every 16 updates must never
+  // find drift, and nothing is recomputed (recompute_every = 0: no periodic rebuilds).
+  for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
+    CAPTURE(ntk::to_string(policy));
+    ModelConfig c;
+    c.kernel = ntk::KernelSpec::parse(kKernels[0]);
+    c.budget = 12;
+    c.jitter = 1e-3;
+    c.recompute_every = 0;
+    c.eviction = policy;
+    OnlineGP gp(c, 3);
+    int recomputed = 0;
+    for (const VectorXd& x : random_inputs(200, 3, 17)) {
+      recomputed += gp.update(x, target(x)).recomputed;
+    }
+    CHECK(gp.drift() < 1e-12);
+    CHECK(recomputed == 0);
+    CHECK(gp.counters().recomputes == 0);
+    CHECK(gp.counters().evicted > 20);
+    gp.check_invariants(1e-9);
+  }
+}
+
+TEST_CASE("periodic recomputation: every recompute_every updates, counted from the last") {
+  // Step 5 in closed form. drift_bound 1e300: the column checks never trigger, so the
+  // refactorizations are exactly those at updates 7, 14, 21, ... (1-based), and
+  // since_recompute is the number of updates since the last of them.
+  {
+    ModelConfig c;
+    c.budget = 10;
+    c.recompute_every = 7;
+    c.drift_bound = 1e300;
+    OnlineGP gp(c, 3);
+    const auto xs = random_inputs(60, 3, 19);
+    for (std::size_t t = 0; t < xs.size(); ++t) {
+      CAPTURE(t);
+      const ntk::UpdateResult r = gp.update(xs[t], target(xs[t]));
+      CHECK(r.recomputed == ((t + 1) % 7 == 0));
+      CHECK(gp.counters().recomputes == (t + 1) / 7);
+      CHECK(gp.export_state().since_recompute == (t + 1) % 7);
+    }
+  }
+  // drift_bound 1e-300: (nearly) every column check, every 16 updates, recomputes as well.
+  // A refactorization resets the count, whichever triggered it: the expected count follows
+  // the flags, and the periodic one comes recompute_every updates after the last of any.
+  {
+    ModelConfig c;
+    c.budget = 10;
+    c.recompute_every = 20;
+    c.drift_bound = 1e-300;
+    OnlineGP gp(c, 3);
+    const auto xs = random_inputs(200, 3, 23);
+    std::uint64_t since = 0, recomputes = 0;
+    int by_drift = 0;
+    for (std::size_t t = 0; t < xs.size(); ++t) {
+      CAPTURE(t);
+      const ntk::UpdateResult r = gp.update(xs[t], target(xs[t]));
+      if (since + 1 == 20) CHECK(r.recomputed);
+      if (r.recomputed && since + 1 < 20) ++by_drift;
+      since = r.recomputed ? 0 : since + 1;
+      recomputes += r.recomputed;
+      CHECK(gp.export_state().since_recompute == since);
+      CHECK(gp.counters().recomputes == recomputes);
+    }
+    CHECK(by_drift >= 5);
+  }
+}
+
+TEST_CASE("a zero prior variance: refused pivots are counted, zero residuals not admitted") {
+  // Linear kernel, no jitter: k(0, 0) + jitter = 0. The first sample is admitted without
+  // the ALD test, and its pivot^2 = 0 is refused by the factor (a pivot failure, nothing
+  // admitted). Later, with a dictionary, x = 0 has gamma2 = 0, which does not exceed
+  // threshold * 0: not admitted, so the factor is not even asked.
+  ModelConfig c;
+  c.kernel = ntk::KernelSpec::parse("linear");
+  c.jitter = 0.0;
+  c.budget = 4;
+  c.estimate_signal_power = false;
+  OnlineGP gp(c, 2);
+  const VectorXd zero = VectorXd::Zero(2);
+  ntk::UpdateResult r = gp.update(zero, 1.0);
+  CHECK(!r.admitted);
+  CHECK(gp.dictionary_size() == 0);
+  CHECK(gp.counters().pivot_failures == 1);
+  CHECK(gp.counters().admitted == 0);
+  r = gp.update(VectorXd::Unit(2, 0), 1.0);
+  CHECK(r.admitted);
+  CHECK(gp.dictionary_size() == 1);
+  r = gp.update(zero, 1.0);
+  CHECK(!r.admitted);
+  CHECK(r.prediction.mean == 0.0);
+  CHECK(r.prediction.var_f == 0.0);
+  CHECK(gp.counters().pivot_failures == 1);
+  CHECK(gp.counters().admitted == 1);
+  CHECK(gp.export_state().pivot_failures == 1);
+  gp.check_invariants(1e-12);
+}
+
+TEST_CASE("min_loss on a constant zero target: tied criteria evict the lowest index") {
+  // y = 0 throughout: mu stays exactly 0, so every |(Q mu)_i| / Q_ii is 0 and all bases
+  // tie. The naive KRLS-T's argmin (Eigen's minCoeff) takes the first, the oldest basis:
+  // the dictionary slides like a window instead of freezing on the first points.
+  ModelConfig c;
+  c.kernel = ntk::KernelSpec::parse(kKernels[0]);
+  c.budget = 6;
+  c.admission_threshold = 0.0;
+  c.estimate_signal_power = false;
+  c.eviction = EvictionPolicy::kMinLoss;
+  const auto kernel = ntk::make_kernel(c.kernel);
+  OnlineGP gp(c, 3);
+  ntk::test::NaiveKrlst naive(c, kernel);
+  const auto xs = random_inputs(40, 3, 29);
+  int evictions = 0;
+  for (std::size_t t = 0; t < xs.size(); ++t) {
+    CAPTURE(t);
+    const auto expect = naive.update(xs[t], 0.0);
+    const ntk::UpdateResult r = gp.update(xs[t], 0.0);
+    REQUIRE(r.admitted == expect.admitted);
+    CHECK(r.evicted == expect.evicted);
+    evictions += r.evicted >= 0;
+  }
+  CHECK(evictions == 34);
+  const ntk::ModelState st = gp.export_state();
+  for (std::size_t i = 0; i < st.samples.size(); ++i) CHECK(st.samples[i] == 34 + i);
+  // explain(): all weights are 0, and equal weights come in index order (model.h).
+  for (const int k : {6, 4}) {
+    const auto top = gp.explain(xs[3], k);
+    REQUIRE(top.size() == static_cast<std::size_t>(k));
+    for (int i = 0; i < k; ++i) {
+      CHECK(top[static_cast<std::size_t>(i)].index == i);
+      CHECK(top[static_cast<std::size_t>(i)].weight == 0.0);
+    }
+  }
+}
+
+TEST_CASE("the drift checks visit every column of the factor") {
+  // An imported factor whose last diagonal entry is off (a relative drift near 1e-7): within
+  // import's tolerance (1e-6), above drift_bound (1e-9), and visible only in the last
+  // column of L L^T. Inputs already in the dictionary are not admitted, so the factor
+  // changes only by a recomputation, which the check of that column (one column every 16
+  // updates, in turn) must trigger within 16 m updates.
+  ModelConfig c;
+  c.kernel = ntk::KernelSpec::parse(kKernels[0]);
+  c.budget = 8;
+  c.recompute_every = 0;
+  OnlineGP src(c, 3);
+  for (const VectorXd& x : random_inputs(40, 3, 43)) src.update(x, target(x));
+  ntk::ModelState st = src.export_state();
+  const Eigen::Index m = st.inputs.rows();
+  REQUIRE(m == 8);
+  // (L_mm (1 + e))^2 - L_mm^2 ~ 2 e L_mm^2: e chosen for a relative drift near 1e-7.
+  const double lmm = st.factor(m - 1, m - 1);
+  st.factor(m - 1, m - 1) *= 1.0 + 1e-7 * st.gram.norm() / (2.0 * lmm * lmm);
+  OnlineGP gp = OnlineGP::import_state(st);
+  REQUIRE(gp.drift() > 1e-8);
+  std::vector<VectorXd> repeats;
+  for (Eigen::Index i = 0; i < m; ++i) repeats.emplace_back(gp.inputs().row(i));
+  int recomputed = 0;
+  for (int t = 0; t < 16 * m + 16; ++t) {
+    const ntk::UpdateResult r =
+        gp.update(repeats[static_cast<std::size_t>(t) % repeats.size()], 0.1);
+    REQUIRE(!r.admitted);
+    recomputed += r.recomputed;
+  }
+  CHECK(recomputed == 1);
+  CHECK(gp.drift() < 1e-13);
+  CHECK(gp.last_drift() > 1e-8);
+}
+
 TEST_CASE("the dictionary holds the admitted inputs, in order, with their update counts") {
   // Every entry is the stream's input at its sample number, and the numbers increase; under
   // oldest-first with every sample admitted the dictionary is the last M inputs (a sliding
@@ -852,6 +1098,22 @@ TEST_CASE("recompute drops the bases a singular Gram matrix refuses and keeps th
   const ntk::ModelState after = gp.export_state();
   CHECK(after.samples == std::vector<std::uint64_t>{10});
   CHECK(after.factor(0, 0) == 1.0);
+  // The drift recompute() measured is that of the imported factor against K_D (no jitter):
+  // |L L^T - x x^T|_F / |x x^T|_F, computed densely.
+  const MatrixXd Lst = st.factor;
+  const double drift_ref = (Lst * Lst.transpose() - st.gram).norm() / st.gram.norm();
+  CHECK(gp.last_drift() == doctest::Approx(drift_ref).epsilon(1e-12));
+  CHECK(gp.counters().recomputes == 1);
+  // The counters and the drift are state: an export/import round trip keeps them.
+  CHECK(after.pivot_failures == 3);
+  CHECK(after.recomputes == 1);
+  CHECK(after.last_drift == gp.last_drift());
+  {
+    const OnlineGP back = OnlineGP::import_state(after);
+    CHECK(back.counters().pivot_failures == 3);
+    CHECK(back.counters().recomputes == 1);
+    CHECK(back.last_drift() == gp.last_drift());
+  }
   // The model goes on from there: the next input is admitted only if independent (d = 1:
   // never), and the prediction is the one-basis posterior's.
   const ntk::UpdateResult r = gp.update(VectorXd::Constant(1, 2.0), 0.0);
@@ -907,6 +1169,42 @@ TEST_CASE("estimated signal power calibrates the predictive variance") {
   CHECK(coverage > 0.92);
   CHECK(coverage < 0.98);
   CHECK(gp.signal_power() > 5.0);
+}
+
+TEST_CASE("the signal power estimate forgets numerator and denominator alike") {
+  // KRLS-T's estimate in closed form: s2 = num / den with num <- lambda num + r^2 / var_y,
+  // den <- lambda den + 1, both starting at 1, r and var_y the unit-scale residual and
+  // predictive variance, taken from the naive KRLS-T (means and unit variances do not
+  // depend on s2).
+  for (const double forgetting : {0.9, 1.0}) {
+    CAPTURE(forgetting);
+    ModelConfig c;
+    c.kernel = ntk::KernelSpec::parse(kKernels[0]);
+    c.budget = 10;
+    c.noise_variance = 0.05;
+    c.forgetting = forgetting;
+    c.estimate_signal_power = true;
+    const auto kernel = ntk::make_kernel(c.kernel);
+    OnlineGP gp(c, 3);
+    ntk::test::NaiveKrlst naive(c, kernel);
+    const auto xs = random_inputs(120, 3, 37);
+    double num = 1.0, den = 1.0;
+    for (std::size_t t = 0; t < xs.size(); ++t) {
+      CAPTURE(t);
+      const double y = 3.0 * target(xs[t]);
+      const double s2 = num / den;
+      const auto expect = naive.update(xs[t], y);
+      const ntk::UpdateResult r = gp.update(xs[t], y);
+      CHECK(r.prediction.var_y == doctest::Approx(s2 * expect.pred.var_y).epsilon(1e-8));
+      const double e = y - expect.pred.mean;
+      num = forgetting * num + e * e / expect.pred.var_y;
+      den = forgetting * den + 1.0;
+      CHECK(gp.signal_power() == doctest::Approx(num / den).epsilon(1e-8));
+    }
+    const ntk::ModelState st = gp.export_state();
+    CHECK(st.s2_den == doctest::Approx(den).epsilon(1e-12));
+    CHECK(st.s2_num == doctest::Approx(num).epsilon(1e-8));
+  }
 }
 
 namespace {

@@ -4,6 +4,7 @@
 // anomalies, feature mode, snapshots, and zero allocations per observation.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <numbers>
@@ -184,6 +185,9 @@ TEST_CASE("PrequentialScore: hand-computed MSE, MAE, NLPD, coverage; pooling") {
   pooled += other;
   CHECK(pooled.n == 3);
   CHECK(pooled.mse() == doctest::Approx(10.0 / 3.0));
+  CHECK(pooled.mae() == doctest::Approx(4.0 / 3.0));
+  CHECK(pooled.covered == 2);  // z = 1 and z = 0 inside, z = 6 outside
+  CHECK(pooled.coverage95() == doctest::Approx(2.0 / 3.0));
   CHECK(pooled.sum_nlpd == doctest::Approx(s.sum_nlpd + half_log_2pi + std::log(2.0)));
 }
 
@@ -724,9 +728,15 @@ TEST_CASE("anomalies: flagged, kept out of the model, regime changes learned") {
   };
   std::uint64_t updates_before_spike = 0;
   int late_anomalies = 0;
+  // Exclusions within the current run of consecutive flagged values (series.h: at most
+  // max_excluded_run of them), and the longest such count seen.
+  int run_excluded = 0, max_run_excluded = 0;
   for (int i = 0; i < 800; ++i) {
     if (i == 400) updates_before_spike = sp.model().counters().updates;
     const Outcome o = sp.observe(std::nullopt, 0, value(i));
+    run_excluded = o.anomaly ? run_excluded + (o.excluded ? 1 : 0) : 0;
+    max_run_excluded = std::max(max_run_excluded, run_excluded);
+    if (o.anomaly && !o.excluded) CHECK(run_excluded == c.max_excluded_run);
     if (i == 400) {
       CHECK(o.anomaly);
       CHECK(o.excluded);
@@ -745,6 +755,9 @@ TEST_CASE("anomalies: flagged, kept out of the model, regime changes learned") {
     if (i >= 650) late_anomalies += o.anomaly ? 1 : 0;
   }
   CHECK(late_anomalies <= 2);  // the new level has been learned
+  // The level shift is flagged longer than the run allows: its first 3 values are
+  // excluded, the next flagged ones learned.
+  CHECK(max_run_excluded == c.max_excluded_run);
   CHECK(sp.counters().anomalies >= 2);
   CHECK(sp.counters().excluded >= 2);
   CHECK(sp.counters().excluded <= sp.counters().anomalies);
