@@ -125,16 +125,19 @@ struct Ports {
 };
 
 // Polls until the port file appears (ntkd writes it atomically once it listens and its
-// snapshot is restored); fails early if the daemon exits.
+// snapshot is restored) and the log holds the ready line (written just after it, with the
+// version and the ntk::core copy that runs); fails early if the daemon exits.
 inline Ports wait_for_ports(Process& daemon, const std::filesystem::path& port_file) {
   const auto deadline = std::chrono::steady_clock::now() + kTimeout;
-  while (!std::filesystem::exists(port_file)) {
+  while (!std::filesystem::exists(port_file) ||
+         daemon.log().find(" msg=ready ") == std::string::npos) {
     if (auto st = daemon.poll_exit()) {
       throw std::runtime_error("ntkd exited with status " + std::to_string(*st) +
                                " before listening; log:\n" + daemon.log());
     }
     if (std::chrono::steady_clock::now() > deadline) {
-      throw std::runtime_error("ntkd did not write its port file in time; log:\n" + daemon.log());
+      throw std::runtime_error("ntkd did not write its port file and ready line in time; log:\n" +
+                               daemon.log());
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
