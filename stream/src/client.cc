@@ -58,6 +58,12 @@ class ResponseReader {
   }
   // The decoder holds unread input: call next() before reading more.
   bool has_input() const { return input_; }
+  // A response could not be matched to its request: the stream is over, as for a framing
+  // violation.
+  void fail() {
+    input_ = false;
+    failed_ = true;
+  }
 
  private:
   FrameDecoder decoder_;
@@ -68,6 +74,29 @@ class ResponseReader {
 
 [[noreturn]] void throw_error(ErrorCode ec, const std::string& what) {
   throw std::system_error(static_cast<std::error_code>(ec), what);
+}
+
+// What the Response to a request must carry: the request's seq, which the server echoes
+// (response.proto). Unchecked for pre-framed bytes (Client::send_raw).
+struct Expected {
+  bool checked = false;
+  bool has_seq = false;
+  std::uint64_t seq = 0;
+};
+
+Expected expected_of(const v1::Request& request) {
+  return {true, request.has_seq(), request.seq()};
+}
+
+// A Response with a seq answers only a request with that seq; one without answers any (the
+// server could not parse the request, e.g. FRAME_TOO_LARGE).
+bool answers(const Expected& e, const v1::Response& r) {
+  return !e.checked || !r.has_seq() || (e.has_seq && e.seq == r.seq());
+}
+
+std::string mismatch(const Expected& e, const v1::Response& r) {
+  return "response seq " + std::to_string(r.seq()) + " does not answer the request " +
+         (e.has_seq ? "with seq " + std::to_string(e.seq) : std::string("without a seq"));
 }
 
 }  // namespace
@@ -151,13 +180,27 @@ struct Client::Impl {
     }
   }
 
+  // The next response, which must answer `e`. On a mismatch the connection is over.
+  v1::Response read_answer(const Expected& e, const char* who) {
+    v1::Response r = read_one();
+    if (!answers(e, r)) {
+      reader.fail();
+      ErrorCode ignored;
+      socket.close(ignored);
+      throw_error(bad_message(),
+                  std::string("ntk::stream::Client::") + who + ": " + mismatch(e, r));
+    }
+    return r;
+  }
+
   ClientOptions options;
   asio::io_context io;
   tcp::socket socket;
   ResponseReader reader;
-  std::string out;  // not state: the frame being written
-  std::size_t pending = 0;
-  std::uint64_t progress = 0;  // completed reads and writes, for run()
+  std::string out;                // not state: the frame being written
+  std::deque<Expected> expected;  // of the requests sent and not yet received, in order
+  std::size_t many = 0;           // requests of the call_many running, or of one that failed
+  std::uint64_t progress = 0;     // completed reads and writes, for run()
   bool timed_out = false;
 };
 
@@ -171,18 +214,24 @@ void Client::send(const v1::Request& request) {
   impl_->out.clear();
   encode_delimited(request, impl_->out);
   impl_->write(asio::buffer(impl_->out));
-  ++impl_->pending;
+  impl_->expected.push_back(expected_of(request));
 }
 
 void Client::send_raw(std::span<const std::uint8_t> bytes, std::size_t frames) {
   impl_->write(asio::buffer(bytes.data(), bytes.size()));
-  impl_->pending += frames;
+  impl_->expected.insert(impl_->expected.end(), frames, Expected{});
 }
 
 v1::Response Client::receive() {
-  if (impl_->pending == 0) throw std::logic_error("Client::receive: no request is pending");
-  v1::Response r = impl_->read_one();
-  --impl_->pending;
+  Impl& d = *impl_;
+  if (pending() == 0) throw std::logic_error("Client::receive: no request is pending");
+  if (d.expected.empty()) {  // after a failed call_many (its connection is closed)
+    v1::Response r = d.read_answer(Expected{}, "receive");
+    --d.many;
+    return r;
+  }
+  v1::Response r = d.read_answer(d.expected.front(), "receive");
+  d.expected.pop_front();
   return r;
 }
 
@@ -192,8 +241,8 @@ v1::Response Client::call(const v1::Request& request) {
 }
 
 std::vector<v1::Response> Client::call_many(std::span<const v1::Request> requests) {
-  if (impl_->pending != 0) {
-    throw std::logic_error("Client::call_many: " + std::to_string(impl_->pending) +
+  if (pending() != 0) {
+    throw std::logic_error("Client::call_many: " + std::to_string(pending()) +
                            " responses are still pending");
   }
   Impl& d = *impl_;
@@ -206,6 +255,7 @@ std::vector<v1::Response> Client::call_many(std::span<const v1::Request> request
   // a write can wait forever on a server that waits for its answers to be read, and a
   // read for answers that the server never got the requests of.
   ErrorCode failure;
+  std::string mismatch_what;  // a response that answers another request
   const auto fail = [&](ErrorCode e) {
     if (failure) return;
     failure = e;
@@ -229,7 +279,15 @@ std::vector<v1::Response> Client::call_many(std::span<const v1::Request> request
     for (;;) {
       v1::Response r;
       if (d.reader.next(r, read_ec)) {
+        const Expected e = expected_of(requests[responses.size()]);
+        if (!answers(e, r)) {
+          d.reader.fail();
+          mismatch_what = mismatch(e, r);
+          read_ec = bad_message();
+          break;
+        }
         responses.push_back(std::move(r));
+        if (responses.size() == requests.size()) break;
         continue;
       }
       break;
@@ -243,17 +301,20 @@ std::vector<v1::Response> Client::call_many(std::span<const v1::Request> request
       read_next();
     });
   };
-  d.pending = requests.size();
+  d.many = requests.size();
   write_next();
   read_next();
   d.run();
   const ErrorCode ec = d.translate(failure);
-  if (ec) throw_error(ec, "ntk::stream::Client::call_many");
-  d.pending = 0;
+  if (ec) {
+    throw_error(ec, "ntk::stream::Client::call_many" +
+                        (mismatch_what.empty() ? std::string() : ": " + mismatch_what));
+  }
+  d.many = 0;
   return responses;
 }
 
-std::size_t Client::pending() const { return impl_->pending; }
+std::size_t Client::pending() const { return impl_->expected.size() + impl_->many; }
 
 void Client::shutdown_send() {
   ErrorCode ignored;
@@ -319,8 +380,12 @@ struct AsyncClient::Impl {
         if (ec) fail_all(ec);
         return;
       }
-      if (handlers.empty()) return fail_all(bad_message());  // an answer nobody asked for
-      ResponseHandler handler = std::move(handlers.front());
+      // An answer nobody asked for, or one to another request: the stream is over.
+      if (handlers.empty() || !answers(handlers.front().expected, response)) {
+        reader.fail();
+        return fail_all(bad_message());
+      }
+      ResponseHandler handler = std::move(handlers.front().handler);
       handlers.pop_front();
       complete(std::move(handler), ErrorCode(), std::move(response));
     }
@@ -346,10 +411,10 @@ struct AsyncClient::Impl {
       ErrorCode ignored;
       socket.close(ignored);
     }
-    std::deque<ResponseHandler> waiting;
+    std::deque<Waiting> waiting;
     waiting.swap(handlers);
     queued.clear();
-    for (auto& h : waiting) complete(std::move(h), ec, v1::Response());
+    for (auto& w : waiting) complete(std::move(w.handler), ec, v1::Response());
   }
 
   AsyncClient* owner = nullptr;  // whose Impl this is (for shared_from_this)
@@ -364,9 +429,13 @@ struct AsyncClient::Impl {
   bool writing = false;
   bool failed = false;
   ErrorCode failure;
-  std::string queued;                    // frames waiting for the write in flight
-  std::string in_flight;                 // the write in flight
-  std::deque<ResponseHandler> handlers;  // in request order
+  std::string queued;     // frames waiting for the write in flight
+  std::string in_flight;  // the write in flight
+  struct Waiting {
+    Expected expected;
+    ResponseHandler handler;
+  };
+  std::deque<Waiting> handlers;  // in request order
   std::atomic<std::size_t> pending{0};
 };
 
@@ -425,7 +494,7 @@ void AsyncClient::async_call(v1::Request request, ResponseHandler handler) {
       return handler(d.failure, v1::Response());
     }
     encode_delimited(request, d.queued);
-    d.handlers.push_back(std::move(handler));
+    d.handlers.push_back({expected_of(request), std::move(handler)});
     d.pump(self);
   });
 }

@@ -11,6 +11,7 @@ codes; a clean SIGTERM.
 """
 
 import argparse
+import io
 import math
 import os
 import random
@@ -131,7 +132,7 @@ class CommandLine(unittest.TestCase):
             with conn:
                 conn.recv(65536)  # the request; its content does not matter
                 answer = ntk_client.response_pb2.Response()
-                answer.seq = 7
+                answer.key = "k"  # no seq: a seq would answer another request (EBADMSG)
                 ntk_client.write_delimited(conn, answer)
 
         server = threading.Thread(target=serve)
@@ -144,7 +145,7 @@ class CommandLine(unittest.TestCase):
             server.join(timeout=60)
             listener.close()
         self.assertEqual(out.returncode, 1, out.stderr)
-        self.assertEqual(out.stderr, "ntk-client: unexpected answer to stats: {seq: 7\n}\n")
+        self.assertEqual(out.stderr, 'ntk-client: unexpected answer to stats: {key: "k"\n}\n')
         self.assertEqual(out.stdout, "")
 
     def run_python_client(self, *args):
@@ -163,6 +164,91 @@ class CommandLine(unittest.TestCase):
         self.assertEqual(out.returncode, 1, out.stderr)
         self.assertTrue(out.stderr.startswith("ntk_client.py: cannot connect to "), out.stderr)
         self.assertNotIn("Traceback", out.stderr)
+
+
+class Matching(unittest.TestCase):
+    """The client pairs the n-th Response with the n-th Request; one it cannot read or
+    that carries another request's seq ends the connection (ProtocolError)."""
+
+    def serve(self, answer):
+        # One connection: wait for the first request, send `answer` (bytes), then hold
+        # the connection until the client closes it.
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def run():
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+                while conn.recv(65536):
+                    pass
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        self.addCleanup(listener.close)
+        self.addCleanup(thread.join, 60)
+        return listener.getsockname()[1]
+
+    @staticmethod
+    def responses(*seqs):
+        out = io.BytesIO()
+        for seq in seqs:
+            r = ntk_client.response_pb2.Response()
+            if seq is not None:
+                r.seq = seq
+            ntk_client.write_delimited(out, r)
+        return out.getvalue()
+
+    def test_a_response_without_seq_answers_any_request(self):
+        port = self.serve(self.responses(None, 2))
+        with ntk_client.Client("127.0.0.1", port, timeout=30) as c:
+            c.send(ntk_client.Client.reading("k", 1, 1.0))
+            c.send(ntk_client.Client.reading("k", 2, 2.0))
+            self.assertEqual(c.pending, 2)
+            self.assertFalse(c.receive().HasField("seq"))
+            self.assertEqual(c.receive().seq, 2)
+            self.assertEqual(c.pending, 0)
+
+    def test_another_requests_seq_ends_the_connection(self):
+        for sent, answer, message in (
+                (5, 6, "response seq 6 does not answer the request with seq 5"),
+                (None, 6, "response seq 6 does not answer the request without a seq")):
+            port = self.serve(self.responses(6))
+            with ntk_client.Client("127.0.0.1", port, timeout=30) as c:
+                request = ntk_client.Client.reading("k", 0, 1.0)
+                if sent is None:
+                    request.ClearField("seq")
+                else:
+                    request.seq = sent
+                c.send(request)
+                with self.assertRaises(ntk_client.ProtocolError) as raised:
+                    c.receive()
+                self.assertEqual(str(raised.exception), message)
+                self.assertEqual(c._sock.fileno(), -1)  # closed
+
+    def test_an_unreadable_stream_is_a_protocol_error(self):
+        for answer, message in ((b"\xff\xff\xff\xff\x0f", "above the limit"),
+                                (b"\x02\xff\xff", "not a Response")):
+            port = self.serve(answer)
+            with ntk_client.Client("127.0.0.1", port, timeout=30) as c:
+                c.send(ntk_client.Client.reading("k", 1, 1.0))
+                with self.assertRaises(ntk_client.ProtocolError) as raised:
+                    c.receive()
+                self.assertIn(message, str(raised.exception))
+                self.assertEqual(c._sock.fileno(), -1)
+
+    def test_the_command_line_client_says_so_with_status_1(self):
+        port = self.serve(self.responses(5))
+        out = subprocess.run(
+            [sys.executable, os.path.join(ARGS.client_dir, "ntk_client.py"), "--connect",
+             "127.0.0.1:%d" % port, "--key", "k"], input="1\n", capture_output=True,
+            text=True, timeout=60)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertEqual(out.stderr, "ntk_client.py: 127.0.0.1:%d: response seq 5 does not "
+                         "answer the request with seq 0\n" % port)
+        self.assertEqual(out.stdout, "seq,key,status,value,mean,sd,z,anomaly\n")
 
 
 class RoundTrip(unittest.TestCase):

@@ -1525,6 +1525,34 @@ void answer_slowly(tcp::socket& s) {
 
 bool is(const std::system_error& e, int errno_value) { return e.code().value() == errno_value; }
 
+// A peer that answers the i-th request it reads with a Response carrying seqs[i] (none:
+// no seq), optionally sleeping `pause` first, and stops answering when seqs run out.
+std::function<void(tcp::socket&)> answer_with(std::vector<std::optional<std::uint64_t>> seqs,
+                                              std::chrono::milliseconds pause = {}) {
+  return [seqs = std::move(seqs), pause](tcp::socket& s) {
+    ntk::stream::FrameDecoder decoder;
+    std::vector<std::uint8_t> buffer(4096);
+    boost::system::error_code ec;
+    std::size_t answered = 0;
+    while (answered < seqs.size()) {
+      const std::size_t n = s.read_some(asio::buffer(buffer), ec);
+      if (ec) return;
+      decoder.feed({buffer.data(), n});
+      for (auto r = decoder.next();
+           r.status == ntk::stream::FrameStatus::kFrame && answered < seqs.size();
+           r = decoder.next()) {
+        v1::Response response;
+        if (const auto seq = seqs[answered++]) response.set_seq(*seq);
+        std::string out;
+        ntk::stream::encode_delimited(response, out);
+        std::this_thread::sleep_for(pause);
+        asio::write(s, asio::buffer(out), ec);
+        if (ec) return;
+      }
+    }
+  };
+}
+
 }  // namespace
 
 TEST_CASE("Client::call_many: an unreadable response stream ends the call at once") {
@@ -1987,4 +2015,78 @@ TEST_CASE("Client: pending() counts the answers due; receive() with none due is 
   CHECK_THROWS_AS(client.receive(), std::logic_error);
   const v1::Request more[] = {reading("p", 4, 4.0), reading("p", 5, 5.0)};
   CHECK(client.call_many(more).size() == 2);  // nothing is pending: allowed
+}
+
+TEST_CASE("Client: a response that echoes another request's seq ends the connection") {
+  // Responses echo their request's seq (response.proto); one without a seq answers any
+  // request (the server could not parse it). The third answer carries a seq no request
+  // had: from then on nothing can be matched.
+  FakePeer peer(answer_with({1, std::nullopt, 99}));
+  Client c("127.0.0.1", peer.port(), with_timeout());
+  CHECK(c.call(reading("k", 1, 1.0)).seq() == 1);
+  const v1::Response unparsed = c.call(reading("k", 2, 2.0));
+  CHECK_FALSE(unparsed.has_seq());
+  c.send(reading("k", 3, 3.0));
+  c.send(reading("k", 4, 4.0));
+  for (const char* what :
+       {"response seq 99 does not answer the request with seq 3", "unreadable response stream"}) {
+    try {
+      c.receive();
+      FAIL("receive returned");
+    } catch (const std::system_error& e) {
+      INFO(std::string(e.what()));
+      CHECK(is(e, EBADMSG));
+      CHECK(std::string(e.what()).find(what) != std::string::npos);
+    }
+  }
+}
+
+TEST_CASE("Client::call_many: a response to another request ends the call") {
+  FakePeer peer(answer_with({1, 2, 2}));
+  Client c("127.0.0.1", peer.port(), with_timeout());
+  const v1::Request requests[] = {reading("k", 1, 1.0), reading("k", 2, 2.0), reading("k", 3, 3.0)};
+  try {
+    c.call_many(requests);
+    FAIL("call_many returned");
+  } catch (const std::system_error& e) {
+    INFO(std::string(e.what()));
+    CHECK(is(e, EBADMSG));
+    CHECK(std::string(e.what()).find("response seq 2 does not answer the request with seq 3") !=
+          std::string::npos);
+  }
+}
+
+TEST_CASE("AsyncClient: a stray answer is not taken for the next call's") {
+  // The peer answers the first call, then, 100 ms later, sends an answer nobody asked
+  // for. Whether or not it arrives while the client reads (it reads only while a call is
+  // pending), the next call must not take it: seq 99 answers neither request 2 nor a
+  // request without a seq. Every call pending then fails.
+  for (const bool second_has_seq : {true, false}) {
+    CAPTURE(second_has_seq);
+    FakePeer peer(answer_with({1, 99, 2}, std::chrono::milliseconds(100)));
+    asio::io_context io;
+    auto client = ntk::stream::AsyncClient::create(io.get_executor());
+    client->async_connect("127.0.0.1", peer.port(), [](boost::system::error_code) {});
+    std::vector<std::pair<boost::system::error_code, v1::Response>> got;
+    const auto record = [&](boost::system::error_code ec, v1::Response r) {
+      got.emplace_back(ec, std::move(r));
+    };
+    client->async_call(reading("x", 1, 1.0), record);
+    io.run();
+    REQUIRE(got.size() == 1);
+    CHECK_FALSE(got[0].first);
+    CHECK(got[0].second.seq() == 1);
+    v1::Request second = reading("x", 2, 2.0);
+    if (!second_has_seq) second.clear_seq();
+    client->async_call(second, record);
+    client->async_call(reading("x", 3, 3.0), record);
+    io.restart();
+    io.run_for(std::chrono::seconds(5));
+    REQUIRE(got.size() == 3);
+    for (std::size_t i = 1; i < 3; ++i) {
+      CHECK(got[i].first.value() == EBADMSG);
+      CHECK_FALSE(got[i].second.has_seq());
+    }
+    CHECK(client->pending() == 0);
+  }
 }

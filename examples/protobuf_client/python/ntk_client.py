@@ -32,6 +32,7 @@ line or input line (the values before it are sent and answered first).
 """
 
 import argparse
+import collections
 import math
 import os
 import select
@@ -130,10 +131,19 @@ class FrameReader:
 # ---- the client ------------------------------------------------------------------------
 
 
+class ProtocolError(ConnectionError):
+    """The server's answers cannot be read or matched to the requests (the connection is
+    closed)."""
+
+
 class Client:
     """A blocking connection to ntkd. Answers come in request order: the n-th Response
     read answers the n-th Request sent, so requests may be pipelined (send several, then
-    receive as many)."""
+    receive as many). A Response echoes its request's seq (one without a seq answers any
+    request: the server could not parse it). A response stream that cannot be read (an
+    oversized frame, bytes that are not a Response) or matched (a Response carrying
+    another seq) raises ProtocolError and closes the connection: the answers after it
+    could not be matched either."""
 
     def __init__(self, host="127.0.0.1", port=7420, timeout=30.0, proto_path=None):
         if request_pb2 is None:
@@ -141,7 +151,12 @@ class Client:
         self._sock = socket.create_connection((host, port), timeout=timeout)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._reader = FrameReader()
-        self.pending = 0
+        self._expected = collections.deque()  # the seqs (None: none) of the requests sent
+
+    @property
+    def pending(self):
+        """Requests sent and not yet received."""
+        return len(self._expected)
 
     def __enter__(self):
         return self
@@ -154,28 +169,37 @@ class Client:
 
     def send(self, request):
         write_delimited(self._sock, request)
-        self.pending += 1
+        self._expected.append(request.seq if request.HasField("seq") else None)
 
     def receive(self):
         """The next ntk.v1.Response (blocks; socket.timeout after the timeout)."""
         if self.pending == 0:
             raise RuntimeError("receive() with no request pending")
         while True:
-            frame = self._reader.next_frame()
-            if frame is not None:
-                self.pending -= 1
-                response = response_pb2.Response()
-                try:
-                    response.ParseFromString(frame)
-                except Exception:
-                    # The answers after it could not be matched to the requests.
-                    self.close()
-                    raise
-                return response
-            data = self._sock.recv(65536)
-            if not data:
-                raise ConnectionError("ntkd closed the connection")
-            self._reader.feed(data)
+            try:
+                frame = self._reader.next_frame()
+            except ValueError as e:  # a bad length prefix, a frame above the limit
+                self.close()
+                raise ProtocolError(str(e)) from e
+            if frame is None:
+                data = self._sock.recv(65536)
+                if not data:
+                    raise ConnectionError("ntkd closed the connection")
+                self._reader.feed(data)
+                continue
+            response = response_pb2.Response()
+            try:
+                response.ParseFromString(frame)
+            except Exception as e:
+                self.close()
+                raise ProtocolError("a frame that is not a Response: %s" % e) from e
+            expected = self._expected.popleft()
+            if response.HasField("seq") and response.seq != expected:
+                self.close()
+                raise ProtocolError("response seq %d does not answer the request %s" % (
+                    response.seq, "without a seq" if expected is None
+                    else "with seq %d" % expected))
+            return response
 
     def call(self, request):
         self.send(request)

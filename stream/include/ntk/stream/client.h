@@ -15,8 +15,11 @@
 //   Transport failures are boost::system::error_code values (std::system_error in the
 //   blocking Client): connection refused, reset, timeouts, and
 //   boost::asio::error::eof when the server closed the connection. A response stream the
-//   client cannot read (a frame above max_frame_bytes, bytes that are not a Response) is
-//   boost::system::errc::bad_message and ends the connection. Errors of a request (an
+//   client cannot read (a frame above max_frame_bytes, bytes that are not a Response) or
+//   cannot match (a Response whose seq is not the seq of the request it would answer, or
+//   one that arrives with no request pending) is boost::system::errc::bad_message and ends
+//   the connection: the answers after it could not be matched either. A Response without
+//   a seq answers any request (the server could not parse it). Errors of a request (an
 //   Error response) are ordinary responses, not failures.
 #pragma once
 
