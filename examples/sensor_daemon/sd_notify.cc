@@ -19,7 +19,11 @@ bool sd_notify(std::string_view state) {
   const std::string_view name(env);
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (name.size() >= sizeof addr.sun_path || (name[0] != '/' && name[0] != '@')) {
+  // A path needs its terminating NUL in sun_path; an abstract name (its '@' becomes the
+  // leading NUL) may fill all of it, as systemd allows.
+  const bool fits =
+      name[0] == '@' ? name.size() <= sizeof addr.sun_path : name.size() < sizeof addr.sun_path;
+  if (!fits || (name[0] != '/' && name[0] != '@')) {
     throw std::runtime_error("NOTIFY_SOCKET=\"" + std::string(name) +
                              "\": not an absolute path or @abstract name that fits sun_path");
   }

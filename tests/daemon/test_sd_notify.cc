@@ -58,10 +58,32 @@ TEST_CASE("sd_notify: unset, path socket, abstract socket, bad values") {
   CHECK(receive(fd) == "STOPPING=1");
   ::close(fd);
 
+  // An abstract name may fill sun_path (108 bytes, the '@' standing for its leading NUL);
+  // one byte more does not fit.
+  std::string longest = "@ntk-" + std::to_string(::getpid()) + "-";
+  longest.resize(sizeof(sockaddr_un{}.sun_path), 'n');
+  fd = bind_notify_socket(longest);
+  ::setenv("NOTIFY_SOCKET", longest.c_str(), 1);
+  CHECK(ntk::daemon::sd_notify("READY=1"));
+  CHECK(receive(fd) == "READY=1");
+  ::close(fd);
+  ::setenv("NOTIFY_SOCKET", (longest + "n").c_str(), 1);
+  CHECK_THROWS_WITH_AS(ntk::daemon::sd_notify("READY=1"),
+                       doctest::Contains("not an absolute path or @abstract name that fits"),
+                       std::runtime_error);
+
   // Set but unusable: nobody listens there, or not a socket name at all.
   ::setenv("NOTIFY_SOCKET", (dir / "nobody").c_str(), 1);
   CHECK_THROWS_AS(ntk::daemon::sd_notify("READY=1"), std::system_error);
   ::setenv("NOTIFY_SOCKET", "relative/name", 1);
   CHECK_THROWS_AS(ntk::daemon::sd_notify("READY=1"), std::runtime_error);
+  ::unsetenv("NOTIFY_SOCKET");
+}
+
+TEST_CASE("sd_notify: an empty NOTIFY_SOCKET is the same as none") {
+  ::setenv("NOTIFY_SOCKET", "", 1);
+  bool sent = true;
+  CHECK_NOTHROW(sent = ntk::daemon::sd_notify("READY=1"));
+  CHECK(!sent);
   ::unsetenv("NOTIFY_SOCKET");
 }
