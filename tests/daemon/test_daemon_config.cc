@@ -310,3 +310,59 @@ TEST_CASE("LogRateLimit: a burst per window, then a count of the lines dropped")
   CHECK(limit.allow(t0 + 12s, &dropped));
   CHECK(dropped == 0);
 }
+
+TEST_CASE("config errors: limits, adjacent repeated prefixes, the last port") {
+  TempDir dir;
+  // Limits are checked when the file is read (exit 2), not when the server starts (1).
+  auto p = write_file(dir, "limits.textproto", "max_keys: 0\n");
+  CHECK(load_error(p) == p + ": max_keys must be in [1, 4294967295], got 0");
+  p = write_file(dir, "frame.textproto", "max_frame_bytes: 63\n");
+  CHECK(load_error(p).rfind(p + ": max_frame_bytes must be in [64, ", 0) == 0);
+  // A prefix given twice in a row.
+  p = write_file(dir, "twice.textproto",
+                 "overrides { key_prefix: \"a/\" }\noverrides { key_prefix: \"a/\" }\n");
+  CHECK(load_error(p) == p + ":2:1: overrides[1]: key_prefix \"a/\" repeats overrides[0]'s: "
+                             "give each prefix once");
+  // 65535 is the last port; 65536 is not one.
+  CHECK(ntk::daemon::parse_host_port("h:65535").port == 65535);
+  CHECK_THROWS_AS(ntk::daemon::parse_host_port("h:65536"), std::invalid_argument);
+  CHECK(args_error({"--listen", "127.0.0.1:65536"}) ==
+        "--listen: expected HOST:PORT with a port in [0, 65535], got \"127.0.0.1:65536\"");
+}
+
+TEST_CASE("--port-file: a symlink is accepted (the link is what ntkd replaces)") {
+  TempDir dir;
+  const auto link = dir / "ports";
+  std::filesystem::create_symlink("/dev/null", link);
+  CHECK(args_error({"--port-file", link.string()}).empty());
+  CHECK(*args({"--port-file", link.string()}).port_file == link.string());
+}
+
+TEST_CASE("logfmt: '=', DEL and carriage return are quoted; levels parse and filter") {
+  using ntk::daemon::Level;
+  using ntk::daemon::logfmt_value;
+  CHECK(logfmt_value("plain-value_1.2") == "plain-value_1.2");
+  CHECK(logfmt_value("a=b") == "\"a=b\"");
+  CHECK(logfmt_value("a\rb") == "\"a\\rb\"");
+  CHECK(logfmt_value("a\tb") == "\"a\\tb\"");
+  CHECK(logfmt_value("a\x7f") == "\"a\\x7f\"");
+  CHECK(logfmt_value("") == "\"\"");
+  CHECK(ntk::daemon::parse_level("debug") == Level::kDebug);
+  CHECK(ntk::daemon::parse_level("info") == Level::kInfo);
+  CHECK(ntk::daemon::parse_level("warning") == Level::kWarning);
+  CHECK(ntk::daemon::parse_level("error") == Level::kError);
+  CHECK_THROWS_AS(ntk::daemon::parse_level("ERROR"), std::invalid_argument);
+  for (const Level l : {Level::kDebug, Level::kInfo, Level::kWarning, Level::kError}) {
+    CHECK(ntk::daemon::parse_level(ntk::daemon::to_string(l)) == l);
+  }
+  // The minimum level itself is written; the one below it is not.
+  ntk::daemon::set_min_level(Level::kWarning);
+  CHECK(ntk::daemon::enabled(Level::kError));
+  CHECK(ntk::daemon::enabled(Level::kWarning));
+  CHECK_FALSE(ntk::daemon::enabled(Level::kInfo));
+  ntk::daemon::set_min_level(Level::kDebug);
+  CHECK(ntk::daemon::enabled(Level::kDebug));
+  ntk::daemon::set_min_level(Level::kInfo);  // the default again
+  CHECK_FALSE(ntk::daemon::enabled(Level::kDebug));
+  CHECK(ntk::daemon::enabled(Level::kInfo));
+}

@@ -810,3 +810,15 @@ TEST_CASE("periodic snapshots and UDP ingest") {
   CHECK(d.process->log().find("msg=\"snapshot written\" reason=periodic") != std::string::npos);
   CHECK(d.stop() == 0);
 }
+
+TEST_CASE("a final snapshot that cannot be written: exit status 1") {
+  TempDir dir;
+  Daemon d{dir, {}, {}, nullptr, {}};
+  d.start("final.log");
+  // The first snapshot's temp file cannot be created: a directory holds its name.
+  std::filesystem::create_directory(dir / "snapshots" /
+                                    ("snapshot-" + std::string(19, '0') + "1.ntks.tmp"));
+  CHECK(d.stop() == 1);
+  CHECK(!std::filesystem::exists(dir / "snapshots" /
+                                 ("snapshot-" + std::string(19, '0') + "1.ntks")));
+}

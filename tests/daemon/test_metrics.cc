@@ -3,7 +3,9 @@
 // per key; and the HTTP endpoint answers as HTTP/1.1 should.
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <boost/asio/connect.hpp>
@@ -12,6 +14,7 @@
 #include <boost/asio/read_until.hpp>
 #include <boost/asio/streambuf.hpp>
 #include <boost/asio/write.hpp>
+#include <cerrno>
 #include <cmath>
 #include <set>
 #include <string>
@@ -111,6 +114,16 @@ std::string exchange(boost::asio::ip::tcp::socket& s, const std::string& request
     body += more;
   }
   return headers + body;
+}
+
+// Whether the peer closed `s` within `ms` milliseconds (end of stream or reset), without
+// consuming data; false if it is still open then.
+bool closed_within(boost::asio::ip::tcp::socket& s, int ms) {
+  pollfd p{s.native_handle(), POLLIN, 0};
+  if (::poll(&p, 1, ms) != 1) return false;
+  char byte;
+  const ssize_t n = ::recv(s.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  return n == 0 || (n < 0 && errno == ECONNRESET);
 }
 
 }  // namespace
@@ -358,11 +371,121 @@ TEST_CASE("http endpoint: idle connections at the limit make room for a probe") 
     s.connect({boost::asio::ip::make_address("127.0.0.1"), http.port()});
     const std::string r = exchange(s, "GET /livez HTTP/1.1\r\nHost: t\r\n\r\n");
     CHECK(r.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+    if (round == 0) {
+      // The 65th connection closed the one idle the longest (oldest first): at once, not
+      // by the 30 s request timeout; the second oldest is still open.
+      CHECK(closed_within(idle[0], 5000));
+      CHECK_FALSE(closed_within(idle[1], 200));
+    }
   }
-  // The first idle connection was the one closed (oldest first).
+  http.stop();
+}
+
+TEST_CASE("metrics: every counter and gauge is its own field, every *_total a counter") {
+  // Each source field a distinct value, so that a sample showing another field's value,
+  // or none, is seen.
+  v1::Stats stats;
+  v1::ServerCounters* c = stats.mutable_server();
+  c->set_connections_accepted(11);
+  c->set_connections_open(12);
+  c->set_keys(2);
+  for (int i = 0; i < 2; ++i) {
+    v1::KeyStats* k = stats.add_keys();
+    k->set_key("k" + std::to_string(i));
+    v1::ModelCounters* m = k->mutable_model();
+    m->set_updates(100 + i);
+    m->set_admitted(200 + i);
+    m->set_evicted(300 + i);
+    m->set_recomputes(400 + i);
+    m->set_pivot_failures(500 + i);
+    v1::SeriesCounters* s = k->mutable_counters();
+    s->set_observations(1000 + i);
+    s->set_accepted(1100 + i);
+    s->set_missing(1200 + i);
+    s->set_duplicates(1300 + i);
+    s->set_out_of_order(1400 + i);
+    s->set_gaps(1500 + i);
+    s->set_time_reversals(1600 + i);
+    s->set_scored(1700 + i);
+    s->set_anomalies(1800 + i);
+    s->set_excluded(1900 + i);
+  }
+  ntk::daemon::DaemonStatus st = make_status();
+  st.ready = false;
+  st.restored_keys = 21;
+  st.snapshots_written = 22;
+  st.snapshot_failures = 23;
+  st.last_snapshot_keys = 24;
+  st.last_snapshot_bytes = 25;
+  st.reloads_ok = 26;
+  st.reloads_failed = 27;
+  const auto e = parse_prometheus(ntk::daemon::render_metrics(stats, st));
+  CHECK(e.at("ntkd_connections_accepted_total") == 11);
+  CHECK(e.at("ntkd_connections_open") == 12);
+  CHECK(e.at("ntkd_model_updates_total") == 201);
+  CHECK(e.at("ntkd_model_admitted_total") == 401);
+  CHECK(e.at("ntkd_model_evicted_total") == 601);
+  CHECK(e.at("ntkd_model_recomputes_total") == 801);
+  CHECK(e.at("ntkd_model_pivot_failures_total") == 1001);
+  CHECK(e.at("ntkd_series_values_total{outcome=\"offered\"}") == 2001);
+  CHECK(e.at("ntkd_series_values_total{outcome=\"accepted\"}") == 2201);
+  CHECK(e.at("ntkd_series_values_total{outcome=\"missing\"}") == 2401);
+  CHECK(e.at("ntkd_series_values_total{outcome=\"duplicate\"}") == 2601);
+  CHECK(e.at("ntkd_series_values_total{outcome=\"out_of_order\"}") == 2801);
+  CHECK(e.at("ntkd_series_values_total{outcome=\"scored\"}") == 3401);
+  CHECK(e.at("ntkd_series_gaps_total") == 3001);
+  CHECK(e.at("ntkd_series_time_reversals_total") == 3201);
+  CHECK(e.at("ntkd_anomalies_total") == 3601);
+  CHECK(e.at("ntkd_anomalies_excluded_total") == 3801);
+  CHECK(e.at("ntkd_ready") == 0);
+  CHECK(e.at("ntkd_snapshot_restored_keys") == 21);
+  CHECK(e.at("ntkd_snapshots_written_total") == 22);
+  CHECK(e.at("ntkd_snapshot_failures_total") == 23);
+  CHECK(e.at("ntkd_snapshot_keys") == 24);
+  CHECK(e.at("ntkd_snapshot_bytes") == 25);
+  CHECK(e.at("ntkd_snapshot_last_success_timestamp_seconds") == 1700000040.0);
+  CHECK(e.at("ntkd_config_reloads_total{result=\"ok\"}") == 26);
+  CHECK(e.at("ntkd_config_reloads_total{result=\"failed\"}") == 27);
+  // The naming convention both ways: a *_total family is a counter, a counter ends in
+  // _total; gauges, histograms and the rest do not end in _total.
+  for (const auto& [family, type] : e.types) {
+    CAPTURE(family);
+    const bool total = family.size() > 6 && family.substr(family.size() - 6) == "_total";
+    CHECK(total == (type == "counter"));
+  }
+  CHECK(e.types.at("ntkd_snapshots_written_total") == "counter");
+  CHECK(e.types.at("ntkd_connections_open") == "gauge");
+}
+
+TEST_CASE("prometheus HELP text: backslash and newline escaped, quotes not") {
+  ntk::daemon::PromText p;
+  p.family("m", "gauge", "a \\ b\nc \"q\"");
+  p.sample("m", 1);
+  CHECK(p.text() == "# HELP m a \\\\ b\\nc \"q\"\n# TYPE m gauge\nm 1\n");
+}
+
+TEST_CASE("http endpoint: a request above the 8 KiB limit is refused, one below it answered") {
+  ntk::daemon::HttpServer http("127.0.0.1:0", [](std::string_view) {
+    return ntk::daemon::HttpReply{200, "text/plain; charset=utf-8", "ok\n"};
+  });
+  http.start();
+  boost::asio::io_context io;
+  {
+    boost::asio::ip::tcp::socket s(io);
+    s.connect({boost::asio::ip::make_address("127.0.0.1"), http.port()});
+    const std::string r = ::exchange(
+        s, "GET /livez HTTP/1.1\r\nHost: t\r\nX-Pad: " + std::string(7000, 'a') + "\r\n\r\n");
+    CHECK(r.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  }
+  boost::asio::ip::tcp::socket s(io);
+  s.connect({boost::asio::ip::make_address("127.0.0.1"), http.port()});
+  boost::asio::write(s, boost::asio::buffer("GET /livez HTTP/1.1\r\nHost: t\r\nX-Pad: " +
+                                            std::string(9000, 'a') + "\r\n\r\n"));
+  // Closed without an answer (the first read ends the stream, or brings the answer).
+  char buf[512];
   boost::system::error_code ec;
-  char byte;
-  idle.front().read_some(boost::asio::buffer(&byte, 1), ec);
-  CHECK(ec == boost::asio::error::eof);
+  const std::size_t n = s.read_some(boost::asio::buffer(buf), ec);
+  CHECK(n == 0);
+  CHECK((ec == boost::asio::error::eof || ec == boost::asio::error::connection_reset));
   http.stop();
 }

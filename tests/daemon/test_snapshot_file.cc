@@ -410,3 +410,82 @@ TEST_CASE("SnapshotStore: file names") {
   CHECK(!SnapshotStore::parse_generation("snapshot-00000000000000000042.ntks.tmp"));
   CHECK(!SnapshotStore::parse_generation("LOCK"));
 }
+
+TEST_CASE("snapshot: header-only files, absurd lengths and empty keys, each named") {
+  v1::SnapshotHeader h = make_header();
+  h.set_magic(0x534b544eu);
+  h.set_format_version(2);
+  std::string header_only;
+  append_frame(h, header_only);
+  CHECK(decode_error(header_only) == "truncated: no trailer after the header");
+  // A length no protobuf message has (2^31) is corruption, not a file cut short.
+  CHECK(decode_error(std::string("\x80\x80\x80\x80\x08", 5)) ==
+        "corrupt: frame 0 at offset 0 announces 2147483648 bytes (protobuf messages are below "
+        "2 GiB)");
+  CHECK(decode_error(std::string(11, '\x80') + std::string(1, '\0')) ==
+        "corrupt: bad length prefix of frame 0 at offset 0");
+  // A key record without a key, with a valid checksum and count.
+  std::string out = header_only;
+  v1::KeySnapshot k = make_key("a", 1.0);
+  k.clear_key();
+  append_frame(k, out);
+  v1::SnapshotTrailer t;
+  t.set_key_count(1);
+  t.set_crc32c(reference_crc32c(out));
+  append_frame(t, out);
+  CHECK(decode_error(out) == "corrupt: key record 0 has an empty key");
+}
+
+TEST_CASE("write_file_atomically: a failed rename leaves no temp file") {
+  TempDir dir;
+  const auto path = dir / "taken";
+  std::filesystem::create_directory(path);
+  std::ofstream(path / "inside") << "x";  // a non-empty directory: rename(2) refuses
+  try {
+    ntk::daemon::write_file_atomically(path, "bytes");
+    FAIL("no exception");
+  } catch (const SnapshotError& e) {
+    CHECK(std::string(e.what()).rfind(path.string() + ".tmp: rename: ", 0) == 0);
+  }
+  CHECK(!std::filesystem::exists(path.string() + ".tmp"));
+  CHECK(std::filesystem::is_directory(path));
+}
+
+TEST_CASE("SnapshotStore: keep >= 1, foreign files kept, generations above set-aside files") {
+  TempDir dir;
+  CHECK_THROWS_AS(SnapshotStore(dir / "zero", 0), std::invalid_argument);
+
+  const auto snaps = dir / "snaps";
+  std::filesystem::create_directories(snaps);
+  // Only the store's own temp files are removed at start, not an operator's.
+  write_all(snaps / "notes.tmp", "mine");
+  write_all(snaps / (SnapshotStore::file_name(2) + ".tmp"), "partial");
+  // Only a file set aside, generation 7: new snapshots are written above it.
+  write_all(snaps / (SnapshotStore::file_name(7) + ".refused"), "refused earlier");
+  {
+    SnapshotStore store(snaps, 2);
+    CHECK(read_all(snaps / "notes.tmp") == "mine");
+    CHECK(!std::filesystem::exists(snaps / (SnapshotStore::file_name(2) + ".tmp")));
+    CHECK(store.write(make_header(), make_keys()).filename() == SnapshotStore::file_name(8));
+  }
+  // A refused snapshot whose set-aside name is taken by a regular file: neither is lost.
+  const auto f8 = snaps / SnapshotStore::file_name(8);
+  const std::string b8 = read_all(f8);
+  write_all(f8.string() + ".refused", "an older refusal");
+  SnapshotStore store(snaps, 2);
+  const auto loaded = store.load_latest(
+      [](const SnapshotContents&) { throw std::invalid_argument("not this one"); });
+  CHECK(!loaded.snapshot);
+  CHECK(read_all(f8.string() + ".refused") == "an older refusal");
+  CHECK(read_all(f8) == b8);
+  bool named = false;
+  for (const auto& r : loaded.refused) {
+    if (r.path == f8) {
+      named = true;
+      CHECK(r.kept_as == f8);
+      CHECK(r.reason.find("(not set aside: " + f8.string() + ".refused: already exists)") !=
+            std::string::npos);
+    }
+  }
+  CHECK(named);
+}

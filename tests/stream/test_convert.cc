@@ -9,6 +9,8 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "ntk/stream/convert.h"
 
@@ -227,4 +229,77 @@ TEST_CASE("series state: a restored predictor continues exactly like the origina
   broken.mutable_model()->mutable_gram()->set_cols(2);
   broken.mutable_model()->mutable_gram()->add_values(1.0);
   CHECK_THROWS_AS(from_proto(broken), std::invalid_argument);
+}
+
+TEST_CASE("kernel configs: the spec with any one structured field is refused") {
+  // Each structured field alone next to a spec: the spec would silently win.
+  const std::vector<std::pair<const char*, void (*)(v1::KernelConfig&)>> fields = {
+      {"type", [](v1::KernelConfig& c) { c.set_type(v1::KERNEL_TYPE_RBF); }},
+      {"activation", [](v1::KernelConfig& c) { c.set_activation(v1::ACTIVATION_ERF); }},
+      {"depth", [](v1::KernelConfig& c) { c.set_depth(2); }},
+      {"w_std", [](v1::KernelConfig& c) { c.set_w_std(1.5); }},
+      {"b_std", [](v1::KernelConfig& c) { c.set_b_std(0.5); }},
+      {"no_bias", [](v1::KernelConfig& c) { c.mutable_no_bias(); }},
+      {"parameterization",
+       [](v1::KernelConfig& c) { c.set_parameterization(v1::PARAMETERIZATION_STANDARD); }},
+      {"width", [](v1::KernelConfig& c) { c.set_width(64); }},
+      {"output", [](v1::KernelConfig& c) { c.set_output(v1::KERNEL_OUTPUT_NNGP); }},
+      {"lengthscale", [](v1::KernelConfig& c) { c.set_lengthscale(0.5); }},
+      {"variance", [](v1::KernelConfig& c) { c.set_variance(2.0); }},
+      {"degree", [](v1::KernelConfig& c) { c.set_degree(3); }},
+      {"gamma", [](v1::KernelConfig& c) { c.set_gamma(0.25); }},
+      {"coef0", [](v1::KernelConfig& c) { c.set_coef0(1.0); }},
+  };
+  for (const auto& [name, set] : fields) {
+    CAPTURE(name);
+    v1::KernelConfig c;
+    c.set_spec("polynomial:degree=2");
+    set(c);
+    try {
+      ntk::stream::to_kernel_spec(c);
+      FAIL("spec and a structured field accepted together");
+    } catch (const std::invalid_argument& e) {
+      CHECK(std::string(e.what()) ==
+            "kernel: spec 'polynomial:degree=2' and structured fields are both set; give the "
+            "kernel either as a spec or as fields");
+    }
+  }
+}
+
+TEST_CASE("key configs: an unknown tick value is refused") {
+  v1::KeyConfig c;
+  c.set_tick_value(static_cast<v1::TickValue>(99));
+  try {
+    ntk::stream::resolve_key_config(c);
+    FAIL("an unknown tick value accepted");
+  } catch (const std::invalid_argument& e) {
+    CHECK(std::string(e.what()) == "tick_value has the value 99, unknown to this version");
+  }
+}
+
+TEST_CASE("series state: last_seq 0, the excluded run and the rivals' errors round-trip") {
+  ntk::SeriesState state = ntk::SeriesPredictor(ntk::SeriesConfig()).export_state();
+  REQUIRE(!state.rivals.empty());  // the default config races its noise candidates
+  // Sequence number 0 is a sequence number: a restored key must still refuse it again.
+  state.last_seq = 0;
+  state.excluded_run = 3;
+  state.leader_sse = 0.75;
+  for (std::size_t i = 0; i < state.rivals.size(); ++i) {
+    state.rivals[i].sse = 1.5 + static_cast<double>(i);
+  }
+  v1::SeriesState wire;
+  REQUIRE(wire.ParseFromString(to_proto(state).SerializeAsString()));
+  CHECK(wire.has_last_seq());
+  const ntk::SeriesState back = from_proto(wire);
+  REQUIRE(back.last_seq.has_value());
+  CHECK(*back.last_seq == 0u);
+  CHECK(back.excluded_run == 3);
+  CHECK(back.leader_sse == 0.75);
+  REQUIRE(back.rivals.size() == state.rivals.size());
+  for (std::size_t i = 0; i < back.rivals.size(); ++i) {
+    CHECK(back.rivals[i].sse == 1.5 + static_cast<double>(i));
+  }
+  // And no sequence number at all stays none.
+  state.last_seq.reset();
+  CHECK(!from_proto(to_proto(state)).last_seq.has_value());
 }
