@@ -364,6 +364,13 @@ TEST_CASE("Mlp: initialization is the documented, platform-independent draw") {
     for (int k = 0; k < 6; ++k) {
       CHECK(a.parameters()[k] == doctest::Approx(seed42[k]).epsilon(4e-16));
     }
+    // A block of odd size leaves the second normal of its last pair to the next block:
+    // W_0 (1 x 3) takes normals 0..2, b_0 continues with 3, 4, 5.
+    const Mlp odd(net_spec(Activation::kRelu, 1, Parameterization::kNtk, 0.1, 3), 1, 3, 42);
+    for (int k = 0; k < 6; ++k) {
+      CAPTURE(k);
+      CHECK(odd.parameters()[k] == doctest::Approx(seed42[k]).epsilon(4e-16));
+    }
     // standard: W_0 ~ N(0, w^2 / d), the same stream scaled
     const Mlp b(net_spec(Activation::kErf, 2, Parameterization::kStandard, 0.1, 4), d, 4, 2024);
     for (int k = 0; k < 5; ++k) {

@@ -526,6 +526,38 @@ TEST_CASE("every kernel on every point set: oracle, symmetry, PSD, row() = gram(
     MESSAGE("max scaled error vs oracle, " << family << ": " << err);
 }
 
+TEST_CASE("erf and gelu row(): small angles (1 - c^2 ~ 1e-4 .. 1e-2) at large norms") {
+  // Pairs at angles 0.01 .. 0.12 rad: 1 - c^2 is above the relu path's recomputation floor
+  // but, divided by the tiny D~ or Delta~^2 of large norms, not accurate enough from the
+  // GEMV for erf and gelu. Oracle: the 113-bit recursion.
+  std::mt19937_64 rng(23);
+  std::vector<VectorXd> rows;
+  for (int base = 0; base < 4; ++base) {
+    const VectorXd b = gaussian_vector(kDim, rng);
+    VectorXd c = gaussian_vector(kDim, rng);
+    c -= c.dot(b) / b.squaredNorm() * b;
+    c *= b.norm() / c.norm();
+    for (const double phi : {0.0, 0.0078, 0.008, 0.0085, 0.009, 0.01, 0.012, 0.02, 0.05, 0.12}) {
+      rows.push_back(std::cos(phi) * b + std::sin(phi) * c);
+    }
+  }
+  for (const double norm : {1e2, 1e4, 1e6, 1e8, 1e150}) {
+    CAPTURE(norm);
+    const RowMatrixXd X = norm * stack(rows);
+    for (const char* text : {"ntk:activation=erf,depth=2,w_std=1.3,b_std=0.3",
+                             "ntk:activation=erf,depth=1,w_std=1.3,b_std=none",
+                             "ntk:activation=erf,depth=3,w_std=2.5,b_std=none,output=nngp",
+                             "ntk:activation=gelu,depth=1,w_std=1.3,b_std=0.3"}) {
+      CAPTURE(text);
+      const KernelSpec spec = KernelSpec::parse(text);
+      const auto k = ntk::make_kernel(spec);
+      const MatrixXd O = oracle_matrix(spec, X);
+      const VectorXd od = O.diagonal();
+      CHECK(scaled_error(row_matrix(*k, X, X), O, od, od).value <= tolerance_at_huge_norms(spec));
+    }
+  }
+}
+
 TEST_CASE("no NaN anywhere: the zero vector, subnormal to 1e150 norms, all directions") {
   // Directions: random, the same, opposite, orthogonal; every norm against every norm,
   // through gram(), row(), prepare() and self(). The largest norm is 1e150: from about
@@ -684,6 +716,28 @@ TEST_CASE("bias-free relu kernels are homogeneous: k(s x, s y) = s^2 k(x, y), s 
   }
 }
 
+TEST_CASE("row(): a query of norm ~1e-307 against small points (x.y underflows in the GEMV)") {
+  // x of norm ~2^-1020 against points of norm ~2^-40: every product x_j y_j of the GEMV is
+  // subnormal (~14 bits), so the input correlation must come from the unit vectors for every
+  // lane, although each point's own norm is in the safe range. Bias-free relu at depth 1 is
+  // homogeneous in each argument and scales like w^4, so with w = 2^300 the exact answer is
+  // 2^(1200 - 1020 - 40) = 2^140 times the kernel at w = 1 of the unscaled points.
+  const RowMatrixXd X = adversarial_points(false);
+  for (const char* out : {"ntk", "nngp"}) {
+    CAPTURE(out);
+    const std::string tail = ",b_std=none,output=" + std::string(out);
+    const auto k1 = ntk::make_kernel("ntk:activation=relu,depth=1,w_std=1" + tail);
+    const auto kw = ntk::make_kernel(
+        "ntk:activation=relu,depth=1,w_std=" + std::to_string(std::ldexp(1.0, 300)) + tail);
+    const MatrixXd G = k1->gram(X);
+    const VectorXd g = G.diagonal();
+    const RowMatrixXd Xq = std::ldexp(1.0, -1020) * X;  // the queries
+    const RowMatrixXd Xs = std::ldexp(1.0, -40) * X;    // the stored points
+    const MatrixXd R = row_matrix(*kw, Xs, Xq) / std::ldexp(1.0, 140);
+    CHECK(scaled_error(R, G, g, g).value <= 1e-13);
+  }
+}
+
 TEST_CASE("bias-free erf kernels are odd: k(x, -y) = -k(x, y)") {
   const RowMatrixXd X = adversarial_points();
   const RowMatrixXd Xn = -X;
@@ -720,6 +774,19 @@ TEST_CASE("rbf row(): duplicates of points of norm 1e150 give the variance") {
         CHECK(std::abs(R(i, j) - (*k)(X.row(i).transpose(), X.row(j).transpose())) <= 1e-13);
       }
     }
+  }
+}
+
+TEST_CASE("rbf row(): never above the variance, also where |x_i|^2 + |x|^2 - 2 x_i.x < 0") {
+  // For duplicates the row path's squared distance is pure rounding of either sign (the
+  // norms and the GEMV sum in different orders); exp(-gamma r2) <= 1 needs r2 >= 0.
+  const RowMatrixXd X = gaussian_points(64, 8, 29);
+  const auto k = ntk::make_kernel("rbf:lengthscale=1,variance=2");
+  const MatrixXd R = row_matrix(*k, X, X);
+  for (Index i = 0; i < X.rows(); ++i) {
+    CAPTURE(i);
+    CHECK(R.col(i).maxCoeff() <= 2.0);
+    CHECK(R(i, i) == doctest::Approx(2.0).epsilon(1e-14));
   }
 }
 
@@ -929,8 +996,8 @@ TEST_CASE("scalar paths check their arguments") {
     const VectorXd b = VectorXd::Ones(4);
     CHECK_THROWS_AS((void)(*k)(a, b), std::invalid_argument);
     CHECK_THROWS_AS((void)(*k)(VectorXd(), VectorXd()), std::invalid_argument);
-    CHECK_THROWS_AS((void)k->cross(RowMatrixXd::Ones(2, 3), RowMatrixXd::Ones(2, 4)),
-                    std::invalid_argument);
+    CHECK_THROWS_WITH_AS((void)k->cross(RowMatrixXd::Ones(2, 3), RowMatrixXd::Ones(2, 4)),
+                         "kernel cross: X has 3 columns but Y has 4", std::invalid_argument);
     CHECK(k->cross(RowMatrixXd(0, 3), RowMatrixXd::Ones(2, 3)).rows() == 0);
     CHECK(k->gram(RowMatrixXd(0, 3)).size() == 0);
   }

@@ -897,17 +897,47 @@ TEST_CASE("prequential scores accumulate the scored outcomes") {
 }
 
 TEST_CASE("forecast() is the prediction the next value is scored against") {
+  // With the time feature, forecast() assumes the nominal step (feature 0); on a regular
+  // stream the next value comes exactly one mean interval later, so the two agree too.
+  for (const bool time_feature : {false, true}) {
+    CAPTURE(time_feature);
+    SeriesConfig c;
+    c.lags = 5;
+    c.time_feature = time_feature;
+    SeriesPredictor sp(c);
+    CHECK_FALSE(sp.forecast().has_value());
+    const Stream s = make_stream(120, 9, false);
+    for (std::size_t i = 0; i + 1 < s.values.size(); ++i) sp.observe(i, s.times[i], s.values[i]);
+    const std::optional<Prediction> f = sp.forecast();
+    REQUIRE(f.has_value());
+    const Outcome o = sp.observe(s.values.size() - 1, s.times.back(), s.values.back());
+    CHECK(o.mean == doctest::Approx(f->mean).epsilon(1e-12));
+    CHECK(o.sd == doctest::Approx(std::sqrt(f->var_y)).epsilon(1e-12));
+  }
+}
+
+TEST_CASE("warmup shorter than lags + horizon - 1: no sample before p + h - 1 values") {
+  // The first sample for value i needs the p lags ending h - 1 values back; with warmup 2
+  // the scaler is ready long before that. Oracle: the naive reimplementation.
   SeriesConfig c;
-  c.lags = 5;
+  c.lags = 4;
+  c.horizon = 3;
+  c.warmup = 2;
+  c.model.kernel = ntk::KernelSpec::parse("rbf:lengthscale=1.5,variance=1");
+  c.noise_candidates.clear();
   SeriesPredictor sp(c);
-  CHECK_FALSE(sp.forecast().has_value());
-  const Stream s = make_stream(120, 9, false);
-  for (std::size_t i = 0; i + 1 < s.values.size(); ++i) sp.observe(i, s.times[i], s.values[i]);
-  const std::optional<Prediction> f = sp.forecast();
-  REQUIRE(f.has_value());
-  const Outcome o = sp.observe(s.values.size() - 1, s.times.back(), s.values.back());
-  CHECK(o.mean == doctest::Approx(f->mean).epsilon(1e-12));
-  CHECK(o.sd == doctest::Approx(std::sqrt(f->var_y)).epsilon(1e-12));
+  NaiveSeries naive(c);
+  const Stream s = make_stream(60, 13, false);
+  for (std::size_t i = 0; i < s.values.size(); ++i) {
+    CAPTURE(i);
+    const Outcome o = sp.observe(i, s.times[i], s.values[i]);
+    const auto expected = naive.observe(s.times[i], s.values[i]);
+    REQUIRE(o.has_prediction == expected.has_value());
+    if (!expected) continue;
+    CHECK(close(o.mean, expected->first, 1e-8));
+    CHECK(close(o.sd, expected->second, 1e-8));
+  }
+  CHECK(sp.model().counters().updates == s.values.size() - (c.lags + c.horizon - 1));
 }
 
 TEST_CASE("feature mode: per-component scaling, unlabelled queries, missing components") {
@@ -951,6 +981,18 @@ TEST_CASE("feature mode: per-component scaling, unlabelled queries, missing comp
   CHECK(held.has_prediction);
   CHECK(sp.counters().missing == 1);
   CHECK(sp.counters().imputed == 1);
+
+  // A held component enters the component's scaler as the value it was imputed with (4):
+  // feature 0 has seen 1, 2, 3, 4, 4 (mean 2.8, sample variance 1.7).
+  const Outcome held_labelled = sp.observe(std::nullopt, 0, VectorXd{{kNaN, 10.0}}, 1.0);
+  CHECK(held_labelled.status == OutcomeStatus::kScored);
+  CHECK(sp.export_state().feature_scalers[0].n == 5);
+  CHECK(sp.export_state().feature_scalers[0].mean == doctest::Approx(2.8).epsilon(1e-15));
+  CHECK(sp.export_state().feature_scalers[0].sd() ==
+        doctest::Approx(std::sqrt(1.7)).epsilon(1e-15));
+  sp.observe(std::nullopt, 0, VectorXd{{5.0, 10.0}}, 2.0);
+  REQUIRE(sp.model().dictionary_size() == 3);
+  CHECK(sp.model().inputs()(2, 0) == doctest::Approx((5.0 - 2.8) / std::sqrt(1.7)).epsilon(1e-14));
 
   c.missing = MissingPolicy::kSkip;
   SeriesPredictor skip(c, 2);
