@@ -145,7 +145,7 @@ std::optional<std::int64_t> parse_seconds(std::string_view text) {
   if (pos == s.size() && (int_end > int_start || frac_end > frac_start)) {
     std::int64_t whole = 0;
     for (std::size_t i = int_start; i < int_end; ++i) {
-      if (whole >= kMaxSeconds / 10) return std::nullopt;
+      if (whole >= kMaxSeconds) return std::nullopt;  // (whole * 10 + 9 cannot overflow)
       whole = whole * 10 + (s[i] - '0');
     }
     if (whole >= kMaxSeconds) return std::nullopt;

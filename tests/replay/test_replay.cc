@@ -90,9 +90,13 @@ TEST_CASE("calendar times, seconds and values parse exactly; bad cells are refus
   CHECK(parse_calendar_time("2014-07-01T02:30:00.5+02:00") == 1404174600 * kNs + kNs / 2);
   CHECK(parse_calendar_time("2000-02-29T00:00:00") == 951782400 * kNs);
   CHECK(parse_calendar_time("1749-01-01") == -6974035200LL * kNs);
-  for (const char* bad : {"", "2014-13-01", "2014-00-10", "2013-02-29", "1900-02-29",
-                          "2014-07-01T24:00:00", "2014-07-01T10:60", "2014-07-01X", "14-07-01",
-                          "2014-7-1", "2014-07-01T10:00:00.", "2014-07-01T10"}) {
+  // West of UTC: the offset is subtracted with its sign (local 19:30 at -05:00 is 00:30 Z).
+  CHECK(parse_calendar_time("2014-06-30T19:30:00-05:00") == 1404174600 * kNs);
+  CHECK(parse_calendar_time("2014-06-30T23:00:00.25-01:30") == 1404174600 * kNs + kNs / 4);
+  for (const char* bad :
+       {"", "2014-13-01", "2014-00-10", "2013-02-29", "1900-02-29", "2014-07-01T24:00:00",
+        "2014-07-01T10:60", "2014-07-01X", "14-07-01", "2014-7-1", "2014-07-01T10:00:00.",
+        "2014-07-01T10", "2014-07-01T10:00+0200", "2014-07-01T10:00+02"}) {
     CAPTURE(bad);
     CHECK_FALSE(parse_calendar_time(bad).has_value());
   }
@@ -103,6 +107,18 @@ TEST_CASE("calendar times, seconds and values parse exactly; bad cells are refus
   CHECK_FALSE(parse_seconds("abc").has_value());
   CHECK_FALSE(parse_seconds("1.2.3").has_value());
   CHECK_FALSE(parse_seconds("1e300").has_value());
+  // The range ends where nanoseconds leave int64: 9223372036 s, 2262-04-11T23:47:16Z. The
+  // last second before it is read in both forms, leading zeros and all.
+  constexpr std::int64_t kLast = 9223372035;
+  CHECK(parse_calendar_time("2262-04-11T23:47:15Z") == kLast * kNs);
+  CHECK(parse_seconds("9223372035") == kLast * kNs);
+  CHECK(parse_seconds("0009223372035.999999999") == kLast * kNs + kNs - 1);
+  CHECK(parse_seconds("-9223372035") == -kLast * kNs);
+  for (const char* bad : {"9223372036", "-9223372036", "99999999999999999999999"}) {
+    CAPTURE(bad);
+    CHECK_FALSE(parse_seconds(bad).has_value());
+  }
+  CHECK_FALSE(parse_calendar_time("2262-04-11T23:47:16Z").has_value());
 
   CHECK(std::isnan(*parse_value("")));
   CHECK(std::isnan(*parse_value("NA")));
@@ -357,6 +373,77 @@ TEST_CASE("ntk-replay: bad command lines and bad files give one line and exit st
   CHECK(version.status == 0);
   CHECK(version.out == "ntk-replay " NTK_PROJECT_VERSION " (ntk::core: " +
                            std::string(core.target) + ", " + std::string(core.simd) + ")\n");
+}
+
+TEST_CASE("ntk-replay: the documented defaults, and switches that undo each other") {
+  // replay_usage() promises these defaults; the summary JSON echoes the configuration.
+  const std::string good = write_file("defaults.csv", sine_csv(60, false));
+  const std::string summary = (scratch() / "defaults.json").string();
+  const auto config_of = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"--offline",      "--input", good,
+                                     "--value-column", "value",   "--no-progress",
+                                     "--summary-json", summary};
+    args.insert(args.end(), extra.begin(), extra.end());
+    const Run r = replay(args);
+    REQUIRE(r.status == 0);
+    return nlohmann::json::parse(read_file(summary))["config"];
+  };
+  const nlohmann::json d = config_of({});
+  CHECK(d["budget"] == 64);
+  CHECK(d["lags"] == 8);
+  CHECK(d["horizon"] == 1);
+  CHECK(d["target"] == "change");
+  CHECK(d["time_feature"] == false);
+  CHECK(d["warmup"] == 20);
+  CHECK(d["missing"] == "hold");
+  CHECK(d["anomaly_threshold"] == 4.0);
+  CHECK(d["exclude_anomalies"] == false);
+  CHECK(d["forgetting"] == 1.0);
+  CHECK(d["selection_samples"] == 2000);
+  CHECK(d["selection_margin"] == 1.5);
+  // The later switch wins.
+  CHECK(config_of({"--exclude-anomalies"})["exclude_anomalies"] == true);
+  CHECK(config_of({"--exclude-anomalies", "--include-anomalies"})["exclude_anomalies"] == false);
+  CHECK(config_of({"--include-anomalies", "--exclude-anomalies"})["exclude_anomalies"] == true);
+  CHECK(config_of({"--include-anomalies"})["exclude_anomalies"] == false);
+  // --warmup is refused as it is read, naming the flag and its range.
+  check_one_line_error(
+      replay({"--offline", "--input", good, "--value-column", "value", "--warmup", "1"}),
+      "--warmup: expected an integer in [2, 1073741824], got '1'");
+}
+
+TEST_CASE("ntk-replay: times before 1970 keep their order; a shift of all times changes nothing") {
+  // The predictor sees only differences of times, so the same series one day later gives
+  // the same predictions; the first copy crosses 1970-01-01 (negative seconds before it),
+  // with unevenly spaced times so that the time feature matters.
+  const auto csv = [](std::int64_t shift) {
+    std::ostringstream s;
+    s.precision(17);
+    s << "t,value\n";
+    std::int64_t t = -7200 + shift;
+    for (int i = 0; i < 120; ++i) {
+      t += 60 * (1 + i % 3);
+      s << t << ',' << 10.0 + std::sin(0.2 * i) + 0.3 * std::sin(0.05 * i) << '\n';
+    }
+    return s.str();
+  };
+  const auto predictions = [](const std::string& input, const std::string& out) {
+    const Run r = replay({"--offline", "--input", input, "--value-column", "value", "--time-column",
+                          "t", "--time-feature", "--warmup", "5", "--noise", "0.01",
+                          "--no-progress", "--predictions", out});
+    REQUIRE(r.status == 0);
+    // Everything but the time column.
+    std::vector<std::string> rows;
+    std::istringstream in(read_file(out));
+    for (std::string line; std::getline(in, line);) rows.push_back(line.substr(line.find(',')));
+    return rows;
+  };
+  const std::vector<std::string> early =
+      predictions(write_file("epoch.csv", csv(0)), (scratch() / "epoch_pred.csv").string());
+  const std::vector<std::string> later = predictions(write_file("epoch_later.csv", csv(86400)),
+                                                     (scratch() / "epoch_later_pred.csv").string());
+  REQUIRE(early.size() > 100);
+  CHECK(early == later);
 }
 
 TEST_CASE("ntk-replay: the noise ratio is raced by default, fixed by --noise") {
