@@ -40,6 +40,29 @@ def wait_for_file(path, proc, timeout=30.0):
         return dict(line.strip().split("=", 1) for line in f if "=" in line)
 
 
+def serve_once(test, answer):
+    """A fake server on 127.0.0.1 for one connection: waits for the first request, sends
+    `answer` (bytes), then holds the connection until the client closes it. Returns the
+    port; the test's cleanups close it."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def run():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+            while conn.recv(65536):
+                pass
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    test.addCleanup(listener.close)
+    test.addCleanup(thread.join, 60)
+    return listener.getsockname()[1]
+
+
 class Varints(unittest.TestCase):
     def test_against_protobuf_internal_codec(self):
         from google.protobuf.internal import decoder, encoder
@@ -123,27 +146,12 @@ class CommandLine(unittest.TestCase):
     def test_an_answer_of_the_wrong_kind_is_status_1(self):
         # A server that answers a Stats with neither Stats nor Error (another version, or
         # not ntkd): said on stderr, status 1 (before: no output, status 0).
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-
-        def serve():
-            conn, _ = listener.accept()
-            with conn:
-                conn.recv(65536)  # the request; its content does not matter
-                answer = ntk_client.response_pb2.Response()
-                answer.key = "k"  # no seq: a seq would answer another request (EBADMSG)
-                ntk_client.write_delimited(conn, answer)
-
-        server = threading.Thread(target=serve)
-        server.start()
-        try:
-            out = subprocess.run(
-                [ARGS.ntk_client, "--connect", "127.0.0.1:%d" % listener.getsockname()[1],
-                 "stats"], input="", capture_output=True, text=True, timeout=60)
-        finally:
-            server.join(timeout=60)
-            listener.close()
+        answer = ntk_client.response_pb2.Response()
+        answer.key = "k"  # no seq: a seq would answer another request (EBADMSG)
+        body = answer.SerializeToString()
+        port = serve_once(self, ntk_client.encode_varint(len(body)) + body)
+        out = subprocess.run([ARGS.ntk_client, "--connect", "127.0.0.1:%d" % port, "stats"],
+                             input="", capture_output=True, text=True, timeout=60)
         self.assertEqual(out.returncode, 1, out.stderr)
         self.assertEqual(out.stderr, 'ntk-client: unexpected answer to stats: {key: "k"\n}\n')
         self.assertEqual(out.stdout, "")
@@ -170,27 +178,6 @@ class Matching(unittest.TestCase):
     """The client pairs the n-th Response with the n-th Request; one it cannot read or
     that carries another request's seq ends the connection (ProtocolError)."""
 
-    def serve(self, answer):
-        # One connection: wait for the first request, send `answer` (bytes), then hold
-        # the connection until the client closes it.
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1)
-
-        def run():
-            conn, _ = listener.accept()
-            with conn:
-                conn.recv(65536)
-                conn.sendall(answer)
-                while conn.recv(65536):
-                    pass
-
-        thread = threading.Thread(target=run)
-        thread.start()
-        self.addCleanup(listener.close)
-        self.addCleanup(thread.join, 60)
-        return listener.getsockname()[1]
-
     @staticmethod
     def responses(*seqs):
         out = io.BytesIO()
@@ -202,7 +189,7 @@ class Matching(unittest.TestCase):
         return out.getvalue()
 
     def test_a_response_without_seq_answers_any_request(self):
-        port = self.serve(self.responses(None, 2))
+        port = serve_once(self, self.responses(None, 2))
         with ntk_client.Client("127.0.0.1", port, timeout=30) as c:
             c.send(ntk_client.Client.reading("k", 1, 1.0))
             c.send(ntk_client.Client.reading("k", 2, 2.0))
@@ -215,7 +202,7 @@ class Matching(unittest.TestCase):
         for sent, answer, message in (
                 (5, 6, "response seq 6 does not answer the request with seq 5"),
                 (None, 6, "response seq 6 does not answer the request without a seq")):
-            port = self.serve(self.responses(6))
+            port = serve_once(self, self.responses(6))
             with ntk_client.Client("127.0.0.1", port, timeout=30) as c:
                 request = ntk_client.Client.reading("k", 0, 1.0)
                 if sent is None:
@@ -231,7 +218,7 @@ class Matching(unittest.TestCase):
     def test_an_unreadable_stream_is_a_protocol_error(self):
         for answer, message in ((b"\xff\xff\xff\xff\x0f", "above the limit"),
                                 (b"\x02\xff\xff", "not a Response")):
-            port = self.serve(answer)
+            port = serve_once(self, answer)
             with ntk_client.Client("127.0.0.1", port, timeout=30) as c:
                 c.send(ntk_client.Client.reading("k", 1, 1.0))
                 with self.assertRaises(ntk_client.ProtocolError) as raised:
@@ -240,7 +227,7 @@ class Matching(unittest.TestCase):
                 self.assertEqual(c._sock.fileno(), -1)
 
     def test_the_command_line_client_says_so_with_status_1(self):
-        port = self.serve(self.responses(5))
+        port = serve_once(self, self.responses(5))
         out = subprocess.run(
             [sys.executable, os.path.join(ARGS.client_dir, "ntk_client.py"), "--connect",
              "127.0.0.1:%d" % port, "--key", "k"], input="1\n", capture_output=True,
