@@ -346,11 +346,14 @@ int run(const ntk::daemon::DaemonOptions& options) {
     std::string where = ports;
     for (auto& ch : where) ch = ch == '\n' ? ' ' : ch;
     if (!where.empty()) where.pop_back();
+    // snapshot_interval_s: seconds between periodic snapshots (0: at shutdown and on
+    // request only; off: no snapshot directory).
     log(Level::kInfo, "ready",
         {{"version", kVersion},
          {"core", std::string(core.target)},
          {"simd", std::string(core.simd)},
-         {"listening", where}});
+         {"listening", where},
+         {"snapshot_interval_s", snapshotter ? std::to_string(interval) : std::string("off")}});
   }
   notify("READY=1\nSTATUS=listening");
 

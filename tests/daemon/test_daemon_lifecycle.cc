@@ -822,3 +822,28 @@ TEST_CASE("a final snapshot that cannot be written: exit status 1") {
   CHECK(!std::filesystem::exists(dir / "snapshots" /
                                  ("snapshot-" + std::string(19, '0') + "1.ntks")));
 }
+
+TEST_CASE("the ready line gives the effective snapshot interval: 300 s by default") {
+  TempDir dir;
+  const std::string common[] = {NTK_NTKD_BIN, "--listen", "127.0.0.1:0", "--port-file",
+                                (dir / "ports").string()};
+  const auto ready_line = [&](std::vector<std::string> extra, const std::string& log_name) {
+    std::vector<std::string> argv(std::begin(common), std::end(common));
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    std::filesystem::remove(dir / "ports");
+    Process p(argv, dir / log_name, {});
+    ntk::test::wait_for_ports(p, dir / "ports");
+    const std::string log = p.log();
+    p.signal(SIGTERM);
+    CHECK(p.wait_exit() == 0);
+    const auto at = log.find(" msg=ready ");
+    REQUIRE(at != std::string::npos);
+    return log.substr(at, log.find('\n', at) - at);
+  };
+  const std::string snapshots = (dir / "snapshots").string();
+  CHECK(ready_line({"--snapshot-dir", snapshots}, "a.log").find(" snapshot_interval_s=300") !=
+        std::string::npos);
+  CHECK(ready_line({"--snapshot-dir", snapshots, "--snapshot-interval", "0"}, "b.log")
+            .find(" snapshot_interval_s=0") != std::string::npos);
+  CHECK(ready_line({}, "c.log").find(" snapshot_interval_s=off") != std::string::npos);
+}
