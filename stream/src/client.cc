@@ -276,20 +276,19 @@ std::vector<v1::Response> Client::call_many(std::span<const v1::Request> request
   };
   std::function<void()> read_next = [&] {
     ErrorCode read_ec;
-    for (;;) {
-      v1::Response r;
-      if (d.reader.next(r, read_ec)) {
-        const Expected e = expected_of(requests[responses.size()]);
-        if (!answers(e, r)) {
-          d.reader.fail();
-          mismatch_what = mismatch(e, r);
-          read_ec = bad_message();
-          break;
-        }
+    for (v1::Response r; d.reader.next(r, read_ec);) {
+      // Every response read must answer the next request: one beyond them (already in
+      // the buffer after the last answer) answers nothing that was sent.
+      if (responses.size() == requests.size()) {
+        mismatch_what = "a response that answers no request";
+      } else if (const Expected e = expected_of(requests[responses.size()]); !answers(e, r)) {
+        mismatch_what = mismatch(e, r);
+      } else {
         responses.push_back(std::move(r));
-        if (responses.size() == requests.size()) break;
         continue;
       }
+      d.reader.fail();
+      read_ec = bad_message();
       break;
     }
     if (read_ec) return fail(read_ec);

@@ -202,7 +202,9 @@ class Matching(unittest.TestCase):
         for sent, answer, message in (
                 (5, 6, "response seq 6 does not answer the request with seq 5"),
                 (None, 6, "response seq 6 does not answer the request without a seq")):
-            port = serve_once(self, self.responses(6))
+            # The answer that follows (no seq: it would match anything) is never handed
+            # out: the stream is over, every later receive() raises the same error.
+            port = serve_once(self, self.responses(6, None))
             with ntk_client.Client("127.0.0.1", port, timeout=30) as c:
                 request = ntk_client.Client.reading("k", 0, 1.0)
                 if sent is None:
@@ -210,10 +212,13 @@ class Matching(unittest.TestCase):
                 else:
                     request.seq = sent
                 c.send(request)
-                with self.assertRaises(ntk_client.ProtocolError) as raised:
-                    c.receive()
-                self.assertEqual(str(raised.exception), message)
+                c.send(ntk_client.Client.reading("k", 7, 1.0))
+                for _ in range(2):
+                    with self.assertRaises(ntk_client.ProtocolError) as raised:
+                        c.receive()
+                    self.assertEqual(str(raised.exception), message)
                 self.assertEqual(c._sock.fileno(), -1)  # closed
+                self.assertEqual(c.pending, 2)  # as sent: none of them was answered
 
     def test_an_unreadable_stream_is_a_protocol_error(self):
         for answer, message in ((b"\xff\xff\xff\xff\x0f", "above the limit"),

@@ -2090,3 +2090,55 @@ TEST_CASE("AsyncClient: a stray answer is not taken for the next call's") {
     CHECK(client->pending() == 0);
   }
 }
+
+TEST_CASE("Client::call_many: an answer beyond the requests ends the call, an empty one too") {
+  // The peer answers each request with its seq, followed in the same write by an answer
+  // without a seq that no request asked for (it would match anything).
+  const auto extra_after_each = [](tcp::socket& s) {
+    ntk::stream::FrameDecoder decoder;
+    std::vector<std::uint8_t> buffer(4096);
+    boost::system::error_code ec;
+    for (;;) {
+      const std::size_t n = s.read_some(asio::buffer(buffer), ec);
+      if (ec) return;
+      decoder.feed({buffer.data(), n});
+      for (auto r = decoder.next(); r.status == ntk::stream::FrameStatus::kFrame;
+           r = decoder.next()) {
+        v1::Request request;
+        if (!request.ParseFromArray(r.frame.data(), static_cast<int>(r.frame.size()))) return;
+        v1::Response answer, extra;
+        answer.set_seq(request.seq());
+        extra.set_key("stray");
+        std::string out;
+        ntk::stream::encode_delimited(answer, out);
+        ntk::stream::encode_delimited(extra, out);
+        asio::write(s, asio::buffer(out), ec);
+        if (ec) return;
+      }
+    }
+  };
+  const auto expect_stray = [](const std::function<void()>& call) {
+    try {
+      call();
+      FAIL("the call returned");
+    } catch (const std::system_error& e) {
+      INFO(std::string(e.what()));
+      CHECK(is(e, EBADMSG));
+      CHECK(std::string(e.what()).find("a response that answers no request") != std::string::npos);
+    }
+  };
+  {
+    FakePeer peer(extra_after_each);
+    Client c("127.0.0.1", peer.port(), with_timeout());
+    const v1::Request one[] = {reading("k", 1, 1.0)};
+    expect_stray([&] { c.call_many(one); });
+  }
+  {
+    // call() takes its answer and leaves the stray in the buffer; an empty call_many
+    // then finds it (it used to index past the requests).
+    FakePeer peer(extra_after_each);
+    Client c("127.0.0.1", peer.port(), with_timeout());
+    CHECK(c.call(reading("k", 1, 1.0)).seq() == 1);
+    expect_stray([&] { c.call_many(std::span<const v1::Request>()); });
+  }
+}

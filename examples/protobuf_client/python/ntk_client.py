@@ -152,6 +152,7 @@ class Client:
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._reader = FrameReader()
         self._expected = collections.deque()  # the seqs (None: none) of the requests sent
+        self._failure = None  # the ProtocolError that ended the connection
 
     @property
     def pending(self):
@@ -175,12 +176,13 @@ class Client:
         """The next ntk.v1.Response (blocks; socket.timeout after the timeout)."""
         if self.pending == 0:
             raise RuntimeError("receive() with no request pending")
+        if self._failure is not None:
+            raise self._failure
         while True:
             try:
                 frame = self._reader.next_frame()
             except ValueError as e:  # a bad length prefix, a frame above the limit
-                self.close()
-                raise ProtocolError(str(e)) from e
+                self._fail(str(e))
             if frame is None:
                 data = self._sock.recv(65536)
                 if not data:
@@ -191,15 +193,22 @@ class Client:
             try:
                 response.ParseFromString(frame)
             except Exception as e:
-                self.close()
-                raise ProtocolError("a frame that is not a Response: %s" % e) from e
-            expected = self._expected.popleft()
+                self._fail("a frame that is not a Response: %s" % e)
+            expected = self._expected[0]
             if response.HasField("seq") and response.seq != expected:
-                self.close()
-                raise ProtocolError("response seq %d does not answer the request %s" % (
+                self._fail("response seq %d does not answer the request %s" % (
                     response.seq, "without a seq" if expected is None
                     else "with seq %d" % expected))
+            self._expected.popleft()
             return response
+
+    def _fail(self, message):
+        # The stream is over: this and every later receive() raise the same error, and
+        # the frames already read are dropped (they could not be matched either).
+        self._failure = ProtocolError(message)
+        self._reader = FrameReader()
+        self.close()
+        raise self._failure
 
     def call(self, request):
         self.send(request)

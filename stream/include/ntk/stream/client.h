@@ -16,11 +16,12 @@
 //   blocking Client): connection refused, reset, timeouts, and
 //   boost::asio::error::eof when the server closed the connection. A response stream the
 //   client cannot read (a frame above max_frame_bytes, bytes that are not a Response) or
-//   cannot match (a Response whose seq is not the seq of the request it would answer, or
-//   one that arrives with no request pending) is boost::system::errc::bad_message and ends
-//   the connection: the answers after it could not be matched either. A Response without
-//   a seq answers any request (the server could not parse it). Errors of a request (an
-//   Error response) are ordinary responses, not failures.
+//   cannot match is boost::system::errc::bad_message and ends the connection: the answers
+//   after it could not be matched either. Cannot match: a Response whose seq is not the
+//   seq of the request it would answer, or one read when every request has its answer
+//   (AsyncClient; call_many: one already received with the last answer). A Response
+//   without a seq answers any request (the server could not parse it). Errors of a
+//   request (an Error response) are ordinary responses, not failures.
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
