@@ -1498,60 +1498,61 @@ class FakePeer {
   std::thread thread_;
 };
 
-// Answers every request with a Response echoing its seq, 5 ms apart, until the client
-// closes: a healthy server that is slow.
-void answer_slowly(tcp::socket& s) {
-  ntk::stream::FrameDecoder decoder;
-  std::vector<std::uint8_t> buffer(4096);
+// Writes the Responses, framed, in one write; false if the connection failed.
+bool send_responses(tcp::socket& s, std::initializer_list<v1::Response> responses) {
+  std::string out;
+  for (const v1::Response& r : responses) ntk::stream::encode_delimited(r, out);
   boost::system::error_code ec;
-  for (;;) {
-    const std::size_t n = s.read_some(asio::buffer(buffer), ec);
-    if (ec) return;
-    decoder.feed({buffer.data(), n});
-    for (auto r = decoder.next(); r.status == ntk::stream::FrameStatus::kFrame;
-         r = decoder.next()) {
-      v1::Request request;
-      REQUIRE(request.ParseFromArray(r.frame.data(), static_cast<int>(r.frame.size())));
-      v1::Response response;
-      response.set_seq(request.seq());
-      std::string out;
-      ntk::stream::encode_delimited(response, out);
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-      asio::write(s, asio::buffer(out), ec);
-      if (ec) return;
-    }
-  }
+  asio::write(s, asio::buffer(out), ec);
+  return !ec;
 }
 
-bool is(const std::system_error& e, int errno_value) { return e.code().value() == errno_value; }
-
-// A peer that answers the i-th request it reads with a Response carrying seqs[i] (none:
-// no seq), optionally sleeping `pause` first, and stops answering when seqs run out.
-std::function<void(tcp::socket&)> answer_with(std::vector<std::optional<std::uint64_t>> seqs,
-                                              std::chrono::milliseconds pause = {}) {
-  return [seqs = std::move(seqs), pause](tcp::socket& s) {
+// A FakePeer script: reads the client's requests frame by frame and lets `answer` respond
+// to each (on the socket), until the client closes, a frame does not parse, or `answer`
+// returns false.
+using Answer = std::function<bool(const v1::Request&, tcp::socket&)>;
+std::function<void(tcp::socket&)> serving(Answer answer) {
+  return [answer = std::move(answer)](tcp::socket& s) {
     ntk::stream::FrameDecoder decoder;
     std::vector<std::uint8_t> buffer(4096);
     boost::system::error_code ec;
-    std::size_t answered = 0;
-    while (answered < seqs.size()) {
+    for (;;) {
       const std::size_t n = s.read_some(asio::buffer(buffer), ec);
       if (ec) return;
       decoder.feed({buffer.data(), n});
-      for (auto r = decoder.next();
-           r.status == ntk::stream::FrameStatus::kFrame && answered < seqs.size();
+      for (auto r = decoder.next(); r.status == ntk::stream::FrameStatus::kFrame;
            r = decoder.next()) {
-        v1::Response response;
-        if (const auto seq = seqs[answered++]) response.set_seq(*seq);
-        std::string out;
-        ntk::stream::encode_delimited(response, out);
-        std::this_thread::sleep_for(pause);
-        asio::write(s, asio::buffer(out), ec);
-        if (ec) return;
+        v1::Request request;
+        if (!request.ParseFromArray(r.frame.data(), static_cast<int>(r.frame.size()))) return;
+        if (!answer(request, s)) return;
       }
     }
   };
 }
+
+v1::Response with_seq(std::optional<std::uint64_t> seq) {
+  v1::Response r;
+  if (seq) r.set_seq(*seq);
+  return r;
+}
+
+// Answers every request with a Response echoing its seq, 5 ms apart, until the client
+// closes: a healthy server that is slow.
+const auto answer_slowly = serving([](const v1::Request& request, tcp::socket& s) {
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  return send_responses(s, {with_seq(request.seq())});
+});
+
+// Answers the i-th request it reads with a Response carrying seqs[i] (none: no seq), and
+// stops answering when seqs run out.
+std::function<void(tcp::socket&)> answer_with(std::vector<std::optional<std::uint64_t>> seqs) {
+  return serving([seqs = std::move(seqs), answered = std::size_t{0}](const v1::Request&,
+                                                                     tcp::socket& s) mutable {
+    return answered < seqs.size() && send_responses(s, {with_seq(seqs[answered++])});
+  });
+}
+
+bool is(const std::system_error& e, int errno_value) { return e.code().value() == errno_value; }
 
 }  // namespace
 
@@ -2063,7 +2064,12 @@ TEST_CASE("AsyncClient: a stray answer is not taken for the next call's") {
   // request without a seq. Every call pending then fails.
   for (const bool second_has_seq : {true, false}) {
     CAPTURE(second_has_seq);
-    FakePeer peer(answer_with({1, 99, 2}, std::chrono::milliseconds(100)));
+    FakePeer peer(serving([first = true](const v1::Request& request, tcp::socket& s) mutable {
+      if (!send_responses(s, {with_seq(request.seq())})) return false;
+      if (!std::exchange(first, false)) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      return send_responses(s, {with_seq(99)});
+    }));
     asio::io_context io;
     auto client = ntk::stream::AsyncClient::create(io.get_executor());
     client->async_connect("127.0.0.1", peer.port(), [](boost::system::error_code) {});
@@ -2094,29 +2100,11 @@ TEST_CASE("AsyncClient: a stray answer is not taken for the next call's") {
 TEST_CASE("Client::call_many: an answer beyond the requests ends the call, an empty one too") {
   // The peer answers each request with its seq, followed in the same write by an answer
   // without a seq that no request asked for (it would match anything).
-  const auto extra_after_each = [](tcp::socket& s) {
-    ntk::stream::FrameDecoder decoder;
-    std::vector<std::uint8_t> buffer(4096);
-    boost::system::error_code ec;
-    for (;;) {
-      const std::size_t n = s.read_some(asio::buffer(buffer), ec);
-      if (ec) return;
-      decoder.feed({buffer.data(), n});
-      for (auto r = decoder.next(); r.status == ntk::stream::FrameStatus::kFrame;
-           r = decoder.next()) {
-        v1::Request request;
-        if (!request.ParseFromArray(r.frame.data(), static_cast<int>(r.frame.size()))) return;
-        v1::Response answer, extra;
-        answer.set_seq(request.seq());
-        extra.set_key("stray");
-        std::string out;
-        ntk::stream::encode_delimited(answer, out);
-        ntk::stream::encode_delimited(extra, out);
-        asio::write(s, asio::buffer(out), ec);
-        if (ec) return;
-      }
-    }
-  };
+  const auto extra_after_each = serving([](const v1::Request& request, tcp::socket& s) {
+    v1::Response extra;
+    extra.set_key("stray");
+    return send_responses(s, {with_seq(request.seq()), extra});
+  });
   const auto expect_stray = [](const std::function<void()>& call) {
     try {
       call();
