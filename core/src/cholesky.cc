@@ -305,6 +305,11 @@ Index leading_dimension(Index capacity) {
 
 }  // namespace
 
+std::size_t IncrementalCholesky::memory_bytes(Index capacity) {
+  const Index cap = checked_capacity(capacity);
+  return static_cast<std::size_t>(leading_dimension(cap) * cap + 2 * cap) * sizeof(double);
+}
+
 IncrementalCholesky::IncrementalCholesky(Index capacity, double jitter)
     : L_(MatrixXd::Zero(leading_dimension(checked_capacity(capacity)), capacity)),
       jitter_(checked_jitter(jitter)),

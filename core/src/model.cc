@@ -249,7 +249,10 @@ void erase_entry(T* v, Index m, Index r) {
 class Inputs {
  public:
   Inputs(Index cap, int dim, Index cache_cols)
-      : X_(2 * cap, dim), caches_(odd_lines(2 * cap), cache_cols), samples_(2 * cap, 0) {}
+      : X_(2 * cap, dim), caches_(cache_rows(cap), cache_cols), samples_(2 * cap, 0) {}
+
+  // Rows of the kernel caches' buffer.
+  static Index cache_rows(Index cap) { return odd_lines(2 * cap); }
 
   // The first m entries.
   auto points(Index m) const { return X_.middleRows(base_, m); }
@@ -360,6 +363,12 @@ struct Workspace {
   VectorXd uq;      // U_p^T qs
   MatrixXd kscratch;
 
+  // The doubles the constructor allocates.
+  static Index doubles(Index cap, Index slots, const Kernel& kernel) {
+    return kernel.cache_size() + 4 * cap + 2 * slots + kPending +
+           cap * std::max<Index>(1, kernel.scratch_cols());
+  }
+
   // cap: dictionary entries; slots: the model's slot count.
   Workspace(Index cap, Index slots, const Kernel& kernel)
       : xcache(kernel.cache_size()),
@@ -469,6 +478,21 @@ struct OnlineGP::Impl {
   bool ahat_saved = false;
   VectorXd qdiag_prev;
   VectorXd ahat_prev;
+
+  // Heap bytes of the buffers the constructor below allocates (keep the two in step; a
+  // test compares this with what construction takes from the heap).
+  static std::size_t memory_bytes(const ModelConfig& c, int d, const Kernel& k) {
+    const Index cap = Index{c.budget} + 1;
+    const bool min_loss = c.eviction == EvictionPolicy::kMinLoss;
+    const Index doubles = 2 * cap * d + Inputs::cache_rows(cap) * k.cache_size()  // in
+                          + 2 * padded(cap) * cap + padded(cap) * kPending        // K, Sigma, U
+                          + 5 * cap + (min_loss ? 2 * cap : 0)  // mu ... ahat, *_prev
+                          + Workspace::doubles(cap, cap, k);
+    return sizeof(Impl) + IncrementalCholesky::memory_bytes(cap) +
+           static_cast<std::size_t>(doubles) * sizeof(double) +
+           static_cast<std::size_t>(2 * cap) * sizeof(std::uint64_t)  // in's samples
+           + static_cast<std::size_t>(cap) * (sizeof(Index) + 1);     // slot, used
+  }
 
   Impl(const ModelConfig& c, int d)
       : config(c),
@@ -1243,6 +1267,16 @@ OnlineGP OnlineGP::import_state(const ModelState& st) {
   s.last_drift = st.last_drift;
   s.check_imported(st);
   return gp;
+}
+
+std::size_t OnlineGP::memory_bytes(const ModelConfig& config, int dim) {
+  config.validate();
+  if (dim < 1) invalid("dimension must be >= 1, got " + std::to_string(dim));
+  return sizeof(OnlineGP) + Impl::memory_bytes(config, dim, *make_kernel(config.kernel));
+}
+
+std::size_t OnlineGP::memory_bytes() const {
+  return sizeof(OnlineGP) + Impl::memory_bytes(impl_->config, impl_->dim, *impl_->kernel);
 }
 
 const ModelConfig& OnlineGP::config() const { return impl_->config; }

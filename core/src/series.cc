@@ -305,6 +305,22 @@ struct SeriesPredictor::Impl {
         x(dim),
         xraw(std::max(fdim, 1)) {}
 
+  // Heap bytes with `models` racing: theirs (each memory_bytes, the same dimension) and
+  // the buffers the constructor above allocates (keep the two in step; a test compares
+  // this with what construction takes from the heap).
+  static std::size_t memory_bytes(const SeriesConfig& c, int fdim, std::size_t models,
+                                  std::size_t model_bytes) {
+    const auto f = static_cast<std::size_t>(fdim);
+    const auto ring = static_cast<std::size_t>(fdim > 0 ? 1 : c.lags + c.horizon - 1);
+    const auto d = static_cast<std::size_t>(input_dim(c, fdim));
+    return sizeof(Impl) + models * (model_bytes + sizeof(double)) +  // models, sse
+           f * (sizeof(RunningMoments) + sizeof(double)) +           // scalers, last_features
+           ring * (sizeof(double) + sizeof(std::uint64_t)) +
+           static_cast<std::size_t>(fdim > 0 ? 1 : c.horizon) * sizeof(PendingForecast) +
+           (d + std::max<std::size_t>(f, 1)) * sizeof(double) +  // x, xraw
+           c.noise_candidates.size() * sizeof(double);           // config's copy
+  }
+
   int ring_capacity() const { return static_cast<int>(ring_values.size()); }
   int pending_capacity() const { return static_cast<int>(pending.size()); }
   int horizon() const { return config.horizon; }
@@ -794,6 +810,23 @@ const SeriesCounters& SeriesPredictor::counters() const { return impl_->counters
 const PrequentialScore& SeriesPredictor::score() const { return impl_->score; }
 const OnlineGP& SeriesPredictor::model() const { return impl_->leader(); }
 int SeriesPredictor::racing() const { return static_cast<int>(impl_->models.size()); }
+
+std::size_t SeriesPredictor::memory_bytes(const SeriesConfig& config, int feature_dim) {
+  config.validate();
+  if (feature_dim < 0) {
+    invalid("feature dimension must be >= 0, got " + std::to_string(feature_dim));
+  }
+  const std::size_t models = std::max<std::size_t>(1, config.noise_candidates.size());
+  const std::size_t model = OnlineGP::memory_bytes(
+      config.model, Impl::input_dim(config, feature_dim));  // noise does not change it
+  return sizeof(SeriesPredictor) + Impl::memory_bytes(config, feature_dim, models, model);
+}
+
+std::size_t SeriesPredictor::memory_bytes() const {
+  const Impl& s = *impl_;
+  return sizeof(SeriesPredictor) +
+         Impl::memory_bytes(s.config, s.feature_dim, s.models.size(), s.leader().memory_bytes());
+}
 
 SeriesState SeriesPredictor::export_state() const { return impl_->export_state(); }
 

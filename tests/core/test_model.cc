@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <random>
 #include <stdexcept>
 #include <thread>
@@ -443,6 +444,61 @@ TEST_CASE("no heap allocation per update once constructed") {
       }
     }
   }
+}
+
+TEST_CASE("memory_bytes is what a model takes from the heap, and it does not grow") {
+  // The oracle: the heap in use (glibc's mallinfo2 or the sanitizer's count) before and
+  // after constructing a model, and again once its dictionary is full and evicting.
+  if (ntk::test::heap_bytes_in_use() < 0) {
+    MESSAGE("no heap measurement on this platform");
+    return;
+  }
+  struct Case {
+    const char* spec;
+    int budget;
+    int dim;
+    EvictionPolicy policy;
+    double forgetting;
+  };
+  for (const Case k :
+       {Case{"rbf", 1, 1, EvictionPolicy::kMinLoss, 1.0},
+        Case{"ntk:depth=3", 7, 40, EvictionPolicy::kOldest, 1.0},
+        Case{"ntk:depth=3", 64, 7, EvictionPolicy::kMinLoss, 0.999},
+        Case{"rbf:lengthscale=0.5", 256, 3, EvictionPolicy::kOldest, 0.99},
+        Case{"ntk:activation=erf,depth=2", 700, 12, EvictionPolicy::kMinLoss, 1.0}}) {
+    CAPTURE(k.spec);
+    CAPTURE(k.budget);
+    ModelConfig c;
+    c.kernel = ntk::KernelSpec::parse(k.spec);
+    c.budget = k.budget;
+    c.eviction = k.policy;
+    c.forgetting = k.forgetting;
+    const auto expected = static_cast<long long>(OnlineGP::memory_bytes(c, k.dim));
+    // Within 1% and 4 KiB: allocator headers and the kernel object's few small members.
+    const auto close = [&](long long measured) {
+      CAPTURE(measured);
+      CAPTURE(expected);
+      CHECK(std::llabs(measured - expected) <= expected / 100 + 4096);
+    };
+    const auto xs = random_inputs(k.budget + 50, k.dim, 7);
+    const long long before = ntk::test::heap_bytes_in_use();
+    auto gp = std::make_unique<OnlineGP>(c, k.dim);
+    close(ntk::test::heap_bytes_in_use() - before);
+    CHECK(gp->memory_bytes() == static_cast<std::size_t>(expected));
+    for (const VectorXd& x : xs) gp->update(x, std::sin(x(0)));
+    CHECK(gp->dictionary_size() == k.budget);
+    close(ntk::test::heap_bytes_in_use() - before);
+    gp.reset();
+    CHECK(std::llabs(ntk::test::heap_bytes_in_use() - before) <= 4096);
+  }
+  // The largest budget is priced without being allocated, and a bad config is refused.
+  ModelConfig big;
+  big.budget = ntk::kMaxBudget;
+  CHECK(OnlineGP::memory_bytes(big, 4096) > 3ull * 16384 * 16384 * sizeof(double));
+  big.budget = ntk::kMaxBudget + 1;
+  CHECK_THROWS_AS(static_cast<void>(OnlineGP::memory_bytes(big, 1)), std::invalid_argument);
+  CHECK_THROWS_AS(static_cast<void>(OnlineGP::memory_bytes(ModelConfig{}, 0)),
+                  std::invalid_argument);
 }
 
 TEST_CASE("export/import round trip gives bit-identical predictions") {

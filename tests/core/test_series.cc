@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <numbers>
 #include <optional>
 #include <random>
@@ -872,6 +873,71 @@ TEST_CASE("noise-ratio race: forecasts are the leader's; losers dropped; one mod
       MESSAGE("winner: noise ratio " << oracles[leader].noise);
     }
   }
+}
+
+TEST_CASE("memory_bytes: what a predictor holds, racing and after the race") {
+  if (ntk::test::heap_bytes_in_use() < 0) {
+    MESSAGE("no heap measurement on this platform");
+    return;
+  }
+  const auto close = [](long long measured, std::size_t want, std::size_t models) {
+    const auto expected = static_cast<long long>(want);
+    CAPTURE(measured);
+    CAPTURE(expected);
+    // Within 1% and 4 KiB per model: allocator rounding and the kernel objects.
+    CHECK(std::llabs(measured - expected) <=
+          expected / 100 + 4096 * static_cast<long long>(models + 1));
+  };
+  struct Case {
+    int lags, horizon, budget, feature_dim;
+    std::vector<double> candidates;
+  };
+  for (const Case& k : {Case{3, 1, 24, 0, {1e-1, 1e-2, 1e-3, 1e-5}}, Case{40, 5, 200, 0, {}},
+                        Case{8, 1, 100, 12, {1e-2, 1e-3}}}) {
+    CAPTURE(k.budget);
+    SeriesConfig c;
+    c.lags = k.lags;
+    c.horizon = k.horizon;
+    c.model.budget = k.budget;
+    c.noise_candidates = k.candidates;
+    c.selection_samples = 300;
+    const std::size_t peak = SeriesPredictor::memory_bytes(c, k.feature_dim);
+    const std::size_t models = std::max<std::size_t>(1, k.candidates.size());
+    const int dim = k.feature_dim > 0 ? k.feature_dim : k.lags;
+    CHECK(peak > models * OnlineGP::memory_bytes(c.model, dim));
+    CHECK(peak < models * OnlineGP::memory_bytes(c.model, dim) + 64 * 1024);
+    const Stream st = make_stream(500, 9, false);
+    std::mt19937_64 rng(3);
+    std::normal_distribution<double> n01;
+    std::vector<VectorXd> xs;
+    for (int i = 0; i < 500; ++i)
+      xs.push_back(VectorXd::NullaryExpr(dim, [&] { return n01(rng); }));
+    const long long before = ntk::test::heap_bytes_in_use();
+    auto sp = k.feature_dim > 0 ? std::make_unique<SeriesPredictor>(c, k.feature_dim)
+                                : std::make_unique<SeriesPredictor>(c);
+    close(ntk::test::heap_bytes_in_use() - before, peak, models);
+    CHECK(sp->memory_bytes() == peak);
+    for (std::size_t i = 0; i < st.values.size(); ++i) {
+      if (k.feature_dim > 0) {
+        static_cast<void>(sp->observe(i, st.times[i], xs[i], st.values[i]));
+      } else {
+        static_cast<void>(sp->observe(i, st.times[i], st.values[i]));
+      }
+    }
+    // The race is over: one model left, and the losers' memory is back.
+    CHECK(sp->racing() == 1);
+    const std::size_t after = sp->memory_bytes();
+    CHECK(after == peak - (models - 1) * OnlineGP::memory_bytes(c.model, dim) -
+                       (models - 1) * sizeof(double));
+    close(ntk::test::heap_bytes_in_use() - before, after, 1);
+    sp.reset();
+    CHECK(std::llabs(ntk::test::heap_bytes_in_use() - before) <= 4096);
+  }
+  SeriesConfig bad;
+  bad.lags = 0;
+  CHECK_THROWS_AS(static_cast<void>(SeriesPredictor::memory_bytes(bad)), std::invalid_argument);
+  CHECK_THROWS_AS(static_cast<void>(SeriesPredictor::memory_bytes(SeriesConfig{}, -1)),
+                  std::invalid_argument);
 }
 
 TEST_CASE("prequential scores accumulate the scored outcomes") {

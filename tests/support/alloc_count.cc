@@ -29,6 +29,14 @@
 #define NTK_TEST_COUNT_MALLOC 1
 #endif
 
+#if defined(NTK_TEST_COUNT_SANITIZER_HOOK)
+extern "C" std::size_t __sanitizer_get_current_allocated_bytes();
+#elif defined(NTK_TEST_COUNT_MALLOC)
+#include <malloc.h>
+
+#include <cerrno>
+#endif
+
 namespace {
 std::atomic<long> g_allocations{0};
 }  // namespace
@@ -46,24 +54,62 @@ const int g_hook_installed = __sanitizer_install_malloc_and_free_hooks(count_mal
 #define NTK_UNCOUNTED_MALLOC std::malloc
 #define NTK_COUNT_NEW() static_cast<void>(0)
 #elif defined(NTK_TEST_COUNT_MALLOC)
+// Live bytes: each block's malloc_usable_size, added when it is handed out and taken back
+// when it is freed; the aligned entry points are counted too, so that every block free()
+// sees was added (C++'s aligned operator new takes its blocks from aligned_alloc).
+std::atomic<long long> g_live_bytes{0};
 extern "C" {
 void* __libc_malloc(std::size_t n);
 void* __libc_calloc(std::size_t n, std::size_t size);
 void* __libc_realloc(void* p, std::size_t n);
+void* __libc_memalign(std::size_t alignment, std::size_t n);
+void __libc_free(void* p);
+}
+namespace {
+void* live(void* p) {
+  if (p) g_live_bytes += static_cast<long long>(malloc_usable_size(p));
+  return p;
+}
+}  // namespace
+extern "C" {
 void* malloc(std::size_t n) noexcept {
   ++g_allocations;
-  return __libc_malloc(n);
+  return live(__libc_malloc(n));
 }
 void* calloc(std::size_t n, std::size_t size) noexcept {
   ++g_allocations;
-  return __libc_calloc(n, size);
+  return live(__libc_calloc(n, size));
 }
 void* realloc(void* p, std::size_t n) noexcept {
   ++g_allocations;
-  return __libc_realloc(p, n);
+  const auto old = static_cast<long long>(p ? malloc_usable_size(p) : 0);
+  void* q = __libc_realloc(p, n);
+  if (q || n == 0) g_live_bytes -= old;  // moved, or freed by realloc(p, 0)
+  return live(q);
+}
+void* aligned_alloc(std::size_t alignment, std::size_t n) noexcept {
+  ++g_allocations;
+  return live(__libc_memalign(alignment, n));
+}
+void* memalign(std::size_t alignment, std::size_t n) noexcept {
+  ++g_allocations;
+  return live(__libc_memalign(alignment, n));
+}
+int posix_memalign(void** out, std::size_t alignment, std::size_t n) noexcept {
+  if (alignment % sizeof(void*) != 0 || (alignment & (alignment - 1)) != 0) return EINVAL;
+  ++g_allocations;
+  void* p = live(__libc_memalign(alignment, n));
+  if (!p) return ENOMEM;
+  *out = p;
+  return 0;
+}
+void free(void* p) noexcept {
+  if (!p) return;
+  g_live_bytes -= static_cast<long long>(malloc_usable_size(p));
+  __libc_free(p);
 }
 }
-#define NTK_UNCOUNTED_MALLOC __libc_malloc
+#define NTK_UNCOUNTED_MALLOC(n) live(__libc_malloc(n))
 #define NTK_COUNT_NEW() ++g_allocations
 #else
 #define NTK_UNCOUNTED_MALLOC std::malloc
@@ -93,6 +139,16 @@ bool allocations_include_malloc() {
   return true;
 #else
   return false;
+#endif
+}
+
+long long heap_bytes_in_use() {
+#if defined(NTK_TEST_COUNT_SANITIZER_HOOK)
+  return static_cast<long long>(__sanitizer_get_current_allocated_bytes());
+#elif defined(NTK_TEST_COUNT_MALLOC)
+  return g_live_bytes.load();
+#else
+  return -1;
 #endif
 }
 

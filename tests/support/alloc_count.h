@@ -11,4 +11,8 @@ long allocations();
 // Whether allocations() sees malloc/calloc/realloc too, not only operator new.
 bool allocations_include_malloc();
 
+// Heap bytes the process holds: on glibc the usable size of every block allocated and not
+// freed since it started, under AddressSanitizer the bytes asked for; -1 elsewhere.
+long long heap_bytes_in_use();
+
 }  // namespace ntk::test

@@ -35,6 +35,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <cstddef>
 
 #include "ntk/core/abi.h"
 
@@ -51,6 +52,10 @@ class IncrementalCholesky {
   // requires: capacity >= 1, jitter >= 0 and finite (std::invalid_argument otherwise).
   // ensures: size() == 0; the ld x capacity buffer is the only allocation.
   explicit IncrementalCholesky(Eigen::Index capacity, double jitter = 0.0);
+
+  // Heap bytes an object of this capacity holds (the buffer and two vectors of capacity
+  // doubles, all allocated by the constructor). requires: capacity >= 1.
+  static std::size_t memory_bytes(Eigen::Index capacity);
 
   Eigen::Index size() const { return n_; }
   Eigen::Index capacity() const { return L_.cols(); }

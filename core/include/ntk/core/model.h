@@ -49,6 +49,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -185,6 +186,14 @@ class OnlineGP {
   ModelState export_state() const;
   // Validates shapes, finiteness and the factor (std::invalid_argument otherwise).
   static OnlineGP import_state(const ModelState& state);
+
+  // Heap bytes a model of this config and input dimension holds: the constructor allocates
+  // every buffer an update needs, and they never grow (predict(), explain() and
+  // export_state() allocate only while they run). For memory limits before constructing
+  // one. requires: config.validate() passes, dim >= 1 (std::invalid_argument otherwise).
+  static std::size_t memory_bytes(const ModelConfig& config, int dim);
+  // memory_bytes(config(), dim()).
+  std::size_t memory_bytes() const;
 
   const ModelConfig& config() const;
   int dim() const;

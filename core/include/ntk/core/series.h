@@ -79,6 +79,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string_view>
@@ -313,6 +314,15 @@ class SeriesPredictor {
   const OnlineGP& model() const;
   // Candidates still racing, the leader included (1 when nothing races).
   int racing() const;
+
+  // Heap bytes a predictor of this config holds at its most, while every noise candidate
+  // races: OnlineGP::memory_bytes per candidate plus the series' own buffers (O(lags +
+  // horizon + feature_dim)). For memory limits before constructing one. feature_dim 0:
+  // scalar-stream mode. requires: config.validate() passes, feature_dim >= 0
+  // (std::invalid_argument otherwise).
+  static std::size_t memory_bytes(const SeriesConfig& config, int feature_dim = 0);
+  // What this predictor holds now: less once the race has dropped candidates (racing()).
+  std::size_t memory_bytes() const;
 
   SeriesState export_state() const;
   // Validates the state (shapes, finiteness, consistency with the config) and throws
