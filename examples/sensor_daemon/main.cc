@@ -259,6 +259,7 @@ int run(const ntk::daemon::DaemonOptions& options) {
       return snapshotter->write(models, "request");
     };
   }
+  const std::size_t max_model_bytes = server_options.max_model_bytes;
   ntk::stream::Server server(server_options);
 
   // Metrics and health come up first: /livez answers while a large snapshot loads, and
@@ -353,7 +354,8 @@ int run(const ntk::daemon::DaemonOptions& options) {
          {"core", std::string(core.target)},
          {"simd", std::string(core.simd)},
          {"listening", where},
-         {"snapshot_interval_s", snapshotter ? std::to_string(interval) : std::string("off")}});
+         {"snapshot_interval_s", snapshotter ? std::to_string(interval) : std::string("off")},
+         {"max_model_bytes", std::to_string(max_model_bytes)}});
   }
   notify("READY=1\nSTATUS=listening");
 

@@ -286,6 +286,13 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
            "Models held, summed over the live keys (more than one per key while its noise "
            "ratio is raced).");
   p.sample("ntkd_models", u(models));
+  p.family("ntkd_model_bytes", "gauge",
+           "Heap bytes the live keys' models and series buffers hold (all noise candidates "
+           "while they race).");
+  p.sample("ntkd_model_bytes", u(c.model_bytes()));
+  p.family("ntkd_model_bytes_limit", "gauge",
+           "max_model_bytes: new keys that would take ntkd_model_bytes above it are refused.");
+  p.sample("ntkd_model_bytes_limit", u(c.max_model_bytes()));
   p.family("ntkd_keys_racing", "gauge", "Live keys whose noise-to-signal ratio is still raced.");
   p.sample("ntkd_keys_racing", u(racing_keys));
   p.family("ntkd_dictionary_points", "gauge", "Dictionary points held, summed over the live keys.");

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <iterator>
 #include <limits>
 #include <stdexcept>
 #include <utility>
@@ -173,6 +175,8 @@ v1::ServerCounters Counters::to_proto() const {
   c.set_bytes_received(bytes_received.load(r));
   c.set_bytes_sent(bytes_sent.load(r));
   c.set_keys(keys.load(r));
+  c.set_model_bytes(model_bytes.load(r));
+  c.set_max_model_bytes(max_model_bytes);
   {
     std::lock_guard lock(retired_mutex);
     *c.mutable_retired_model() = retired_model;
@@ -212,18 +216,48 @@ v1::ServerCounters Counters::to_proto() const {
 // ---------------------------------------------------------------------------------------
 // ConfigTable
 
+std::string format_bytes(std::uint64_t bytes) {
+  if (bytes < 1024) return std::to_string(bytes) + " B";
+  static constexpr const char* kUnits[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  double v = static_cast<double>(bytes) / 1024.0;
+  std::size_t unit = 0;
+  while (v >= 1024.0 && unit + 1 < std::size(kUnits)) {
+    v /= 1024.0;
+    ++unit;
+  }
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f %s", v, kUnits[unit]);
+  return text;
+}
+
+std::optional<std::string> exceeds_model_memory(const KeySettings& settings,
+                                                std::uint64_t max_model_bytes) {
+  const SeriesConfig& c = settings.series;
+  const std::uint64_t need = SeriesPredictor::memory_bytes(c);
+  if (need <= max_model_bytes) return std::nullopt;
+  const std::size_t models = std::max<std::size_t>(1, c.noise_candidates.size());
+  return "a key's models would hold " + format_bytes(need) + " (budget " +
+         std::to_string(c.model.budget) + ", " + std::to_string(models) +
+         (models == 1 ? " model" : " noise candidates racing") +
+         "), more than the server's max_model_bytes = " + format_bytes(max_model_bytes);
+}
+
 namespace {
 
-void check_resolves(const v1::KeyConfig& config, const std::string& what) {
+void check_resolves(const v1::KeyConfig& config, const std::string& what,
+                    std::uint64_t max_model_bytes) {
+  std::optional<std::string> too_big;
   try {
-    resolve_key_config(config);
+    too_big = exceeds_model_memory(resolve_key_config(config), max_model_bytes);
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(what + ": " + e.what());
   }
+  if (too_big) throw std::invalid_argument(what + ": " + *too_big);
 }
 
-void check_table(const v1::KeyConfig& defaults, const std::vector<v1::PrefixOverride>& overrides) {
-  check_resolves(defaults, "defaults");
+void check_table(const v1::KeyConfig& defaults, const std::vector<v1::PrefixOverride>& overrides,
+                 std::uint64_t max_model_bytes) {
+  check_resolves(defaults, "defaults", max_model_bytes);
   for (std::size_t i = 0; i < overrides.size(); ++i) {
     const std::string what = "overrides[" + std::to_string(i) + "]";
     if (overrides[i].key_prefix().empty()) {
@@ -238,14 +272,17 @@ void check_table(const v1::KeyConfig& defaults, const std::vector<v1::PrefixOver
     }
     v1::KeyConfig merged = defaults;
     merge_key_config(merged, overrides[i].config());
-    check_resolves(merged, what + " (key_prefix " + quoted(overrides[i].key_prefix()) + ")");
+    check_resolves(merged, what + " (key_prefix " + quoted(overrides[i].key_prefix()) + ")",
+                   max_model_bytes);
   }
 }
 
 }  // namespace
 
 ConfigTable::ConfigTable(const v1::KeyConfig& defaults,
-                         const std::vector<v1::PrefixOverride>& overrides) {
+                         const std::vector<v1::PrefixOverride>& overrides,
+                         std::uint64_t max_model_bytes)
+    : max_model_bytes_(max_model_bytes) {
   set(defaults, overrides);
 }
 
@@ -289,10 +326,10 @@ std::optional<RequestError> ConfigTable::configure_prefix(const std::string& pre
   v1::KeyConfig merged = base_locked(prefix);
   merge_key_config(merged, config);
   try {
-    resolve_key_config(merged);
+    check_resolves(merged, "control.configure.config for key_prefix " + quoted(prefix),
+                   max_model_bytes_);
   } catch (const std::invalid_argument& e) {
-    return RequestError{v1::ERROR_CODE_BAD_CONFIG, "control.configure.config for key_prefix " +
-                                                       quoted(prefix) + ": " + e.what()};
+    return RequestError{v1::ERROR_CODE_BAD_CONFIG, e.what()};
   }
   add_configured_locked(entry, prefix, config);
   return std::nullopt;
@@ -322,7 +359,7 @@ void ConfigTable::add_configured_locked(v1::PrefixOverride* entry, const std::st
 
 void ConfigTable::set(const v1::KeyConfig& defaults,
                       const std::vector<v1::PrefixOverride>& overrides) {
-  check_table(defaults, overrides);
+  check_table(defaults, overrides, max_model_bytes_);
   std::lock_guard lock(mutex_);
   defaults_ = defaults;
   overrides_ = overrides;
@@ -346,7 +383,8 @@ void ConfigTable::set_configured(const std::vector<v1::PrefixOverride>& configur
       }
       v1::KeyConfig merged = base_locked(configured[i].key_prefix());
       merge_key_config(merged, configured[i].config());
-      check_resolves(merged, what + " (key_prefix " + quoted(configured[i].key_prefix()) + ")");
+      check_resolves(merged, what + " (key_prefix " + quoted(configured[i].key_prefix()) + ")",
+                     max_model_bytes_);
     } catch (...) {
       configured_ = std::move(saved);
       throw;
@@ -463,19 +501,61 @@ Shard::Entry* Shard::entry_for(const std::string& key, v1::KeySnapshot::Kind kin
               std::to_string(max_keys_) + " keys";
     return nullptr;
   }
+  std::uint64_t bytes = 0;
   try {
-    SeriesPredictor predictor = feature_dim > 0 ? SeriesPredictor(settings.series, feature_dim)
-                                                : SeriesPredictor(settings.series);
-    Entry entry{kind, to_proto(settings), settings, std::move(predictor), {}, 0, {}};
-    Entry* created = &entries_.emplace(key, std::move(entry)).first->second;
-    counters_.keys.fetch_add(1, std::memory_order_relaxed);
-    return created;
+    bytes = SeriesPredictor::memory_bytes(settings.series, feature_dim);
   } catch (const std::exception& e) {
     if (!has_slot) release_slot();
     code = v1::ERROR_CODE_BAD_CONFIG;
     message = "key " + quoted(key) + ": " + e.what();
     return nullptr;
   }
+  if (!reserve_bytes(bytes)) {
+    if (!has_slot) release_slot();
+    code = v1::ERROR_CODE_MEMORY_LIMIT;
+    message = "key " + quoted(key) + " would need " + format_bytes(bytes) +
+              " for its models; the live keys' models hold " +
+              format_bytes(counters_.model_bytes.load(std::memory_order_relaxed)) +
+              " of the server's max_model_bytes = " + format_bytes(counters_.max_model_bytes) +
+              ": not created";
+    return nullptr;
+  }
+  try {
+    SeriesPredictor predictor = feature_dim > 0 ? SeriesPredictor(settings.series, feature_dim)
+                                                : SeriesPredictor(settings.series);
+    const int racing = predictor.racing();
+    Entry entry{kind, to_proto(settings), settings, std::move(predictor), {}, 0, {}, bytes, racing};
+    Entry* created = &entries_.emplace(key, std::move(entry)).first->second;
+    counters_.keys.fetch_add(1, std::memory_order_relaxed);
+    return created;
+  } catch (const std::exception& e) {
+    counters_.model_bytes.fetch_sub(bytes, std::memory_order_relaxed);
+    if (!has_slot) release_slot();
+    code = v1::ERROR_CODE_BAD_CONFIG;
+    message = "key " + quoted(key) + ": " + e.what();
+    return nullptr;
+  }
+}
+
+bool Shard::reserve_bytes(std::uint64_t bytes) {
+  std::uint64_t held = counters_.model_bytes.load(std::memory_order_relaxed);
+  do {
+    if (bytes > counters_.max_model_bytes || held > counters_.max_model_bytes - bytes) {
+      return false;
+    }
+  } while (
+      !counters_.model_bytes.compare_exchange_weak(held, held + bytes, std::memory_order_relaxed));
+  return true;
+}
+
+void Shard::settle_bytes(Entry& entry) {
+  const int racing = entry.predictor.racing();
+  if (racing == entry.racing) return;
+  const std::uint64_t bytes = entry.predictor.memory_bytes();
+  counters_.model_bytes.fetch_sub(entry.bytes, std::memory_order_relaxed);
+  counters_.model_bytes.fetch_add(bytes, std::memory_order_relaxed);
+  entry.bytes = bytes;
+  entry.racing = racing;
 }
 
 void Shard::record_latency(std::chrono::steady_clock::time_point start) {
@@ -494,6 +574,7 @@ void Shard::erase(const std::string& key) {
   const auto it = entries_.find(key);
   if (it == entries_.end()) return;
   retire(key, it->second);
+  counters_.model_bytes.fetch_sub(it->second.bytes, std::memory_order_relaxed);
   entries_.erase(it);
   counters_.keys.fetch_sub(1, std::memory_order_relaxed);
   if (key_configs_.count(key) == 0) release_slot();
@@ -522,6 +603,7 @@ v1::ErrorCode Shard::observe_scalar(Entry& entry, const std::string& key,
   const auto start = std::chrono::steady_clock::now();
   const Outcome o = entry.predictor.observe(seq, time, value);
   if (o.learned) record_latency(start);
+  settle_bytes(entry);
   if (o.status == OutcomeStatus::kDuplicate || o.status == OutcomeStatus::kOutOfOrder) {
     const bool duplicate = o.status == OutcomeStatus::kDuplicate;
     message = "seq " + std::to_string(*seq) + " of key " + quoted(key) +
@@ -572,6 +654,7 @@ void Shard::handle_observation(const v1::Request& request, v1::Response& respons
       e->predictor.observe(seq, o.time_unix_nano(), x,
                            o.has_target() ? std::optional<double>(o.target()) : std::nullopt);
   if (out.learned) record_latency(start);
+  settle_bytes(*e);
   if (out.status == OutcomeStatus::kDuplicate || out.status == OutcomeStatus::kOutOfOrder) {
     const bool duplicate = out.status == OutcomeStatus::kDuplicate;
     return set_error(
@@ -650,11 +733,16 @@ void Shard::handle_control(const v1::Request& request, v1::Response& response) {
     merge_key_config(key_config, c.configure().config());
     v1::KeyConfig merged = configs_.base_for(key);
     merge_key_config(merged, key_config);
+    std::optional<std::string> too_big;
     try {
-      resolve_key_config(merged);
+      too_big = exceeds_model_memory(resolve_key_config(merged), counters_.max_model_bytes);
     } catch (const std::invalid_argument& e) {
       return set_error(response, v1::ERROR_CODE_BAD_CONFIG,
                        "control.configure.config for key " + quoted(key) + ": " + e.what());
+    }
+    if (too_big) {
+      return set_error(response, v1::ERROR_CODE_BAD_CONFIG,
+                       "control.configure.config for key " + quoted(key) + ": " + *too_big);
     }
     const bool existed = entries_.count(key) > 0;
     const auto [kc, added] = key_configs_.try_emplace(key);
@@ -716,6 +804,7 @@ void Shard::fill_key_stats(const std::string& key, const Entry& e, v1::KeyStats*
   out->set_last_drift(e.predictor.model().last_drift());
   out->set_noise_variance(e.predictor.model().config().noise_variance);
   out->set_racing(static_cast<std::uint32_t>(e.predictor.racing()));
+  out->set_memory_bytes(e.bytes);
 }
 
 void Shard::collect_stats(std::string_view prefix, std::vector<v1::KeyStats>& out) const {
@@ -798,6 +887,8 @@ Shard::Entry Shard::make_entry(const v1::KeySnapshot& s) {
             state.last_seq,
             state.slots > 0 ? state.last_time : 0,
             s.has_last_price() ? std::optional<double>(s.last_price()) : std::nullopt};
+    e.bytes = e.predictor.memory_bytes();
+    e.racing = e.predictor.racing();
     return e;
   } catch (const std::invalid_argument& e) {
     throw std::invalid_argument(where + e.what());
@@ -808,13 +899,17 @@ void Shard::replace_all(std::vector<std::pair<std::string, Entry>> entries,
                         std::unordered_map<std::string, v1::KeyConfig> key_configs) {
   counters_.keys.fetch_sub(entries_.size(), std::memory_order_relaxed);
   counters_.key_slots.fetch_sub(slots_used(), std::memory_order_relaxed);
-  for (const auto& [key, entry] : entries_) retire(key, entry);
+  for (const auto& [key, entry] : entries_) {
+    retire(key, entry);
+    counters_.model_bytes.fetch_sub(entry.bytes, std::memory_order_relaxed);
+  }
   entries_.clear();
   key_configs_ = std::move(key_configs);
   for (auto& [key, entry] : entries) {
     v1::KeyStats stats;
     fill_key_stats(key, entry, &stats);
     counters_.restore(stats.model(), stats.counters());
+    counters_.model_bytes.fetch_add(entry.bytes, std::memory_order_relaxed);
     entries_.emplace(std::move(key), std::move(entry));
   }
   counters_.keys.fetch_add(entries_.size(), std::memory_order_relaxed);

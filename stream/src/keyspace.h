@@ -79,6 +79,10 @@ struct Counters {
   // Live keys plus the keys not created yet that have a Control.Configure config waiting:
   // what max_keys bounds.
   std::atomic<std::uint64_t> key_slots{0};
+  // Heap the live keys' predictors hold (SeriesPredictor::memory_bytes, as each shard last
+  // saw it): what max_model_bytes bounds.
+  std::atomic<std::uint64_t> model_bytes{0};
+  std::uint64_t max_model_bytes = 0;  // set before the shards run
   std::array<std::atomic<std::uint64_t>, kErrorCodes> errors{};
 
   // Adds a key's counters to the retired sums (ServerCounters.retired_*): the key is
@@ -110,12 +114,23 @@ struct Counters {
 // Distinct key prefixes Control.Configure may set (a new key is matched against each).
 inline constexpr std::size_t kMaxConfiguredPrefixes = 1024;
 
+// "512 B", "1.5 KiB", "6.0 GiB".
+std::string format_bytes(std::uint64_t bytes);
+
+// Why a key with these settings could never be created under max_model_bytes (its
+// predictor at its most, SeriesPredictor::memory_bytes, in scalar-stream mode), or
+// nullopt when it could.
+std::optional<std::string> exceeds_model_memory(const KeySettings& settings,
+                                                std::uint64_t max_model_bytes);
+
 // ServerOptions::defaults / overrides and the Control.Configure prefixes: what a new key
 // is configured with. Thread-safe.
 class ConfigTable {
  public:
-  // Throws std::invalid_argument when a config does not resolve.
-  ConfigTable(const v1::KeyConfig& defaults, const std::vector<v1::PrefixOverride>& overrides);
+  // Throws std::invalid_argument when a config does not resolve, or a key with it would
+  // take more than max_model_bytes alone (exceeds_model_memory; also for later configs).
+  ConfigTable(const v1::KeyConfig& defaults, const std::vector<v1::PrefixOverride>& overrides,
+              std::uint64_t max_model_bytes);
 
   // defaults, then the longest matching override, then every matching configured prefix
   // (shorter prefixes first).
@@ -146,6 +161,7 @@ class ConfigTable {
   void add_configured_locked(v1::PrefixOverride* entry, const std::string& prefix,
                              const v1::KeyConfig& config);
 
+  const std::uint64_t max_model_bytes_;
   mutable std::mutex mutex_;
   v1::KeyConfig defaults_;
   std::vector<v1::PrefixOverride> overrides_;
@@ -173,6 +189,9 @@ void set_error(v1::Response& response, v1::ErrorCode code, std::string message,
 //   created), merged in the order given. counters_.key_slots counts the keys of every
 //   shard that are live or have a config (<= max_keys_): a config waiting for its key
 //   takes one of the max_keys_ places, so that configs of keys never created stay bounded.
+//   Entry::bytes is the entry's predictor's memory_bytes() when its race last changed
+//   (Entry::racing); counters_.model_bytes sums them over every shard (<= max_model_bytes
+//   for the keys created here; restored keys count whatever they hold).
 // THREAD SAFETY: none; one strand.
 class Shard {
  public:
@@ -204,6 +223,8 @@ class Shard {
     std::optional<std::uint64_t> last_seq;  // as the predictor's (not exposed by it)
     std::uint64_t last_time = 0;
     std::optional<double> last_price;  // TICK_VALUE_LOG_RETURN: previous price
+    std::uint64_t bytes = 0;           // counted in Counters::model_bytes
+    int racing = 0;                    // predictor.racing() when bytes was taken
   };
 
   // A restored key, converted and validated (import_models); its `configured`, if set,
@@ -228,6 +249,11 @@ class Shard {
   // Takes one of the max_keys_ places for a new key or key config; false if none is left.
   bool reserve_slot();
   void release_slot();
+  // Counts the memory of a new key's predictor (at its most), or returns false (nothing
+  // counted) when it would exceed max_model_bytes.
+  bool reserve_bytes(std::uint64_t bytes);
+  // Brings entry.bytes up to date after an observation (a race dropped a candidate).
+  void settle_bytes(Entry& entry);
   // The number of keys that are live or have a config.
   std::size_t slots_used() const;
   // Adds the time since `start` to the shard's update-latency histogram.

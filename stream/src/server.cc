@@ -24,6 +24,8 @@
 //   any --(socket error, timeout, drain deadline)--> closed
 #include "ntk/stream/server.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <array>
 #include <boost/asio.hpp>
@@ -99,6 +101,14 @@ HostPort parse_address(const std::string& text, const std::string& field) {
 
 }  // namespace
 
+std::size_t default_max_model_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES);
+  const long page = ::sysconf(_SC_PAGE_SIZE);
+  if (pages <= 0 || page <= 0) return std::size_t{4} << 30;  // unknown: 4 GiB
+  return std::max(kMinModelBytes,
+                  static_cast<std::size_t>(pages) / 2 * static_cast<std::size_t>(page));
+}
+
 void ServerOptions::validate() const {
   if (tcp_listen.empty()) throw std::invalid_argument("tcp_listen: at least one address needed");
   for (std::size_t i = 0; i < tcp_listen.size(); ++i) {
@@ -131,7 +141,9 @@ void ServerOptions::validate() const {
   nonneg("read_timeout", read_timeout);
   nonneg("write_timeout", write_timeout);
   nonneg("drain_timeout", drain_timeout);
-  detail::ConfigTable check(defaults, overrides);
+  range("max_model_bytes", max_model_bytes, kMinModelBytes,
+        std::numeric_limits<std::size_t>::max());
+  detail::ConfigTable check(defaults, overrides, max_model_bytes);
 }
 
 ServerOptions options_from_config(const v1::ServerConfig& config) {
@@ -152,6 +164,12 @@ ServerOptions options_from_config(const v1::ServerConfig& config) {
   if (config.has_max_keys()) o.max_keys = config.max_keys();
   if (config.has_max_queued_responses()) o.max_queued_responses = config.max_queued_responses();
   if (config.has_max_connections()) o.max_connections = config.max_connections();
+  if (config.has_max_model_bytes()) {
+    if (config.max_model_bytes() > std::numeric_limits<std::size_t>::max()) {
+      throw std::invalid_argument("max_model_bytes is above this machine's address space");
+    }
+    o.max_model_bytes = static_cast<std::size_t>(config.max_model_bytes());
+  }
   if (config.has_idle_timeout_seconds()) {
     o.idle_timeout = std::chrono::seconds(config.idle_timeout_seconds());
   }
@@ -830,8 +848,9 @@ class Server::Impl::UdpPort final : public Owner {
 
 Server::Impl::Impl(ServerOptions o)
     : options((o.validate(), std::move(o))),
-      configs(options.defaults, options.overrides),
+      configs(options.defaults, options.overrides, options.max_model_bytes),
       control(asio::make_strand(io)) {
+  counters.max_model_bytes = options.max_model_bytes;
   thread_count =
       options.threads > 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
   const unsigned n = options.shards > 0 ? options.shards : 8 * thread_count;

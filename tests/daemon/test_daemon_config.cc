@@ -63,6 +63,7 @@ snapshot_dir: "/var/lib/ntkd"
 snapshot_interval_seconds: 60
 metrics_listen: "127.0.0.1:9464"
 max_keys: 5000
+max_model_bytes: 8589934592
 )");
   const auto c = ntk::daemon::load_config_file(path);
   REQUIRE(c.tcp_listen_size() == 2);
@@ -78,6 +79,7 @@ max_keys: 5000
   CHECK(c.snapshot_interval_seconds() == 60u);
   CHECK(c.metrics_listen() == "127.0.0.1:9464");
   CHECK(c.max_keys() == 5000u);
+  CHECK(c.max_model_bytes() == 8589934592u);
 }
 
 TEST_CASE("flags override the file") {
@@ -318,6 +320,15 @@ TEST_CASE("config errors: limits, adjacent repeated prefixes, the last port") {
   CHECK(load_error(p) == p + ": max_keys must be in [1, 4294967295], got 0");
   p = write_file(dir, "frame.textproto", "max_frame_bytes: 63\n");
   CHECK(load_error(p).rfind(p + ": max_frame_bytes must be in [64, ", 0) == 0);
+  p = write_file(dir, "memory.textproto", "max_model_bytes: 1048575\n");
+  CHECK(load_error(p).rfind(p + ": max_model_bytes must be in [1048576, ", 0) == 0);
+  // Defaults whose key alone would hold more than max_model_bytes: 4 racing models of
+  // budget 4096 are about 1.5 GiB.
+  p = write_file(dir, "budget.textproto",
+                 "max_model_bytes: 1073741824\ndefaults { series { model { budget: 4096 } } }\n");
+  CHECK(load_error(p) == p + ": defaults: a key's models would hold 1.5 GiB (budget 4096, 4 "
+                             "noise candidates racing), more than the server's max_model_bytes "
+                             "= 1.0 GiB");
   // A prefix given twice in a row.
   p = write_file(dir, "twice.textproto",
                  "overrides { key_prefix: \"a/\" }\noverrides { key_prefix: \"a/\" }\n");

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <ctime>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -23,6 +24,7 @@
 #include "ntk/core/build_info.h"
 #include "ntk/core/series.h"
 #include "ntk/stream/convert.h"
+#include "ntk/stream/server.h"
 #include "prom_parse.h"
 #include "temp_dir.h"
 
@@ -845,5 +847,12 @@ TEST_CASE("the ready line gives the effective snapshot interval: 300 s by defaul
         std::string::npos);
   CHECK(ready_line({"--snapshot-dir", snapshots, "--snapshot-interval", "0"}, "b.log")
             .find(" snapshot_interval_s=0") != std::string::npos);
-  CHECK(ready_line({}, "c.log").find(" snapshot_interval_s=off") != std::string::npos);
+  const std::string plain = ready_line({}, "c.log");
+  CHECK(plain.find(" snapshot_interval_s=off") != std::string::npos);
+  // And the limit on the models' memory: half the physical memory unless configured.
+  CHECK(plain.find(" max_model_bytes=" + std::to_string(ntk::stream::default_max_model_bytes())) !=
+        std::string::npos);
+  std::ofstream(dir / "limit.textproto") << "max_model_bytes: 5242880\n";
+  CHECK(ready_line({"--config", (dir / "limit.textproto").string()}, "d.log")
+            .find(" max_model_bytes=5242880") != std::string::npos);
 }

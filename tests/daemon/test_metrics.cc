@@ -389,6 +389,8 @@ TEST_CASE("metrics: every counter and gauge is its own field, every *_total a co
   c->set_connections_accepted(11);
   c->set_connections_open(12);
   c->set_keys(2);
+  c->set_model_bytes(13);
+  c->set_max_model_bytes(14);
   for (int i = 0; i < 2; ++i) {
     v1::KeyStats* k = stats.add_keys();
     k->set_key("k" + std::to_string(i));
@@ -422,6 +424,9 @@ TEST_CASE("metrics: every counter and gauge is its own field, every *_total a co
   const auto e = parse_prometheus(ntk::daemon::render_metrics(stats, st));
   CHECK(e.at("ntkd_connections_accepted_total") == 11);
   CHECK(e.at("ntkd_connections_open") == 12);
+  CHECK(e.at("ntkd_model_bytes") == 13);
+  CHECK(e.at("ntkd_model_bytes_limit") == 14);
+  CHECK(e.types.at("ntkd_model_bytes") == "gauge");
   CHECK(e.at("ntkd_model_updates_total") == 201);
   CHECK(e.at("ntkd_model_admitted_total") == 401);
   CHECK(e.at("ntkd_model_evicted_total") == 601);

@@ -1338,6 +1338,113 @@ TEST_CASE("the Configure tables stay bounded") {
   CHECK(error_count(server.counters(), v1::ERROR_CODE_TOO_MANY_KEYS) == 3);
 }
 
+TEST_CASE("max_model_bytes: new keys beyond it are refused; races and drops give memory back") {
+  // Three noise candidates at budget 128: about 1.3 MiB per key while they race.
+  v1::KeyConfig config = small_key_config();
+  v1::SeriesConfig* sc = config.mutable_series();
+  sc->mutable_model()->set_budget(128);
+  sc->clear_noise_candidates();
+  for (const double r : {1e-1, 1e-2, 1e-3}) sc->add_noise_candidates(r);
+  sc->set_selection_samples(10);
+  const ntk::SeriesConfig series = series_of(config);
+  const std::uint64_t racing = ntk::SeriesPredictor::memory_bytes(series);
+  // The in-process oracle: what a key holds after the values sent below.
+  ntk::SeriesPredictor oracle(series);
+  for (std::uint64_t t = 1; t <= 40; ++t) oracle.observe(t, t, signal(0, t));
+  REQUIRE(oracle.racing() == 1);
+  const std::uint64_t settled = oracle.memory_bytes();
+  CHECK(settled < racing / 2);
+
+  ServerOptions options = small_options();
+  options.defaults = config;
+  options.max_model_bytes = racing * 5 / 2;  // two racing keys fit, a third does not
+  REQUIRE(options.max_model_bytes >= ntk::stream::kMinModelBytes);
+  Server server(options);
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  CHECK(server.counters().max_model_bytes() == options.max_model_bytes);
+  CHECK(server.counters().model_bytes() == 0);
+  REQUIRE(client.call(reading("a", 1, signal(0, 1))).has_prediction());
+  REQUIRE(client.call(reading("b", 1, signal(0, 1))).has_prediction());
+  CHECK(server.counters().model_bytes() == 2 * racing);
+
+  v1::Response r = client.call(reading("c", 1, 1.0));
+  REQUIRE(r.has_error());
+  CHECK(r.error().code() == v1::ERROR_CODE_MEMORY_LIMIT);
+  CHECK(r.error().message().find("max_model_bytes") != std::string::npos);
+  CHECK_FALSE(r.error().connection_closed());
+  CHECK(server.counters().keys() == 2);
+  CHECK(server.counters().model_bytes() == 2 * racing);
+  CHECK(client.call(control_stats("c", std::nullopt)).error().code() == v1::ERROR_CODE_UNKNOWN_KEY);
+  // Observation keys are priced with their feature dimension.
+  CHECK(client.call(observation("o", 1, {1.0, 2.0}, 1.0)).error().code() ==
+        v1::ERROR_CODE_MEMORY_LIMIT);
+
+  // a's race ends: the losers' memory is given back, and c now fits.
+  for (std::uint64_t t = 2; t <= 40; ++t) {
+    REQUIRE(client.call(reading("a", t, signal(0, t))).has_prediction());
+  }
+  CHECK(server.counters().model_bytes() == racing + settled);
+  r = client.call(control_stats("a", std::nullopt));
+  REQUIRE(r.has_stats());
+  CHECK(r.stats().keys(0).racing() == 1);
+  CHECK(r.stats().keys(0).memory_bytes() == settled);
+  REQUIRE(client.call(reading("c", 1, 1.0)).has_prediction());
+  r = client.call(control_stats(std::nullopt, ""));
+  REQUIRE(r.has_stats());
+  std::uint64_t sum = 0;
+  for (const v1::KeyStats& k : r.stats().keys()) sum += k.memory_bytes();
+  CHECK(sum == r.stats().server().model_bytes());
+  CHECK(server.counters().model_bytes() == 2 * racing + settled);
+  // Dropping a key, or configuring a live one (which drops it), gives its memory back.
+  v1::Request drop;
+  drop.mutable_control()->mutable_drop_key()->set_key("b");
+  REQUIRE(client.call(drop).has_ack());
+  CHECK(server.counters().model_bytes() == racing + settled);
+  REQUIRE(client.call(ntk::test::control_configure(false, "a", 4)).has_ack());
+  CHECK(server.counters().model_bytes() == racing);
+  CHECK(error_count(server.counters(), v1::ERROR_CODE_MEMORY_LIMIT) == 2);
+
+  // A config whose key alone could never fit is refused when it is given.
+  v1::Request huge = ntk::test::control_configure(false, "h", 0);
+  huge.mutable_control()
+      ->mutable_configure()
+      ->mutable_config()
+      ->mutable_series()
+      ->mutable_model()
+      ->set_budget(1024);
+  r = client.call(huge);
+  REQUIRE(r.has_error());
+  CHECK(r.error().code() == v1::ERROR_CODE_BAD_CONFIG);
+  CHECK(r.error().message().find("max_model_bytes") != std::string::npos);
+  huge.mutable_control()->mutable_configure()->set_key_prefix("h/");
+  CHECK(client.call(huge).error().code() == v1::ERROR_CODE_BAD_CONFIG);
+  CHECK(server.export_models().configured_prefixes.empty());
+
+  // An import counts what the restored keys hold, whatever the limit.
+  const ntk::stream::ModelSnapshot snapshot = server.export_models();
+  ServerOptions tight = options;
+  tight.max_model_bytes = ntk::stream::kMinModelBytes;
+  tight.defaults = small_key_config();
+  Server restored(tight);
+  restored.import_models(snapshot);
+  CHECK(restored.counters().model_bytes() == server.counters().model_bytes());
+  CHECK(restored.counters().model_bytes() > tight.max_model_bytes);
+
+  // Defaults or overrides whose keys could never fit, and a limit below 1 MiB, are refused.
+  ServerOptions bad = options;
+  bad.max_model_bytes = racing - 1;
+  CHECK_THROWS_WITH_AS(Server{bad}, doctest::Contains("max_model_bytes"), std::invalid_argument);
+  bad = small_options();
+  bad.max_model_bytes = ntk::stream::kMinModelBytes - 1;
+  CHECK_THROWS_AS(Server{bad}, std::invalid_argument);
+  v1::ServerConfig file;
+  file.set_max_model_bytes(3u << 20);
+  CHECK(ntk::stream::options_from_config(file).max_model_bytes == (3u << 20));
+  CHECK(ntk::stream::options_from_config(v1::ServerConfig{}).max_model_bytes ==
+        ntk::stream::default_max_model_bytes());
+}
+
 TEST_CASE("a key configured before its first value is exported and imported") {
   ServerOptions options = small_options();
   options.max_keys = 3;

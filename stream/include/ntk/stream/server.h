@@ -98,6 +98,12 @@ std::string_view to_string(LogLevel);
 // Called from any server thread, possibly concurrently: must be thread-safe.
 using LogSink = std::function<void(LogLevel, std::string_view)>;
 
+// The smallest ServerOptions::max_model_bytes (1 MiB).
+inline constexpr std::size_t kMinModelBytes = std::size_t{1} << 20;
+// Half the machine's physical memory (sysconf), at least kMinModelBytes; 4 GiB when the
+// system does not say.
+std::size_t default_max_model_bytes();
+
 struct ServerOptions {
   // TCP listen addresses "host:port" (IPv4 or IPv6 literal, "localhost", or a name the
   // resolver knows; "[::1]:0" for IPv6 with a port). Port 0 picks a free port, reported by
@@ -119,6 +125,10 @@ struct ServerOptions {
   std::size_t max_queued_responses = 1024;              // per connection, >= 1
   std::size_t max_connections = 1024;                   // TCP connections open, >= 1
   std::size_t read_buffer_bytes = 64 << 10;             // per connection read size, >= 512
+  // Heap the live keys' models may hold in all (ServerConfig.max_model_bytes, Counters
+  // model_bytes): a new key that would take it higher is ERROR_CODE_MEMORY_LIMIT, a config
+  // whose key alone would is BAD_CONFIG. >= kMinModelBytes.
+  std::size_t max_model_bytes = default_max_model_bytes();
 
   std::chrono::milliseconds idle_timeout{0};       // no bytes for this long: close; 0: never
   std::chrono::milliseconds read_timeout{30000};   // a started frame must complete; 0: never
@@ -143,7 +153,8 @@ struct ServerOptions {
 
 // ServerOptions from the daemon's configuration (server.proto): tcp_listen, udp_listen,
 // udp_replies, threads, defaults, overrides, max_frame_bytes, max_keys,
-// max_queued_responses, max_connections and the idle/read/write/drain timeouts; the fields
+// max_queued_responses, max_connections, max_model_bytes and the idle/read/write/drain
+// timeouts; the fields
 // ServerConfig does not have keep their defaults, and so do unset ones (tcp_listen empty:
 // "127.0.0.1:7420"; threads unset: the number of cores). snapshot_dir, the snapshot
 // interval and metrics are the daemon's business. Throws std::invalid_argument like
