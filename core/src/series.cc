@@ -365,11 +365,15 @@ struct SeriesPredictor::Impl {
       return std::nullopt;
     }
     if (models.size() == 1) return lead;
+    // Each squared error capped (a non-finite one counts as the cap): values and forecasts
+    // near the accepted 1e150 square to 1e300, and the sums must stay finite, or the
+    // key's snapshot would not restore. 2^31 samples at the cap sum to 2e299.
+    constexpr double kMaxError2 = 1e290;
     const double e0 = value - to_original_mean(lead.prediction);
-    sse[0] += e0 * e0;
+    sse[0] += std::fmin(e0 * e0, kMaxError2);
     for (std::size_t i = 1; i < models.size(); ++i) {
       const double e = value - to_original_mean(models[i].update(x, target).prediction);
-      sse[i] += e * e;
+      sse[i] += std::fmin(e * e, kMaxError2);
     }
     settle_race();
     return lead;

@@ -940,6 +940,35 @@ TEST_CASE("memory_bytes: what a predictor holds, racing and after the race") {
                   std::invalid_argument);
 }
 
+TEST_CASE("the race's error sums stay finite: a key's state always restores") {
+  // A rival whose posterior mean sits near the largest magnitude import accepts (1e153)
+  // forecasts beyond 1e154 until its updates pull it back: unbounded, its squared errors
+  // would sum to infinity, and import refuses an infinite sum.
+  SeriesConfig c;
+  c.lags = 3;
+  c.warmup = 5;
+  c.model.budget = 12;
+  c.noise_candidates = {1e-1, 1e-2};
+  c.selection_margin = std::numeric_limits<double>::infinity();  // never dropped for errors
+  SeriesPredictor sp(c);
+  const Stream st = make_stream(80, 4, false);
+  // In units of 1e4, so that a forecast of 1e153 standard deviations is above 1e154.
+  std::vector<double> v;
+  for (const double x : st.values) v.push_back(1e4 * x);
+  for (std::size_t i = 0; i < 40; ++i) sp.observe(i, st.times[i], v[i]);
+  REQUIRE(sp.racing() == 2);
+  ntk::SeriesState state = sp.export_state();
+  REQUIRE(state.rivals.size() == 1);
+  state.rivals[0].model.mu.setConstant(0.9e153);
+  SeriesPredictor far = SeriesPredictor::import_state(state);
+  for (std::size_t i = 40; i < 80; ++i) far.observe(i, st.times[i], v[i]);
+  const ntk::SeriesState after = far.export_state();
+  REQUIRE(far.racing() == 2);
+  CHECK(std::isfinite(after.rivals[0].sse));
+  CHECK(after.rivals[0].sse >= 1e290);  // at the cap
+  CHECK_NOTHROW(static_cast<void>(SeriesPredictor::import_state(after)));
+}
+
 TEST_CASE("prequential scores accumulate the scored outcomes") {
   SeriesConfig c;
   c.lags = 3;
