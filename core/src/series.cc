@@ -471,10 +471,18 @@ struct SeriesPredictor::Impl {
 
   // x <- standardized lags back(offset), ..., back(offset + p - 1) [+ time feature].
   // requires ring_count >= offset + p, warmed().
+  // Every lag is a value the scaler has seen, or a forecast (exclude_anomalies), so that a
+  // standardized lag is within a few sqrt(n) of 0. Only an imported state can hold one
+  // beyond the model's input bound (a value of 1e273 against sd 1e-8): clamped there, as
+  // the model would otherwise refuse every prediction of the key.
   void embed(int offset, double time_feat) {
     const double mean = scaler.mean;
     const double inv_sd = 1.0 / scaler.sd();
-    for (int j = 0; j < lags(); ++j) x(j) = (back(offset + j) - mean) * inv_sd;
+    const double max_z = 0.5 * kMaxMagnitude / std::sqrt(static_cast<double>(dim));
+    for (int j = 0; j < lags(); ++j) {
+      const double z = (back(offset + j) - mean) * inv_sd;
+      x(j) = std::abs(z) <= max_z ? z : std::isnan(z) ? 0.0 : std::copysign(max_z, z);
+    }
     if (config.time_feature) x(lags()) = time_feat;
   }
 

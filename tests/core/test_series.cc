@@ -940,6 +940,33 @@ TEST_CASE("memory_bytes: what a predictor holds, racing and after the race") {
                   std::invalid_argument);
 }
 
+TEST_CASE("a lag beyond the model's input bound (imported) is clamped, not refused") {
+  // Lags are values the scaler has seen: within a few sqrt(n) standard deviations. An
+  // imported state is not bound to that: 1e273 against sd 1e-2 standardizes to 1e275, and
+  // every prediction of the key threw (ntkd answered INTERNAL).
+  SeriesConfig c;
+  c.lags = 3;
+  c.warmup = 5;
+  c.model.budget = 12;
+  c.noise_candidates.clear();
+  SeriesPredictor sp(c);
+  const Stream st = make_stream(60, 5, false);
+  for (std::size_t i = 0; i < 40; ++i) sp.observe(i, st.times[i], st.values[i]);
+  ntk::SeriesState state = sp.export_state();
+  REQUIRE(state.lag_values.size() >= 3);
+  state.lag_values[1] = 1e273;
+  SeriesPredictor far = SeriesPredictor::import_state(state);
+  for (std::size_t i = 40; i < 60; ++i) {
+    CAPTURE(i);
+    Outcome o;
+    REQUIRE_NOTHROW(o = far.observe(i, st.times[i], st.values[i]));
+    REQUIRE(o.has_prediction);
+    CHECK(std::isfinite(o.mean));
+    CHECK(std::isfinite(o.sd));
+  }
+  CHECK_NOTHROW(static_cast<void>(SeriesPredictor::import_state(far.export_state())));
+}
+
 TEST_CASE("the race's error sums stay finite: a key's state always restores") {
   // A rival whose posterior mean sits near the largest magnitude import accepts (1e153)
   // forecasts beyond 1e154 until its updates pull it back: unbounded, its squared errors
