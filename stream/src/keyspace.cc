@@ -383,8 +383,10 @@ void ConfigTable::set_configured(const std::vector<v1::PrefixOverride>& configur
       }
       v1::KeyConfig merged = base_locked(configured[i].key_prefix());
       merge_key_config(merged, configured[i].config());
+      // Restored whatever its keys would hold (max_model_bytes may be lower than when it
+      // was configured): refusing it would refuse the whole snapshot.
       check_resolves(merged, what + " (key_prefix " + quoted(configured[i].key_prefix()) + ")",
-                     max_model_bytes_);
+                     std::numeric_limits<std::uint64_t>::max());
     } catch (...) {
       configured_ = std::move(saved);
       throw;
@@ -510,6 +512,18 @@ Shard::Entry* Shard::entry_for(const std::string& key, v1::KeySnapshot::Kind kin
     message = "key " + quoted(key) + ": " + e.what();
     return nullptr;
   }
+  if (bytes > counters_.max_model_bytes) {
+    // Alone beyond the limit (a Configure's check prices a scalar stream; an observation
+    // key's feature count, or configs merged from several sources, can exceed it): no
+    // retry will help.
+    if (!has_slot) release_slot();
+    code = v1::ERROR_CODE_BAD_CONFIG;
+    message =
+        "key " + quoted(key) + ": its models would hold " + format_bytes(bytes) +
+        ", more than the server's max_model_bytes = " + format_bytes(counters_.max_model_bytes) +
+        " alone";
+    return nullptr;
+  }
   if (!reserve_bytes(bytes)) {
     if (!has_slot) release_slot();
     code = v1::ERROR_CODE_MEMORY_LIMIT;
@@ -552,8 +566,13 @@ void Shard::settle_bytes(Entry& entry) {
   const int racing = entry.predictor.racing();
   if (racing == entry.racing) return;
   const std::uint64_t bytes = entry.predictor.memory_bytes();
-  counters_.model_bytes.fetch_sub(entry.bytes, std::memory_order_relaxed);
-  counters_.model_bytes.fetch_add(bytes, std::memory_order_relaxed);
+  // One step: between a fetch_sub of the old and a fetch_add of the new count, another
+  // shard's reserve_bytes() could take the old count's room and overshoot the limit.
+  if (bytes < entry.bytes) {
+    counters_.model_bytes.fetch_sub(entry.bytes - bytes, std::memory_order_relaxed);
+  } else {
+    counters_.model_bytes.fetch_add(bytes - entry.bytes, std::memory_order_relaxed);
+  }
   entry.bytes = bytes;
   entry.racing = racing;
 }

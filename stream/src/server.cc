@@ -31,6 +31,7 @@
 #include <boost/asio.hpp>
 #include <chrono>
 #include <condition_variable>
+#include <fstream>
 #include <latch>
 #include <limits>
 #include <mutex>
@@ -101,13 +102,40 @@ HostPort parse_address(const std::string& text, const std::string& field) {
 
 }  // namespace
 
-std::size_t default_max_model_bytes() {
+std::size_t memory_available() {
   const long pages = ::sysconf(_SC_PHYS_PAGES);
   const long page = ::sysconf(_SC_PAGE_SIZE);
-  if (pages <= 0 || page <= 0) return std::size_t{4} << 30;  // unknown: 4 GiB
-  return std::max(kMinModelBytes,
-                  static_cast<std::size_t>(pages) / 2 * static_cast<std::size_t>(page));
+  std::size_t bytes = pages > 0 && page > 0
+                          ? static_cast<std::size_t>(pages) * static_cast<std::size_t>(page)
+                          : std::size_t{16} << 30;  // unknown: 16 GiB
+  // The cgroup's limit, from the process's line of /proc/self/cgroup: v2 "0::/path" has it
+  // in /sys/fs/cgroup/path/memory.max ("max" for none), v1 "N:...memory...:/path" in
+  // /sys/fs/cgroup/memory/path/memory.limit_in_bytes (or at that hierarchy's root, where a
+  // container sees its own cgroup).
+  const auto limit_in = [&](const std::string& file) {
+    std::ifstream in(file);
+    unsigned long long limit = 0;
+    if (in >> limit && limit > 0) bytes = std::min<std::size_t>(bytes, limit);
+  };
+  std::ifstream cgroup("/proc/self/cgroup");
+  std::string line;
+  while (std::getline(cgroup, line)) {
+    const std::size_t a = line.find(':');
+    const std::size_t b = a == std::string::npos ? a : line.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    const std::string controllers = line.substr(a + 1, b - a - 1);
+    const std::string path = line.substr(b + 1);
+    if (line.rfind("0::", 0) == 0) {
+      limit_in("/sys/fs/cgroup" + path + "/memory.max");
+    } else if (("," + controllers + ",").find(",memory,") != std::string::npos) {
+      limit_in("/sys/fs/cgroup/memory" + path + "/memory.limit_in_bytes");
+      limit_in("/sys/fs/cgroup/memory/memory.limit_in_bytes");
+    }
+  }
+  return bytes;
 }
+
+std::size_t default_max_model_bytes() { return std::max(kMinModelBytes, memory_available() / 4); }
 
 void ServerOptions::validate() const {
   if (tcp_listen.empty()) throw std::invalid_argument("tcp_listen: at least one address needed");

@@ -16,6 +16,10 @@
 #include "ntk/core/model.h"
 #include "support/alloc_count.h"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 namespace {
 
 using Eigen::MatrixXd;
@@ -499,6 +503,40 @@ TEST_CASE("memory_bytes is what a model takes from the heap, and it does not gro
   CHECK_THROWS_AS(static_cast<void>(OnlineGP::memory_bytes(big, 1)), std::invalid_argument);
   CHECK_THROWS_AS(static_cast<void>(OnlineGP::memory_bytes(ModelConfig{}, 0)),
                   std::invalid_argument);
+}
+
+TEST_CASE("memory_bytes counts every buffer, to the allocator's rounding of each block") {
+  // The 1% tolerance above is for page rounding of mmapped blocks and hides any buffer of
+  // O(budget) doubles. With every block on the heap proper, what construction takes
+  // exceeds what it asked for by malloc's rounding and Eigen's alignment offset only, a
+  // few dozen bytes per block, plus the kernel object.
+  if (ntk::test::heap_bytes_in_use() < 0 || !ntk::test::allocations_include_malloc()) {
+    MESSAGE("no heap measurement on this platform");
+    return;
+  }
+#if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__)
+  REQUIRE(mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1);  // no mmapped blocks below 32 MiB
+#endif
+  for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
+    for (const std::string spec : {"rbf", "ntk:depth=3"}) {
+      CAPTURE(spec);
+      ModelConfig c;
+      c.kernel = ntk::KernelSpec::parse(spec);
+      c.budget = 700;  // a buffer of budget + 1 doubles: 5.6 KB
+      c.eviction = policy;
+      const auto expected = static_cast<long long>(OnlineGP::memory_bytes(c, 9));
+      const long blocks_before = ntk::test::allocations();
+      const long long before = ntk::test::heap_bytes_in_use();
+      auto gp = std::make_unique<OnlineGP>(c, 9);
+      const long long measured = ntk::test::heap_bytes_in_use() - before;
+      const long blocks = ntk::test::allocations() - blocks_before;
+      CAPTURE(measured);
+      CAPTURE(expected);
+      CAPTURE(blocks);
+      CHECK(measured >= expected);
+      CHECK(measured - expected <= 64 * blocks + 1024);
+    }
+  }
 }
 
 TEST_CASE("export/import round trip gives bit-identical predictions") {

@@ -17,6 +17,10 @@
 #include "ntk/core/series.h"
 #include "support/alloc_count.h"
 
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
 namespace {
 
 using Eigen::VectorXd;
@@ -994,6 +998,39 @@ TEST_CASE("the race's error sums stay finite: a key's state always restores") {
   CHECK(std::isfinite(after.rivals[0].sse));
   CHECK(after.rivals[0].sse >= 1e290);  // at the cap
   CHECK_NOTHROW(static_cast<void>(SeriesPredictor::import_state(after)));
+}
+
+TEST_CASE("memory_bytes counts the series' own buffers, to the allocator's rounding") {
+  if (ntk::test::heap_bytes_in_use() < 0 || !ntk::test::allocations_include_malloc()) {
+    MESSAGE("no heap measurement on this platform");
+    return;
+  }
+#if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__)
+  REQUIRE(mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1);  // no mmapped blocks below 32 MiB
+#endif
+  // Large lags, horizon and feature dimension make the series' own buffers kilobytes.
+  for (const int feature_dim : {0, 300}) {
+    CAPTURE(feature_dim);
+    SeriesConfig c;
+    c.lags = 300;
+    c.horizon = 400;
+    c.model.budget = 4;
+    c.model.kernel = ntk::KernelSpec::parse("rbf");
+    c.noise_candidates = {1e-1, 1e-2};
+    const auto expected = static_cast<long long>(SeriesPredictor::memory_bytes(c, feature_dim));
+    const long blocks_before = ntk::test::allocations();
+    const long long before = ntk::test::heap_bytes_in_use();
+    auto sp = feature_dim > 0 ? std::make_unique<SeriesPredictor>(c, feature_dim)
+                              : std::make_unique<SeriesPredictor>(c);
+    const long long measured = ntk::test::heap_bytes_in_use() - before;
+    const long blocks = ntk::test::allocations() - blocks_before;
+    CAPTURE(measured);
+    CAPTURE(expected);
+    CAPTURE(blocks);
+    CHECK(measured >= expected);
+    CHECK(measured - expected <= 64 * blocks + 1024);
+    CHECK(sp->memory_bytes() == static_cast<std::size_t>(expected));
+  }
 }
 
 TEST_CASE("prequential scores accumulate the scored outcomes") {

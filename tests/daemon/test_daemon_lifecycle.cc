@@ -849,7 +849,7 @@ TEST_CASE("the ready line gives the effective snapshot interval: 300 s by defaul
             .find(" snapshot_interval_s=0") != std::string::npos);
   const std::string plain = ready_line({}, "c.log");
   CHECK(plain.find(" snapshot_interval_s=off") != std::string::npos);
-  // And the limit on the models' memory: half the physical memory unless configured.
+  // And the limit on the models' memory: a quarter of the memory unless configured.
   CHECK(plain.find(" max_model_bytes=" + std::to_string(ntk::stream::default_max_model_bytes())) !=
         std::string::npos);
   std::ofstream(dir / "limit.textproto") << "max_model_bytes: 5242880\n";

@@ -1379,6 +1379,12 @@ TEST_CASE("max_model_bytes: new keys beyond it are refused; races and drops give
   // Observation keys are priced with their feature dimension.
   CHECK(client.call(observation("o", 1, {1.0, 2.0}, 1.0)).error().code() ==
         v1::ERROR_CODE_MEMORY_LIMIT);
+  // A key that alone would exceed the limit (2000 features: 12 MB) never fits: BAD_CONFIG.
+  r = client.call(observation("wide", 1, std::vector<double>(2000, 0.5), 1.0));
+  REQUIRE(r.has_error());
+  CHECK(r.error().code() == v1::ERROR_CODE_BAD_CONFIG);
+  CHECK(r.error().message().find("max_model_bytes = 3.") != std::string::npos);
+  CHECK(r.error().message().find(" alone") != std::string::npos);
 
   // a's race ends: the losers' memory is given back, and c now fits.
   for (std::uint64_t t = 2; t <= 40; ++t) {
@@ -1443,6 +1449,92 @@ TEST_CASE("max_model_bytes: new keys beyond it are refused; races and drops give
   CHECK(ntk::stream::options_from_config(file).max_model_bytes == (3u << 20));
   CHECK(ntk::stream::options_from_config(v1::ServerConfig{}).max_model_bytes ==
         ntk::stream::default_max_model_bytes());
+}
+
+TEST_CASE(
+    "max_model_bytes: exact at the limit; observation keys, failed constructions, re-imports") {
+  v1::KeyConfig config = small_key_config();
+  v1::SeriesConfig* sc = config.mutable_series();
+  sc->mutable_model()->set_budget(128);
+  sc->clear_noise_candidates();
+  for (const double r : {1e-1, 1e-2, 1e-3}) sc->add_noise_candidates(r);
+  sc->set_selection_samples(10);
+  const ntk::SeriesConfig series = series_of(config);
+  const std::uint64_t scalar = ntk::SeriesPredictor::memory_bytes(series);       // 3 lags
+  const std::uint64_t features = ntk::SeriesPredictor::memory_bytes(series, 2);  // 2 features
+  REQUIRE(features != scalar);
+  REQUIRE(features <= scalar);
+
+  ServerOptions options = small_options();
+  options.defaults = config;
+  options.max_model_bytes = 2 * scalar;  // exactly two scalar keys
+  Server server(options);
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  // A key that takes model_bytes to exactly max_model_bytes is created.
+  REQUIRE(client.call(reading("a", 1, 1.0)).has_prediction());
+  REQUIRE(client.call(reading("b", 1, 1.0)).has_prediction());
+  CHECK(server.counters().model_bytes() == server.counters().max_model_bytes());
+  CHECK(client.call(reading("c", 1, 1.0)).error().code() == v1::ERROR_CODE_MEMORY_LIMIT);
+  v1::Request drop;
+  drop.mutable_control()->mutable_drop_key()->set_key("b");
+  REQUIRE(client.call(drop).has_ack());
+  CHECK(server.counters().model_bytes() == scalar);
+
+  // A key whose predictor cannot be built (its kernel overflows on two components) gives
+  // its reservation back.
+  v1::Request p = ntk::test::control_configure(false, "p", 0);
+  p.mutable_control()
+      ->mutable_configure()
+      ->mutable_config()
+      ->mutable_series()
+      ->mutable_model()
+      ->mutable_kernel()
+      ->set_spec("polynomial:degree=150,gamma=1,coef0=1");
+  REQUIRE(client.call(p).has_ack());
+  CHECK(client.call(observation("p", 1, {0.5, -0.5}, 1.0)).error().code() ==
+        v1::ERROR_CODE_BAD_CONFIG);
+  CHECK(server.counters().model_bytes() == scalar);
+
+  // An observation key is priced with its feature dimension, and its race gives back.
+  ntk::SeriesPredictor oracle(series, 2);
+  for (std::uint64_t t = 1; t <= 40; ++t) {
+    const std::vector<double> x = {signal(1, t), signal(2, t)};
+    const double y = signal(3, t + 1);
+    REQUIRE(client.call(observation("o", t, x, y)).has_prediction());
+    oracle.observe(t, 1'700'000'000'000'000'000ull + t * 1'000'000ull, Eigen::Vector2d(x[0], x[1]),
+                   y);
+    if (t == 1) CHECK(server.counters().model_bytes() == scalar + features);
+  }
+  REQUIRE(oracle.racing() == 1);
+  CHECK(server.counters().model_bytes() == scalar + oracle.memory_bytes());
+
+  // An import replaces what the server held, its bytes included.
+  const ntk::stream::ModelSnapshot snapshot = server.export_models();
+  Server restored(options);
+  restored.import_models(snapshot);
+  restored.import_models(snapshot);
+  CHECK(restored.counters().model_bytes() == server.counters().model_bytes());
+}
+
+TEST_CASE("max_model_bytes: a snapshot's Configure prefixes are restored whatever they hold") {
+  // Written by a server with more memory (or before max_model_bytes existed): a prefix
+  // configured with budget 512, about 25 MB per key while 4 candidates race.
+  ServerOptions roomy = small_options();
+  roomy.max_model_bytes = std::size_t{1} << 30;
+  Server writer(roomy);
+  writer.start();
+  v1::Control::Configure configure;
+  configure.set_key_prefix("big/");
+  configure.mutable_config()->mutable_series()->mutable_model()->set_budget(512);
+  REQUIRE_FALSE(writer.configure(configure).error);
+  const ntk::stream::ModelSnapshot snapshot = writer.export_models();
+  REQUIRE(snapshot.configured_prefixes.size() == 1);
+
+  ServerOptions tight = small_options();
+  tight.max_model_bytes = std::size_t{8} << 20;
+  Server restored(tight);
+  CHECK_NOTHROW(restored.import_models(snapshot));
 }
 
 TEST_CASE("a key configured before its first value is exported and imported") {

@@ -63,6 +63,8 @@ void* __libc_malloc(std::size_t n);
 void* __libc_calloc(std::size_t n, std::size_t size);
 void* __libc_realloc(void* p, std::size_t n);
 void* __libc_memalign(std::size_t alignment, std::size_t n);
+void* __libc_valloc(std::size_t n);
+void* __libc_pvalloc(std::size_t n);
 void __libc_free(void* p);
 }
 namespace {
@@ -95,8 +97,18 @@ void* memalign(std::size_t alignment, std::size_t n) noexcept {
   ++g_allocations;
   return live(__libc_memalign(alignment, n));
 }
+void* valloc(std::size_t n) noexcept {
+  ++g_allocations;
+  return live(__libc_valloc(n));
+}
+void* pvalloc(std::size_t n) noexcept {
+  ++g_allocations;
+  return live(__libc_pvalloc(n));
+}
 int posix_memalign(void** out, std::size_t alignment, std::size_t n) noexcept {
-  if (alignment % sizeof(void*) != 0 || (alignment & (alignment - 1)) != 0) return EINVAL;
+  if (alignment == 0 || alignment % sizeof(void*) != 0 || (alignment & (alignment - 1)) != 0) {
+    return EINVAL;
+  }
   ++g_allocations;
   void* p = live(__libc_memalign(alignment, n));
   if (!p) return ENOMEM;

@@ -100,8 +100,12 @@ using LogSink = std::function<void(LogLevel, std::string_view)>;
 
 // The smallest ServerOptions::max_model_bytes (1 MiB).
 inline constexpr std::size_t kMinModelBytes = std::size_t{1} << 20;
-// Half the machine's physical memory (sysconf), at least kMinModelBytes; 4 GiB when the
-// system does not say.
+// The memory this process may use: the machine's physical memory (sysconf), or its
+// cgroup v2 limit (memory.max) where that is lower.
+std::size_t memory_available();
+// A quarter of memory_available(), at least kMinModelBytes: a snapshot briefly holds about
+// twice what the models hold again (its messages, then their encoding), so the models,
+// their snapshot and everything else fit.
 std::size_t default_max_model_bytes();
 
 struct ServerOptions {
