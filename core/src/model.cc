@@ -908,20 +908,19 @@ struct OnlineGP::Impl {
   // import_state's consistency checks on a state already in place (O(m^3); allocates):
   // the factor and gram must belong to the inputs, as update() leaves them:
   //   L L^T = K_D + jI within the larger of 1e-6 and 100 drift bounds (the model checks
-  //   one column at a time), and gram = K_D within 1e-6, with K_D the inputs' kernel;
-  // and the posterior must be a covariance on the prior's scale: Sigma, Sigma - U U^T and
-  // U^2 entrywise within twice the largest prior variance, and Sigma - U U^T positive
-  // semidefinite within 1e-9 of that. A factor or gram from another dictionary, a corrupted
-  // or hand-edited snapshot is refused with std::invalid_argument instead of producing
-  // wrong predictions, or NaN ones (a snapshot fuzzer found both).
-  // Deliberately not checked exactly: that sigma is a covariance, and that qdiag is diag(Q)
-  // of the factor. On near-singular dictionaries (admission threshold 0) the model's own
-  // states miss both by more than rounding (|sigma_ij| above sqrt(sigma_ii sigma_jj),
-  // negative qdiag entries; inside the tolerance above in every state the tests export),
-  // and refusing them would refuse a daemon's whole snapshot.
+  //   one column at a time), and gram = K_D within 1e-6, with K_D the inputs' kernel.
+  // A factor or gram from another dictionary, a corrupted or hand-edited snapshot is
+  // refused with std::invalid_argument instead of producing wrong predictions.
+  // Deliberately not checked: that sigma is a covariance and that qdiag is diag(Q) of the
+  // factor. On near-singular dictionaries (admission threshold 0) the model's own states
+  // miss both by more than rounding (|sigma_ij| above sqrt(sigma_ii sigma_jj), negative
+  // qdiag entries), and refusing them would refuse a daemon's whole snapshot. Nor the
+  // scale of sigma or mu: a sweep of 10^4 random runs found the model's own states, with
+  // jitter 0 or admission threshold 0 and inputs far out, with sigma - U U^T down to -2.3
+  // times the largest prior variance in an eigenvalue, and means of 1e300 (checks of both
+  // were tried and withdrawn). Such a state predicts badly, but restores.
   void check_imported(const ModelState& st) {
     constexpr double kTol = 1e-6;
-    constexpr double kPsdTol = 1e-9;
     if (m == 0) return;
     const auto refuse = [](const std::string& what) { invalid("import: " + what); };
     MatrixXd Kfresh(m, m);
@@ -936,39 +935,6 @@ struct OnlineGP::Impl {
     if (!(drift <= drift_tol)) {
       refuse("factor is not the Cholesky factor of the inputs' kernel matrix (relative error " +
              num(drift) + ", tolerance " + num(drift_tol) + ")");
-    }
-    // The covariance's scale. Every state update() produces has Sigma_post <= K_D + jI
-    // (forgetting mixes toward the prior, admission extends by the prior conditional,
-    // data shrink it), each pending column u has u u^T <= Sigma, and so every entry of
-    // Sigma, Sigma_post and U^2 is at most the largest prior variance. Twice that leaves
-    // room for rounding; beyond it the state is no posterior, and its predictions
-    // overflow to NaN.
-    const double bound = 2.0 * (Kfresh.diagonal().array() + config.jitter).maxCoeff();
-    const auto beyond = [&](const char* what, Index i, Index j, double v) {
-      refuse(std::string(what) + " entry (" + std::to_string(i) + ", " + std::to_string(j) +
-             ") = " + num(v) + " exceeds twice the largest prior variance (" + num(bound) +
-             "): not a posterior covariance");
-    };
-    MatrixXd post(m, m);
-    for (Index j = 0; j < m; ++j) {
-      const Index b = slot[static_cast<std::size_t>(j)];
-      for (Index k = 0; k < npend; ++k) {
-        if (!(U(b, k) * U(b, k) <= bound)) beyond("sigma_pending", j, k, U(b, k));
-      }
-      for (Index i = 0; i <= j; ++i) {
-        const Index a = slot[static_cast<std::size_t>(i)];
-        const double stored = sig(a, b);
-        post(i, j) = stored - U.row(a).head(npend).dot(U.row(b).head(npend));
-        if (!(std::abs(stored) <= bound)) beyond("sigma", i, j, stored);
-        if (!(std::abs(post(i, j)) <= bound)) beyond("sigma - pending", i, j, post(i, j));
-      }
-    }
-    // And positive semidefinite, up to kPsdTol of the prior scale: an indefinite one
-    // gives negative predictive variances (NaN standard deviations) for some inputs.
-    post.diagonal().array() += kPsdTol * bound;
-    if (Eigen::LLT<MatrixXd, Eigen::Upper>(post).info() != Eigen::Success) {
-      refuse("sigma - sigma_pending sigma_pending^T is not positive semidefinite (within " +
-             num(kPsdTol) + " of twice the largest prior variance): not a covariance");
     }
     if (keep_gram && st.gram != st.gram.transpose()) refuse("gram is not symmetric");
     const double gram_err = (st.gram - Kfresh).stableNorm();
@@ -1241,15 +1207,6 @@ OnlineGP OnlineGP::import_state(const ModelState& st) {
       !std::isfinite(st.s2_den)) {
     invalid("import: signal power statistics must be finite and > 0, got " + num(st.s2_num) +
             " / " + num(st.s2_den));
-  }
-  // A posterior mean of targets within kMaxMagnitude: at the dictionary points it is K (K +
-  // noise I)^{-1} y in the batch case, a contraction of y, so |mu_i| <= sqrt(m) 1e150 <=
-  // 128 1e150 (an online one with forgetting and pruning stays on that scale).
-  for (Index i = 0; i < m; ++i) {
-    if (!(std::abs(st.mu(i)) <= 1e3 * kMaxMagnitude)) {
-      invalid("import: mu entry " + std::to_string(i) + " = " + num(st.mu(i)) +
-              " is above 1e153, beyond any posterior mean of targets within 1e150");
-    }
   }
   for (Index i = 0; i < m; ++i) {
     const double norm = st.inputs.row(i).stableNorm();

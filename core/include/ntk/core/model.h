@@ -184,9 +184,7 @@ class OnlineGP {
   std::vector<Contribution> explain(Eigen::Ref<const Eigen::VectorXd> x, int k) const;
 
   ModelState export_state() const;
-  // Validates shapes, finiteness, the factor against the inputs' kernel, and that the
-  // posterior is one (covariance on the prior's scale and positive semidefinite, mean on
-  // the targets' scale); std::invalid_argument otherwise. O(M^3 + M^2 d).
+  // Validates shapes, finiteness and the factor (std::invalid_argument otherwise).
   static OnlineGP import_state(const ModelState& state);
 
   // Heap bytes a model of this config and input dimension holds: the constructor allocates
