@@ -881,8 +881,10 @@ SeriesPredictor SeriesPredictor::import_state(const SeriesState& s) {
               f.target_index < s.slots + static_cast<std::uint64_t>(s.config.horizon) &&
               (i == 0 || f.target_index > s.pending[i - 1].target_index),
           "pending forecast target " + std::to_string(f.target_index) + " out of order");
-    check(std::isfinite(f.mean) && std::isfinite(f.sd) && f.sd > 0.0,
-          "pending forecast is not finite");
+    // Infinite is what a forecast of h > 1 steps becomes after a valid value near 1e150
+    // (its variance squares the scale): the predictor's own state, which must restore.
+    check(!std::isnan(f.mean) && !std::isnan(f.sd) && f.sd > 0.0,
+          "pending forecast is NaN or its sd not > 0");
   }
   check(s.excluded_run >= 0 && s.excluded_run <= std::max(s.config.max_excluded_run, 0),
         "excluded_run " + std::to_string(s.excluded_run) + " out of range");

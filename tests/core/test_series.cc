@@ -944,6 +944,45 @@ TEST_CASE("memory_bytes: what a predictor holds, racing and after the race") {
                   std::invalid_argument);
 }
 
+// Equal, NaN included.
+bool same(double a, double b) { return (std::isnan(a) && std::isnan(b)) || a == b; }
+
+TEST_CASE("a forecast h > 1 steps ahead that overflows after a valid 1e100 restores") {
+  // Found by a sweep of the series' own states through import: a jump from values near 1
+  // to 1e100 (valid: below 1e150) left pending forecasts with sd = inf, and import refused
+  // the predictor's own state (ntkd would refuse its whole snapshot at the next start).
+  SeriesConfig c;
+  c.lags = 2;
+  c.horizon = 2;
+  SeriesPredictor sp(c);
+  std::uint64_t t = 1'000'000'000;
+  int i = 0;
+  for (; i < 40; ++i) sp.observe(std::nullopt, t += 1'000'000'000, std::sin(0.3 * i));
+  sp.observe(std::nullopt, t += 1'000'000'000, 1e100);
+  for (int k = 0; k < 3; ++k, ++i) sp.observe(std::nullopt, t += 1'000'000'000, std::sin(0.3 * i));
+  const ntk::SeriesState st = sp.export_state();
+  bool infinite = false;
+  for (const ntk::PendingForecast& f : st.pending) infinite = infinite || std::isinf(f.sd);
+  CHECK(infinite);  // the case this test is about
+  SeriesPredictor back = SeriesPredictor::import_state(st);
+  for (int k = 0; k < 5; ++k, ++i) {
+    const double v = std::sin(0.3 * i);
+    const Outcome a = sp.observe(std::nullopt, t + 1'000'000'000, v);
+    const Outcome b = back.observe(std::nullopt, t += 1'000'000'000, v);
+    CHECK(a.status == b.status);
+    CHECK(a.has_prediction == b.has_prediction);
+    CHECK(same(a.mean, b.mean));
+    CHECK(same(a.sd, b.sd));
+    CHECK(same(a.z, b.z));
+    CHECK(a.learned == b.learned);
+  }
+  CHECK(sp.score().n == back.score().n);
+  ntk::SeriesState bad = st;
+  bad.pending.front().sd = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_WITH_AS(SeriesPredictor::import_state(bad), doctest::Contains("pending forecast"),
+                       std::invalid_argument);
+}
+
 TEST_CASE("a lag beyond the model's input bound (imported) is clamped, not refused") {
   // Lags are values the scaler has seen: within a few sqrt(n) standard deviations. An
   // imported state is not bound to that: 1e273 against sd 1e-2 standardizes to 1e275, and
