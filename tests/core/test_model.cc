@@ -16,10 +16,6 @@
 #include "ntk/core/model.h"
 #include "support/alloc_count.h"
 
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
-
 namespace {
 
 using Eigen::MatrixXd;
@@ -510,13 +506,10 @@ TEST_CASE("memory_bytes counts every buffer, to the allocator's rounding of each
   // O(budget) doubles. With every block on the heap proper, what construction takes
   // exceeds what it asked for by malloc's rounding and Eigen's alignment offset only, a
   // few dozen bytes per block, plus the kernel object.
-  if (ntk::test::heap_bytes_in_use() < 0 || !ntk::test::allocations_include_malloc()) {
-    MESSAGE("no heap measurement on this platform");
+  if (!ntk::test::exact_heap_bytes()) {
+    MESSAGE("no exact heap measurement on this platform");
     return;
   }
-#if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__)
-  REQUIRE(mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1);  // no mmapped blocks below 32 MiB
-#endif
   for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
     for (const std::string spec : {"rbf", "ntk:depth=3"}) {
       CAPTURE(spec);

@@ -17,10 +17,6 @@
 #include "ntk/core/series.h"
 #include "support/alloc_count.h"
 
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
-
 namespace {
 
 using Eigen::VectorXd;
@@ -1040,13 +1036,10 @@ TEST_CASE("the race's error sums stay finite: a key's state always restores") {
 }
 
 TEST_CASE("memory_bytes counts the series' own buffers, to the allocator's rounding") {
-  if (ntk::test::heap_bytes_in_use() < 0 || !ntk::test::allocations_include_malloc()) {
-    MESSAGE("no heap measurement on this platform");
+  if (!ntk::test::exact_heap_bytes()) {
+    MESSAGE("no exact heap measurement on this platform");
     return;
   }
-#if defined(__GLIBC__) && !defined(__SANITIZE_ADDRESS__)
-  REQUIRE(mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1);  // no mmapped blocks below 32 MiB
-#endif
   // Large lags, horizon and feature dimension make the series' own buffers kilobytes.
   for (const int feature_dim : {0, 300}) {
     CAPTURE(feature_dim);

@@ -1338,14 +1338,24 @@ TEST_CASE("the Configure tables stay bounded") {
   CHECK(error_count(server.counters(), v1::ERROR_CODE_TOO_MANY_KEYS) == 3);
 }
 
-TEST_CASE("max_model_bytes: new keys beyond it are refused; races and drops give memory back") {
-  // Three noise candidates at budget 128: about 1.3 MiB per key while they race.
+namespace {
+
+// Three noise candidates at budget 128, racing for 10 learned values: about 1.3 MiB per
+// key while they race.
+v1::KeyConfig racing_key_config() {
   v1::KeyConfig config = small_key_config();
   v1::SeriesConfig* sc = config.mutable_series();
   sc->mutable_model()->set_budget(128);
   sc->clear_noise_candidates();
   for (const double r : {1e-1, 1e-2, 1e-3}) sc->add_noise_candidates(r);
   sc->set_selection_samples(10);
+  return config;
+}
+
+}  // namespace
+
+TEST_CASE("max_model_bytes: new keys beyond it are refused; races and drops give memory back") {
+  const v1::KeyConfig config = racing_key_config();
   const ntk::SeriesConfig series = series_of(config);
   const std::uint64_t racing = ntk::SeriesPredictor::memory_bytes(series);
   // The in-process oracle: what a key holds after the values sent below.
@@ -1453,12 +1463,7 @@ TEST_CASE("max_model_bytes: new keys beyond it are refused; races and drops give
 
 TEST_CASE(
     "max_model_bytes: exact at the limit; observation keys, failed constructions, re-imports") {
-  v1::KeyConfig config = small_key_config();
-  v1::SeriesConfig* sc = config.mutable_series();
-  sc->mutable_model()->set_budget(128);
-  sc->clear_noise_candidates();
-  for (const double r : {1e-1, 1e-2, 1e-3}) sc->add_noise_candidates(r);
-  sc->set_selection_samples(10);
+  const v1::KeyConfig config = racing_key_config();
   const ntk::SeriesConfig series = series_of(config);
   const std::uint64_t scalar = ntk::SeriesPredictor::memory_bytes(series);       // 3 lags
   const std::uint64_t features = ntk::SeriesPredictor::memory_bytes(series, 2);  // 2 features

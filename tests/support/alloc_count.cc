@@ -164,4 +164,13 @@ long long heap_bytes_in_use() {
 #endif
 }
 
+bool exact_heap_bytes() {
+  if (heap_bytes_in_use() < 0 || !allocations_include_malloc()) return false;
+#if defined(NTK_TEST_COUNT_MALLOC)
+  return mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1;
+#else
+  return true;
+#endif
+}
+
 }  // namespace ntk::test

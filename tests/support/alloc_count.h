@@ -15,4 +15,10 @@ bool allocations_include_malloc();
 // freed since it started, under AddressSanitizer the bytes asked for; -1 elsewhere.
 long long heap_bytes_in_use();
 
+// Whether heap_bytes_in_use() measures blocks to the allocator's rounding of each (a few
+// dozen bytes): on glibc after moving the mmap threshold to 32 MiB, so that no block
+// below it is page-rounded; under AddressSanitizer, which counts the bytes asked for.
+// False where it cannot measure.
+bool exact_heap_bytes();
+
 }  // namespace ntk::test
