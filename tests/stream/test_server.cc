@@ -1389,6 +1389,15 @@ TEST_CASE("max_model_bytes: new keys beyond it are refused; races and drops give
   // Observation keys are priced with their feature dimension.
   CHECK(client.call(observation("o", 1, {1.0, 2.0}, 1.0)).error().code() ==
         v1::ERROR_CODE_MEMORY_LIMIT);
+  // A multi-channel reading: each channel refused on its own.
+  v1::Request multi = reading("m", 1, std::nullopt);
+  for (int c = 0; c < 2; ++c) multi.mutable_sensor_reading()->add_values(1.0 + c);
+  r = client.call(multi);
+  REQUIRE(r.has_channels());
+  REQUIRE(r.channels().channels_size() == 2);
+  for (const v1::ChannelResult& cr : r.channels().channels()) {
+    CHECK(cr.error().code() == v1::ERROR_CODE_MEMORY_LIMIT);
+  }
   // A key that alone would exceed the limit (2000 features: 12 MB) never fits: BAD_CONFIG.
   r = client.call(observation("wide", 1, std::vector<double>(2000, 0.5), 1.0));
   REQUIRE(r.has_error());
@@ -1419,7 +1428,7 @@ TEST_CASE("max_model_bytes: new keys beyond it are refused; races and drops give
   CHECK(server.counters().model_bytes() == racing + settled);
   REQUIRE(client.call(ntk::test::control_configure(false, "a", 4)).has_ack());
   CHECK(server.counters().model_bytes() == racing);
-  CHECK(error_count(server.counters(), v1::ERROR_CODE_MEMORY_LIMIT) == 2);
+  CHECK(error_count(server.counters(), v1::ERROR_CODE_MEMORY_LIMIT) == 4);
 
   // A config whose key alone could never fit is refused when it is given.
   v1::Request huge = ntk::test::control_configure(false, "h", 0);
