@@ -518,11 +518,11 @@ TEST_CASE("memory_bytes counts every buffer, to the allocator's rounding of each
       c.budget = 700;  // a buffer of budget + 1 doubles: 5.6 KB
       c.eviction = policy;
       const auto expected = static_cast<long long>(OnlineGP::memory_bytes(c, 9));
-      const long blocks_before = ntk::test::allocations();
-      const long long before = ntk::test::heap_bytes_in_use();
-      auto gp = std::make_unique<OnlineGP>(c, 9);
-      const long long measured = ntk::test::heap_bytes_in_use() - before;
-      const long blocks = ntk::test::allocations() - blocks_before;
+      std::unique_ptr<OnlineGP> gp;
+      const ntk::test::HeapTaken taken =
+          ntk::test::heap_taken([&] { gp = std::make_unique<OnlineGP>(c, 9); });
+      const long long measured = taken.bytes;
+      const long blocks = taken.blocks;
       CAPTURE(measured);
       CAPTURE(expected);
       CAPTURE(blocks);

@@ -1050,12 +1050,13 @@ TEST_CASE("memory_bytes counts the series' own buffers, to the allocator's round
     c.model.kernel = ntk::KernelSpec::parse("rbf");
     c.noise_candidates = {1e-1, 1e-2};
     const auto expected = static_cast<long long>(SeriesPredictor::memory_bytes(c, feature_dim));
-    const long blocks_before = ntk::test::allocations();
-    const long long before = ntk::test::heap_bytes_in_use();
-    auto sp = feature_dim > 0 ? std::make_unique<SeriesPredictor>(c, feature_dim)
-                              : std::make_unique<SeriesPredictor>(c);
-    const long long measured = ntk::test::heap_bytes_in_use() - before;
-    const long blocks = ntk::test::allocations() - blocks_before;
+    std::unique_ptr<SeriesPredictor> sp;
+    const ntk::test::HeapTaken taken = ntk::test::heap_taken([&] {
+      sp = feature_dim > 0 ? std::make_unique<SeriesPredictor>(c, feature_dim)
+                           : std::make_unique<SeriesPredictor>(c);
+    });
+    const long long measured = taken.bytes;
+    const long blocks = taken.blocks;
     CAPTURE(measured);
     CAPTURE(expected);
     CAPTURE(blocks);

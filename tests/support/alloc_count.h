@@ -21,4 +21,17 @@ long long heap_bytes_in_use();
 // False where it cannot measure.
 bool exact_heap_bytes();
 
+// What run() took from the heap: bytes (heap_bytes_in_use) and blocks (allocations).
+struct HeapTaken {
+  long long bytes = 0;
+  long blocks = 0;
+};
+template <typename F>
+HeapTaken heap_taken(F&& run) {
+  const long blocks = allocations();
+  const long long bytes = heap_bytes_in_use();
+  run();
+  return {heap_bytes_in_use() - bytes, allocations() - blocks};
+}
+
 }  // namespace ntk::test
