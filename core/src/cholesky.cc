@@ -726,16 +726,27 @@ double IncrementalCholesky::drift(const Eigen::Ref<const MatrixXd>& K) const {
     invalid("K must be size() x size() = " + std::to_string(n_) + " x " + std::to_string(n_) +
             ", got " + std::to_string(K.rows()) + " x " + std::to_string(K.cols()));
   }
-  // Every difference and entry is scaled by the power of two p ~ 1 / max |K_ij| before it
-  // is squared, so that neither squares of kernel values near 1e300 overflow nor those
-  // near 1e-170 underflow; the scaling is exact, so at ordinary scales nothing changes.
+  // Every difference and entry is scaled by the power of two p ~ 1 / max(|K_ij|, jitter)
+  // before it is squared, so that neither squares of kernel values near 1e300 overflow nor
+  // those near 1e-170 underflow; the scaling is exact, so at ordinary scales nothing
+  // changes.
   if (n_ == 0) return 0.0;
-  const double kmax = K.cwiseAbs().maxCoeff();
+  const double kmax = std::max(K.cwiseAbs().maxCoeff(), jitter_);
   if (kmax == 0.0) return 0.0;
   if (!std::isfinite(kmax)) return std::numeric_limits<double>::infinity();
   const double p = std::ldexp(1.0, -std::max(std::ilogb(kmax), -1000));
-  const double scale = (K * p).norm();
   const double jitter = jitter_ * p;
+  // |K + jitter I|_F, scaled: the matrix L L^T approximates. (Relative to |K|_F alone, the
+  // rounding of a factor whose jitter dwarfs K, e.g. kernel values of 1e-19 under jitter
+  // 1e-6, read as a drift of 1e-3, and with K near 1e-200 as infinite.)
+  double scale2 = 0.0;
+  for (Index j = 0; j < n_; ++j) {
+    for (Index i = 0; i < n_; ++i) {
+      const double e = K(i, j) * p + (i == j ? jitter : 0.0);
+      scale2 += e * e;
+    }
+  }
+  const double scale = std::sqrt(scale2);
   // The lower triangle of D = K - L L^T, kFactorPanel columns and up to kChunk rows at a
   // time (panel_products, into a stack buffer); each entry (r, c), r > c, is checked
   // against both K(r, c) and K(c, r).

@@ -859,8 +859,8 @@ struct OnlineGP::Impl {
     --m;
   }
 
-  // Relative drift of column j: |(L L^T - K_D - jI) e_j| / |K_D e_j|. O(m j), plus O(m d)
-  // for the kernel column k(D, x_j) when K_D is not maintained.
+  // Relative drift of column j: |(L L^T - K_D - jI) e_j| / |(K_D + jI) e_j|. O(m j), plus
+  // O(m d) for the kernel column k(D, x_j) when K_D is not maintained.
   double column_drift(Index j) {
     settle();
     const auto L = chol.matrixL();
@@ -876,7 +876,8 @@ struct OnlineGP::Impl {
     c -= kj;
     c(j) -= config.jitter;
     // stableNorm: kernel values near 1e300 (linear kernel, inputs near 1e150) or 1e-170
-    // neither overflow nor underflow when squared.
+    // neither overflow nor underflow when squared. kj(j) += jitter after c is formed.
+    kj(j) += config.jitter;
     const double scale = kj.stableNorm();
     return scale > 0.0 ? c.stableNorm() / scale : c.stableNorm();
   }
@@ -1302,7 +1303,9 @@ double OnlineGP::drift() const {
   const MatrixXd L = s.chol.matrixL().triangularView<Eigen::Lower>();
   MatrixXd E = L * L.transpose() - Kfresh;
   E.diagonal().array() -= s.config.jitter;
-  const double scale = Kfresh.stableNorm();
+  MatrixXd Kj = Kfresh;
+  Kj.diagonal().array() += s.config.jitter;
+  const double scale = Kj.stableNorm();
   return scale > 0.0 ? E.stableNorm() / scale : E.stableNorm();
 }
 
@@ -1317,7 +1320,10 @@ void OnlineGP::check_invariants(double tol) const {
   if (s.chol.size() != m) fail("factor size differs from dictionary size");
   if (m == 0) return;
   const MatrixXd Kfresh = s.kernel->gram(s.in.points(m));
-  const double kscale = std::max(Kfresh.norm(), std::numeric_limits<double>::min());
+  // Relative to K_D + jitter I, the matrix L L^T approximates (IncrementalCholesky::drift).
+  const double kscale =
+      std::max(std::hypot(Kfresh.norm(), s.config.jitter * std::sqrt(static_cast<double>(m))),
+               std::numeric_limits<double>::min());
   // K_D as the model uses it: the maintained one, or (forgetting == 1) as recompute()
   // builds it from the stored inputs.
   const MatrixXd K = s.keep_gram ? MatrixXd(s.K.topLeftCorner(m, m)) : export_state().gram;

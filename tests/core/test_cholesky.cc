@@ -172,11 +172,11 @@ double factor_error(const IncrementalCholesky& c, const MatrixXd& K) {
   return (MatrixXd(c.matrixL()) - Lf).norm() / Lf.norm();
 }
 
-// |L L^T - (K + jitter I)|_F / |K|_F, computed densely.
+// |L L^T - (K + jitter I)|_F / |K + jitter I|_F, computed densely.
 double dense_drift(const MatrixXd& L, const MatrixXd& K, double jitter) {
-  MatrixXd E = L * L.transpose() - K;
-  E.diagonal().array() -= jitter;
-  return E.norm() / K.norm();
+  MatrixXd Kj = K;
+  Kj.diagonal().array() += jitter;
+  return (L * L.transpose() - Kj).norm() / Kj.norm();
 }
 
 // The CONVENTION of cholesky.h.
@@ -931,6 +931,29 @@ TEST_CASE("drift is scale-invariant down to 1e-170 and up to 1e290, and exact in
   IncrementalCholesky c4(40, 0.0);
   REQUIRE(c4.assign(P * 0x1p-40) == CholeskyInfo::kSuccess);
   CHECK(c4.drift(K * 0x1p-80) == d1);
+}
+
+TEST_CASE("drift with a jitter far above K: relative to K + jitter I, finite and exact") {
+  // The factor approximates K + jitter I. Relative to |K|_F, its rounding read as a drift
+  // of 1e-3 at K near 1e-19 under jitter 1e-6, and overflowed at K near 1e-199.
+  Source src(Family::kRandomSpd, 29);
+  std::vector<Item> items;
+  for (int i = 0; i < 30; ++i) items.push_back(src.draw());
+  const MatrixXd K = src.gram(items);
+  for (const double s : {1.0, 1e-13, 1e-199}) {
+    CAPTURE(s);
+    const double jitter = 1e-6;
+    IncrementalCholesky c(30, jitter);
+    REQUIRE(c.rebuild(K * s) == CholeskyInfo::kSuccess);
+    const double d0 = c.drift(K * s);
+    CHECK(std::isfinite(d0));
+    CHECK(d0 <= 1e-15);
+    // A perturbed factor: the dense value, whose norms neither overflow nor underflow here.
+    MatrixXd P = c.matrixL();
+    P(20, 10) += 1e-6;
+    REQUIRE(c.assign(P) == CholeskyInfo::kSuccess);
+    CHECK(relative_difference(c.drift(K * s), dense_drift(P, K * s, jitter)) <= 1e-10);
+  }
 }
 
 TEST_CASE("assign refuses a diagonal whose reciprocal overflows") {

@@ -143,8 +143,8 @@ class IncrementalCholesky {
   // log det(K + jitter I) = 2 sum log L_ii (0 when size() == 0).
   double log_determinant() const;
 
-  // |L L^T - (K + jitter I)|_F / |K|_F for the caller's current K (size() x size(),
-  // all of it is read); 0 when |K|_F == 0 (no scale to be relative to).
+  // |L L^T - (K + jitter I)|_F / |K + jitter I|_F for the caller's current K (size() x
+  // size(), all of it is read); 0 when K == 0 and jitter == 0 (no scale to be relative to).
   // requires: K.rows() == K.cols() == size() (std::invalid_argument otherwise).
   // O(n^3): for periodic checks, not per update.
   double drift(const Eigen::Ref<const Eigen::MatrixXd>& K) const;

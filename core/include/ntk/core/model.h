@@ -201,7 +201,7 @@ class OnlineGP {
   int dictionary_size() const;
   const ModelCounters& counters() const;
   double signal_power() const;  // current s2 estimate (1 when not estimated)
-  // Drift measure |L L^T - (K_D + jI)|_F / |K_D|_F against K_D recomputed from the
+  // Drift measure |L L^T - (K_D + jI)|_F / |K_D + jI|_F against K_D recomputed from the
   // stored inputs. O(M^3 + M^2 d); for tests and periodic monitoring.
   double drift() const;
   // Last drift measured by the model itself at a periodic check (0 before any).
