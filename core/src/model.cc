@@ -45,6 +45,7 @@
 #include "ntk/core/model.h"
 
 #include <Eigen/Cholesky>
+#include <Eigen/Eigenvalues>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -53,6 +54,7 @@
 #include <cmath>
 #include <limits>
 #include <mutex>
+#include <new>
 #include <sstream>
 #include <stdexcept>
 
@@ -77,11 +79,20 @@ constexpr double kSignalPowerPrior = 1.0;
 // and is far below the 1e-6 that the cleanest series want.
 constexpr double kMinRelativeNoise = 1e-12;
 // Floor on the ALD threshold: an input is admitted only if its residual gamma2 exceeds
-// 1e-12 of its prior variance k(x, x) + jitter. A smaller residual is rounding (a kernel
+// 1e-8 of its prior variance k(x, x) + jitter. Residuals near 1e-16 are rounding (a kernel
 // of lower rank than the budget, e.g. a polynomial kernel on one input, with threshold
-// 0): admitting it gave pivots near sqrt(eps k), a factor as good as singular, and a
-// posterior mean that overflowed.
-constexpr double kMinAdmissionRatio = 1e-12;
+// 0): admitting them gave pivots near sqrt(eps k), a factor as good as singular, and a
+// posterior mean that overflowed. With a floor of 1e-12, near-repeats (a stuck sensor whose
+// lags move with the scaler) still made dictionaries whose Gram matrix was singular to
+// working precision with jitter 0: Sigma lost its positive definiteness to rounding and
+// overflowed. Such inputs carry almost no information: not admitted, they are still
+// absorbed (the projected update).
+constexpr double kMinAdmissionRatio = 1e-8;
+// A variance of f below -kRepairTolerance times the noise variance (the floored one) makes
+// update() repair Sigma (repair_covariance()). Rounding in a sound posterior leaves var_f at
+// or above 0 (10^6 updates of the tests' streams never went below); states that needed the
+// repair showed -7.9e3 times the noise at once, then grew by squares.
+constexpr double kRepairTolerance = 1e-3;
 // Cap on one squared standardized residual in the signal power's sum: 1e280 times any
 // feasible count of updates stays far below the largest double.
 constexpr double kMaxResidual2 = 1e280;
@@ -611,6 +622,48 @@ struct OnlineGP::Impl {
     npend = 0;
   }
 
+  // Restores 0 <= Sigma_post <= K_D + jI, which every exact posterior satisfies (a posterior
+  // covariance is PSD and never exceeds its prior; forgetting and marginalizing keep both).
+  // In whitened coordinates S = L^{-1} Sigma_post L^{-T} that is 0 <= S <= I: the
+  // eigenvalues of S are clipped to [0, 1] and Sigma_post = L S L^T written back. mu, L and
+  // diag(Q) do not change. O(m^3), and it allocates: a rare repair, not the per-update
+  // path. If an allocation fails, Sigma is left as it was (pending updates folded) and the
+  // repair is not counted.
+  void repair_covariance() {
+    settle();
+    flush();
+    if (m == 0) return;
+    MatrixXd P;
+    try {
+      P.resize(m, m);
+      for (Index j = 0; j < m; ++j) {
+        for (Index i = 0; i <= j; ++i) {
+          P(i, j) = P(j, i) =
+              sig(slot[static_cast<std::size_t>(i)], slot[static_cast<std::size_t>(j)]);
+        }
+      }
+      const auto L = chol.matrixL().triangularView<Eigen::Lower>();
+      L.solveInPlace(P);     // L^{-1} Sigma
+      P.transposeInPlace();  // Sigma L^{-T}
+      L.solveInPlace(P);     // S = L^{-1} Sigma L^{-T}
+      const Eigen::SelfAdjointEigenSolver<MatrixXd> eig(0.5 * (P + P.transpose()));
+      const VectorXd d = eig.eigenvalues().cwiseMax(0.0).cwiseMin(1.0).cwiseSqrt();
+      MatrixXd B = eig.eigenvectors() * d.asDiagonal();  // clipped S = B B^T
+      B = L * B;
+      P.noalias() = B * B.transpose();
+    } catch (const std::bad_alloc&) {
+      return;
+    }
+    // P is symmetric up to rounding; its upper triangle is what Sigma stores.
+    for (Index j = 0; j < m; ++j) {
+      for (Index i = 0; i <= j; ++i) {
+        sig(slot[static_cast<std::size_t>(i)], slot[static_cast<std::size_t>(j)]) = P(i, j);
+      }
+    }
+    ahat_valid = false;  // its error bound assumed Sigma <= K_D + jI
+    ++counters.covariance_repairs;
+  }
+
   // Sigma_post(i, j) for dictionary entries i, j.
   double posterior_cov(Index i, Index j) const {
     const Index a = slot[static_cast<std::size_t>(i)], b = slot[static_cast<std::size_t>(j)];
@@ -709,10 +762,11 @@ struct OnlineGP::Impl {
   }
 
   // predict_into with the factor settled (const callers).
-  Step predict_settled(Eigen::Ref<const VectorXd> x, Workspace& w, double lambda) const {
+  Step predict_settled(Eigen::Ref<const VectorXd> x, Workspace& w, double lambda,
+                       double prepared_kxx = std::numeric_limits<double>::quiet_NaN()) const {
     return predict_into(
         x, w, lambda, [this](Eigen::Ref<VectorXd> v) { chol.solve_lower_in_place(v); },
-        [this](Eigen::Ref<VectorXd> q) { chol.solve_upper_in_place(q); });
+        [this](Eigen::Ref<VectorXd> q) { chol.solve_upper_in_place(q); }, prepared_kxx);
   }
 
   // Step 3, admission half: extend the dictionary by x (whose quantities are in ws).
@@ -1004,9 +1058,19 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   s.forget();
   if (s.m == 0) s.settle();  // no forward solve to carry it
   // 2. predict (the prequential prediction, before y is seen).
-  const Step step = s.predict_into(
+  Step step = s.predict_into(
       x, s.ws, 1.0, [&s](Eigen::Ref<VectorXd> v) { s.solve_lower_fused(v); },
       [&s](Eigen::Ref<VectorXd> q) { s.solve_upper_fused(q); }, /*prepared_kxx=*/kxx);
+  // A negative variance of f at x (beyond kRepairTolerance of the noise) means that Sigma
+  // has lost 0 <= Sigma <= K_D + jI to rounding. Absorbing y with the variance clamped to 0
+  // would push Sigma further the same way, by a factor 1 + |var_f| / noise per update, and
+  // the posterior overflows within a few updates. Repaired first, then predicted again.
+  if (s.m > 0 &&
+      !(step.gamma2 + step.qh >=
+        -kRepairTolerance * std::max(s.config.noise_variance, kMinRelativeNoise * step.kss))) {
+    s.repair_covariance();
+    step = s.predict_settled(x, s.ws, 1.0, kxx);
+  }
   const double s2 = s.signal_power();
   result.prediction = {step.mean, s2 * step.var_f, s2 * step.var_y};
   const double residual = y - step.mean;
@@ -1149,6 +1213,7 @@ ModelState OnlineGP::export_state() const {
   st.evicted = s.counters.evicted;
   st.recomputes = s.counters.recomputes;
   st.pivot_failures = s.counters.pivot_failures;
+  st.covariance_repairs = s.counters.covariance_repairs;
   st.since_recompute = s.since_recompute;
   st.last_drift = s.last_drift;
   return st;
@@ -1269,6 +1334,7 @@ OnlineGP OnlineGP::import_state(const ModelState& st) {
   s.counters.evicted = st.evicted;
   s.counters.recomputes = st.recomputes;
   s.counters.pivot_failures = st.pivot_failures;
+  s.counters.covariance_repairs = st.covariance_repairs;
   s.since_recompute = st.since_recompute;
   s.last_drift = st.last_drift;
   s.check_imported(st);

@@ -265,6 +265,7 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
     model.set_evicted(model.evicted() + k.model().evicted());
     model.set_recomputes(model.recomputes() + k.model().recomputes());
     model.set_pivot_failures(model.pivot_failures() + k.model().pivot_failures());
+    model.set_covariance_repairs(model.covariance_repairs() + k.model().covariance_repairs());
     const v1::SeriesCounters& s = k.counters();
     series.set_observations(series.observations() + s.observations());
     series.set_accepted(series.accepted() + s.accepted());
@@ -316,8 +317,12 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
   p.family("ntkd_model_pivot_failures_total", "counter",
            "Dictionary appends refused by the Cholesky factor.");
   p.sample("ntkd_model_pivot_failures_total", u(model.pivot_failures()));
-  p.family("ntkd_model_drift_max", "gauge",
-           "Largest last measured factor drift |LL'-K|/|K| over the live keys (0: none yet).");
+  p.family("ntkd_model_covariance_repairs_total", "counter",
+           "Posterior covariances repaired after rounding made them indefinite.");
+  p.sample("ntkd_model_covariance_repairs_total", u(model.covariance_repairs()));
+  p.family(
+      "ntkd_model_drift_max", "gauge",
+      "Largest last measured factor drift |LL'-(K+jI)|/|K+jI| over the live keys (0: none yet).");
   p.sample("ntkd_model_drift_max", drift_max);
 
   p.family("ntkd_series_values_total", "counter",

@@ -979,6 +979,60 @@ TEST_CASE("a forecast h > 1 steps ahead that overflows after a valid 1e100 resto
                        std::invalid_argument);
 }
 
+TEST_CASE("a stuck sensor that steps, jitter and admission threshold 0: forecasts stay finite") {
+  // Found by a sweep of the series' own states through import. A sensor stuck at one value,
+  // then at another, a few irregular gaps; the scaler's drift makes the repeated lag
+  // vectors differ by rounding-sized steps. With jitter 0 and admission threshold 0 the
+  // model admitted residuals down to 1e-12 k(x, x), the dictionary became as good as
+  // singular, the posterior covariance lost positive definiteness to rounding, overflowed,
+  // and from value 168 on every forecast was NaN (and the state did not restore). The
+  // admission floor is 1e-8 k(x, x) now.
+  struct Case {
+    bool time_feature;
+    double forgetting;
+    ntk::EvictionPolicy eviction;
+  };
+  for (const Case& k : {Case{false, 0.99, ntk::EvictionPolicy::kOldest},
+                        Case{true, 0.99, ntk::EvictionPolicy::kOldest},
+                        Case{true, 0.99, ntk::EvictionPolicy::kMinLoss},
+                        Case{true, 1.0, ntk::EvictionPolicy::kOldest}}) {
+    CAPTURE(k.time_feature);
+    CAPTURE(k.forgetting);
+    SeriesConfig c;
+    c.lags = 4;
+    c.time_feature = k.time_feature;
+    c.warmup = 15;
+    c.noise_candidates = {};
+    c.model.budget = 53;
+    c.model.noise_variance = 1e-6;
+    c.model.forgetting = k.forgetting;
+    c.model.admission_threshold = 0.0;
+    c.model.jitter = 0.0;
+    c.model.eviction = k.eviction;
+    SeriesPredictor sp(c);
+    std::uint64_t t = kSecond;
+    int forecasts = 0;
+    for (int i = 0; i < 400; ++i) {
+      const bool gap = i == 30 || i == 55 || i == 58 || i == 70 || i == 74 || i == 93;
+      t += (gap ? 5 : 1) * kSecond;
+      const Outcome o = sp.observe(std::nullopt, t, i < 22 ? 1396.71 : -558.603);
+      CAPTURE(i);
+      if (o.has_prediction) {
+        ++forecasts;
+        REQUIRE(std::isfinite(o.mean));
+        REQUIRE(std::isfinite(o.sd));
+      }
+      REQUIRE(sp.export_state().model.mu.allFinite());
+      if (i % 10 == 9) sp = SeriesPredictor::import_state(sp.export_state());
+    }
+    CHECK(forecasts > 350);
+    // A stuck value is forecast as itself.
+    const std::optional<Prediction> f = sp.forecast();
+    REQUIRE(f.has_value());
+    CHECK(std::abs(f->mean + 558.603) <= 1e-3);
+  }
+}
+
 TEST_CASE("a lag beyond the model's input bound (imported) is clamped, not refused") {
   // Lags are values the scaler has seen: within a few sqrt(n) standard deviations. An
   // imported state is not bound to that: 1e273 against sd 1e-2 standardizes to 1e275, and

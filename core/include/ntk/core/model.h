@@ -21,8 +21,13 @@
 //   4. over budget: evict the basis whose removal costs least — min_loss:
 //      argmin_i |(Q mu)_i| / Q_ii with Q = (K_D + jI)^{-1} (the new point included); or
 //      the oldest (a sliding window that forgets the past)
-//   5. every recompute_every updates, or when the drift measure exceeds drift_bound:
-//      K_D recomputed from the stored inputs, L refactorized.
+//   5. every recompute_every updates, or when the drift measure
+//      |L L^T - (K_D + jI)|_F / |K_D + jI|_F exceeds drift_bound: K_D recomputed from the
+//      stored inputs, L refactorized.
+//   Before step 3, a var_f below zero by more than 1e-3 of the noise means that rounding
+//   has taken Sigma outside 0 <= Sigma <= K_D + jI (near-singular dictionaries only):
+//   Sigma is repaired first, its eigenvalues relative to K_D + jI clipped to [0, 1]
+//   (O(M^3), counted in covariance_repairs), and x predicted again.
 //   Storage (model.cc): Sigma is kept in slots that do not move when a basis is removed,
 //   its rank-1 updates are folded in 8 at a time (exported as sigma_pending until then),
 //   and the eviction's downdate of L runs with the next update's forward solve; under
@@ -91,8 +96,9 @@ struct ModelConfig {
   // the posterior update (its variances would come out negative).
   double noise_variance = 1e-2;
   double forgetting = 1.0;  // lambda in (0, 1]; 1: stationary, no forgetting
-  // ALD threshold on gamma2 / k(x,x), in [0, 1). At least 1e-12 is used: a smaller
-  // residual is rounding, and admitting it makes the factor as good as singular.
+  // ALD threshold on gamma2 / k(x,x), in [0, 1). At least 1e-8 is used: near-repeats
+  // admitted with smaller residuals made the dictionary as good as singular, and the
+  // posterior covariance lost positive definiteness to rounding (with jitter 0).
   double admission_threshold = 1e-4;
   EvictionPolicy eviction = EvictionPolicy::kMinLoss;
   int recompute_every = 1000;  // refactorize from scratch every n updates; 0: never
@@ -144,6 +150,7 @@ struct ModelState {
   Eigen::VectorXd qdiag;  // diag((K_D + jI)^{-1}): m under kMinLoss, empty under kOldest
   double s2_num = 0.0, s2_den = 0.0;
   std::uint64_t updates = 0, admitted = 0, evicted = 0, recomputes = 0, pivot_failures = 0;
+  std::uint64_t covariance_repairs = 0;
   std::uint64_t since_recompute = 0;
   double last_drift = 0.0;
 };
@@ -154,6 +161,8 @@ struct ModelCounters {
   std::uint64_t evicted = 0;
   std::uint64_t recomputes = 0;
   std::uint64_t pivot_failures = 0;  // appends refused by the factor (treated as not admitted)
+  // Posterior covariances repaired after rounding made them indefinite (update()).
+  std::uint64_t covariance_repairs = 0;
 };
 
 class OnlineGP {
