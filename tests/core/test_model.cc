@@ -981,6 +981,37 @@ TEST_CASE("kernel values far below the jitter: drift is relative to K_D + jitter
   }
 }
 
+TEST_CASE("a basis whose prior variance is near the smallest double: diag(Q) = inf restores") {
+  // (x . x')^4 at |x| = 2.9e-39: k(x, x) = 5e-309, so diag(Q) = 1 / k(x, x) overflows to
+  // +inf, a state import refused ("qdiag has non-finite entries"; found by the import sweep
+  // with inputs near 1e-120). min_loss evicts that basis first, as the exact value would.
+  ModelConfig c;
+  c.kernel = ntk::KernelSpec::parse("polynomial:degree=4,gamma=1,coef0=0");
+  c.budget = 3;
+  c.jitter = 0.0;
+  c.admission_threshold = 0.0;
+  OnlineGP gp(c, 2);
+  VectorXd tiny(2);
+  tiny << 2.9e-39, 0.0;
+  REQUIRE(gp.update(tiny, 0.1).admitted);
+  CHECK(std::isinf(gp.export_state().qdiag(0)));
+  const auto xs = random_inputs(12, 2, 41);
+  for (std::size_t t = 0; t <= xs.size(); ++t) {
+    CAPTURE(t);
+    const OnlineGP back = OnlineGP::import_state(gp.export_state());
+    const ntk::Prediction a = gp.predict(xs[0]), b = back.predict(xs[0]);
+    REQUIRE(std::memcmp(&a, &b, sizeof a) == 0);
+    if (t == xs.size()) break;
+    const ntk::UpdateResult r = gp.update(xs[t], xs[t](0) * xs[t](1));
+    REQUIRE(std::isfinite(r.prediction.mean));
+    if (t == 2) CHECK(r.evicted == 0);  // the tiny basis goes first
+  }
+  ntk::ModelState nan = gp.export_state();
+  nan.qdiag(1) = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_WITH_AS(OnlineGP::import_state(nan), doctest::Contains("qdiag has NaN"),
+                       std::invalid_argument);
+}
+
 TEST_CASE("admission threshold 0 admits residuals above 1e-8 k(x, x) only") {
   // The floor on the ALD test. RBF kernel, jitter 0: an input at distance d from the only
   // basis has residual 1 - exp(-d^2 / l^2) ~ d^2 (l = 1): 9e-10 at d = 3e-5, below the
