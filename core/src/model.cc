@@ -664,6 +664,21 @@ struct OnlineGP::Impl {
     ++counters.covariance_repairs;
   }
 
+  // Starts over from the prior: an empty dictionary, Sigma and U zero. For a state that has
+  // stopped being finite (update()), from which nothing can be recovered: every later
+  // prediction would be NaN, and the state would not restore. The signal power, the
+  // counters and the recomputation schedule carry on. O(M^2).
+  void reset_posterior() {
+    settle();
+    for (Index i = 0; i < m; ++i) release_slot(slot[static_cast<std::size_t>(i)]);
+    npend = 0;
+    chol.clear();
+    m = 0;
+    ahat_valid = false;
+    fresh = -1;
+    ++counters.resets;
+  }
+
   // Sigma_post(i, j) for dictionary entries i, j.
   double posterior_cov(Index i, Index j) const {
     const Index a = slot[static_cast<std::size_t>(i)], b = slot[static_cast<std::size_t>(j)];
@@ -1066,9 +1081,16 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   // would push Sigma further the same way, by a factor 1 + |var_f| / noise per update, and
   // the posterior overflows within a few updates. Repaired first, then predicted again.
   if (s.m > 0 &&
-      !(step.gamma2 + step.qh >=
-        -kRepairTolerance * std::max(s.config.noise_variance, kMinRelativeNoise * step.kss))) {
+      step.gamma2 + step.qh <
+          -kRepairTolerance * std::max(s.config.noise_variance, kMinRelativeNoise * step.kss)) {
     s.repair_covariance();
+    step = s.predict_settled(x, s.ws, 1.0, kxx);
+  }
+  // x and k(x, x) are finite (checked above), so a non-finite prediction means that the
+  // state has overflowed (kernels near their range limits, or a repair too late): it
+  // starts over from the prior, and x is its first sample.
+  if (s.m > 0 && !(std::isfinite(step.mean) && std::isfinite(step.var_f))) {
+    s.reset_posterior();
     step = s.predict_settled(x, s.ws, 1.0, kxx);
   }
   const double s2 = s.signal_power();
@@ -1133,6 +1155,11 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   if (periodic) {
     s.recompute();
     result.recomputed = true;
+  }
+  // Absorbing an extreme residual can overflow the mean (a residual near 1e150 against a
+  // tiny var_y): then the state, which a snapshot would carry, starts over too. O(M).
+  if (!s.mu.head(s.m).allFinite()) {
+    s.reset_posterior();
   }
   return result;
 }
@@ -1214,6 +1241,7 @@ ModelState OnlineGP::export_state() const {
   st.recomputes = s.counters.recomputes;
   st.pivot_failures = s.counters.pivot_failures;
   st.covariance_repairs = s.counters.covariance_repairs;
+  st.resets = s.counters.resets;
   st.since_recompute = s.since_recompute;
   st.last_drift = s.last_drift;
   return st;
@@ -1339,6 +1367,7 @@ OnlineGP OnlineGP::import_state(const ModelState& st) {
   s.counters.recomputes = st.recomputes;
   s.counters.pivot_failures = st.pivot_failures;
   s.counters.covariance_repairs = st.covariance_repairs;
+  s.counters.resets = st.resets;
   s.since_recompute = st.since_recompute;
   s.last_drift = st.last_drift;
   s.check_imported(st);

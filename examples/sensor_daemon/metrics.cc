@@ -266,6 +266,7 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
     model.set_recomputes(model.recomputes() + k.model().recomputes());
     model.set_pivot_failures(model.pivot_failures() + k.model().pivot_failures());
     model.set_covariance_repairs(model.covariance_repairs() + k.model().covariance_repairs());
+    model.set_resets(model.resets() + k.model().resets());
     const v1::SeriesCounters& s = k.counters();
     series.set_observations(series.observations() + s.observations());
     series.set_accepted(series.accepted() + s.accepted());
@@ -320,6 +321,9 @@ std::string render_metrics(const v1::Stats& stats, const DaemonStatus& st) {
   p.family("ntkd_model_covariance_repairs_total", "counter",
            "Posterior covariances repaired after rounding made them indefinite.");
   p.sample("ntkd_model_covariance_repairs_total", u(model.covariance_repairs()));
+  p.family("ntkd_model_resets_total", "counter",
+           "Models restarted from the prior after their state stopped being finite.");
+  p.sample("ntkd_model_resets_total", u(model.resets()));
   p.family(
       "ntkd_model_drift_max", "gauge",
       "Largest last measured factor drift |LL'-(K+jI)|/|K+jI| over the live keys (0: none yet).");

@@ -527,6 +527,7 @@ v1::ModelCounters to_proto(const ModelCounters& c) {
   out.set_recomputes(c.recomputes);
   out.set_pivot_failures(c.pivot_failures);
   out.set_covariance_repairs(c.covariance_repairs);
+  out.set_resets(c.resets);
   return out;
 }
 
@@ -549,6 +550,7 @@ v1::ModelState to_proto(const ModelState& s) {
   out.set_recomputes(s.recomputes);
   out.set_pivot_failures(s.pivot_failures);
   out.set_covariance_repairs(s.covariance_repairs);
+  out.set_resets(s.resets);
   out.set_since_recompute(s.since_recompute);
   out.set_last_drift(s.last_drift);
   write_matrix(s.sigma_pending, out.mutable_sigma_pending());
@@ -575,6 +577,7 @@ ModelState from_proto(const v1::ModelState& s) {
   out.recomputes = s.recomputes();
   out.pivot_failures = s.pivot_failures();
   out.covariance_repairs = s.covariance_repairs();
+  out.resets = s.resets();
   out.since_recompute = s.since_recompute();
   out.last_drift = s.last_drift();
   out.sigma_pending = read_matrix<Eigen::MatrixXd>(s.sigma_pending(), "model.sigma_pending");

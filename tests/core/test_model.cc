@@ -80,6 +80,7 @@ void check_bitwise_equal(const ntk::ModelState& a, const ntk::ModelState& b) {
   CHECK(a.recomputes == b.recomputes);
   CHECK(a.pivot_failures == b.pivot_failures);
   CHECK(a.covariance_repairs == b.covariance_repairs);
+  CHECK(a.resets == b.resets);
   CHECK(a.since_recompute == b.since_recompute);
   CHECK(a.last_drift == b.last_drift);
 }
@@ -942,6 +943,56 @@ TEST_CASE("an indefinite posterior covariance is repaired before a sample is abs
   // Counted in the state, and restored with it.
   CHECK(bad.export_state().covariance_repairs == 1);
   CHECK(OnlineGP::import_state(bad.export_state()).counters().covariance_repairs == 1);
+}
+
+TEST_CASE("a state that overflows starts over from the prior") {
+  // Imported means at the largest double (import checks finiteness, not magnitude; the
+  // sweep saw the model's own means reach 1e300 near the kernels' range limits). Two ways
+  // to overflow, each caught where it happens.
+  ModelConfig c;
+  c.kernel = ntk::KernelSpec::parse("rbf:lengthscale=1");
+  c.budget = 4;
+  c.estimate_signal_power = false;
+  OnlineGP gp(c, 1);
+  gp.update(VectorXd::Constant(1, 0.0), 0.0);
+  gp.update(VectorXd::Constant(1, 0.1), 0.0);
+  ntk::ModelState st = gp.export_state();
+  REQUIRE(st.mu.size() == 2);
+  st.mu << -std::numeric_limits<double>::max(), std::numeric_limits<double>::max();
+  const VectorXd far = VectorXd::Constant(1, 0.2);  // extrapolates: q = (-0.99, 1.98)
+  {
+    // 1. The prediction overflows (q.mu = inf): x starts a new dictionary, predicted by
+    // the prior.
+    OnlineGP bad = OnlineGP::import_state(st);
+    REQUIRE_FALSE(std::isfinite(bad.predict(far).mean));
+    const ntk::UpdateResult r = bad.update(far, 0.5);
+    CHECK(bad.counters().resets == 1);
+    CHECK(r.admitted);
+    CHECK(bad.dictionary_size() == 1);
+    CHECK(r.prediction.mean == 0.0);
+    CHECK(r.prediction.var_f == 1.0 + c.jitter);  // k(x, x) + jitter
+    CHECK(bad.inputs()(0, 0) == 0.2);
+    const ntk::Prediction p = bad.predict(VectorXd::Constant(1, 0.3));
+    CHECK(std::isfinite(p.mean));
+    CHECK(p.var_f > 0.0);
+    const OnlineGP back = OnlineGP::import_state(bad.export_state());
+    CHECK(back.counters().resets == 1);
+    bad.check_invariants();
+  }
+  {
+    // 2. The prediction is finite (x is a basis: q = e_0), absorbing y overflows the mean.
+    OnlineGP bad = OnlineGP::import_state(st);
+    const ntk::UpdateResult r = bad.update(VectorXd::Constant(1, 0.0), 1.0);
+    CHECK(std::isfinite(r.prediction.mean));
+    CHECK(bad.counters().resets == 1);
+    CHECK(bad.dictionary_size() == 0);
+    CHECK(bad.mean_vector().size() == 0);
+    CHECK_NOTHROW(static_cast<void>(OnlineGP::import_state(bad.export_state())));
+    const ntk::UpdateResult next = bad.update(VectorXd::Constant(1, 0.4), 1.0);
+    CHECK(next.admitted);
+    CHECK(next.prediction.mean == 0.0);
+    bad.check_invariants();
+  }
 }
 
 TEST_CASE("kernel values far below the jitter: drift is relative to K_D + jitter I") {

@@ -401,6 +401,7 @@ TEST_CASE("metrics: every counter and gauge is its own field, every *_total a co
     m->set_recomputes(400 + i);
     m->set_pivot_failures(500 + i);
     m->set_covariance_repairs(550 + i);
+    m->set_resets(560 + i);
     v1::SeriesCounters* s = k->mutable_counters();
     s->set_observations(1000 + i);
     s->set_accepted(1100 + i);
@@ -434,6 +435,7 @@ TEST_CASE("metrics: every counter and gauge is its own field, every *_total a co
   CHECK(e.at("ntkd_model_recomputes_total") == 801);
   CHECK(e.at("ntkd_model_pivot_failures_total") == 1001);
   CHECK(e.at("ntkd_model_covariance_repairs_total") == 1101);
+  CHECK(e.at("ntkd_model_resets_total") == 1121);
   CHECK(e.at("ntkd_series_values_total{outcome=\"offered\"}") == 2001);
   CHECK(e.at("ntkd_series_values_total{outcome=\"accepted\"}") == 2201);
   CHECK(e.at("ntkd_series_values_total{outcome=\"missing\"}") == 2401);

@@ -27,7 +27,9 @@
 //   Before step 3, a var_f below zero by more than 1e-3 of the noise means that rounding
 //   has taken Sigma outside 0 <= Sigma <= K_D + jI (near-singular dictionaries only):
 //   Sigma is repaired first, its eigenvalues relative to K_D + jI clipped to [0, 1]
-//   (O(M^3), counted in covariance_repairs), and x predicted again.
+//   (O(M^3), counted in covariance_repairs), and x predicted again. A state that is no
+//   longer finite (an overflow near the kernels' range limits) starts over from the prior
+//   (counted in resets): its predictions would all be NaN, and it would not restore.
 //   Storage (model.cc): Sigma is kept in slots that do not move when a basis is removed,
 //   its rank-1 updates are folded in 8 at a time (exported as sigma_pending until then),
 //   and the eviction's downdate of L runs with the next update's forward solve; under
@@ -150,7 +152,7 @@ struct ModelState {
   Eigen::VectorXd qdiag;  // diag((K_D + jI)^{-1}): m under kMinLoss, empty under kOldest
   double s2_num = 0.0, s2_den = 0.0;
   std::uint64_t updates = 0, admitted = 0, evicted = 0, recomputes = 0, pivot_failures = 0;
-  std::uint64_t covariance_repairs = 0;
+  std::uint64_t covariance_repairs = 0, resets = 0;
   std::uint64_t since_recompute = 0;
   double last_drift = 0.0;
 };
@@ -163,6 +165,8 @@ struct ModelCounters {
   std::uint64_t pivot_failures = 0;  // appends refused by the factor (treated as not admitted)
   // Posterior covariances repaired after rounding made them indefinite (update()).
   std::uint64_t covariance_repairs = 0;
+  // Restarts from the prior after the state stopped being finite (update()).
+  std::uint64_t resets = 0;
 };
 
 class OnlineGP {
