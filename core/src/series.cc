@@ -882,9 +882,10 @@ SeriesPredictor SeriesPredictor::import_state(const SeriesState& s) {
               (i == 0 || f.target_index > s.pending[i - 1].target_index),
           "pending forecast target " + std::to_string(f.target_index) + " out of order");
     // Infinite is what a forecast of h > 1 steps becomes after a valid value near 1e150
-    // (its variance squares the scale): the predictor's own state, which must restore.
-    check(!std::isnan(f.mean) && !std::isnan(f.sd) && f.sd > 0.0,
-          "pending forecast is NaN or its sd not > 0");
+    // (its variance squares the scale), and NaN what a model whose state overflowed
+    // forecast before its next update started it over (OnlineGP::update): the predictor's
+    // own states, which must restore. Scored, such a forecast counts as it would have.
+    check(!(f.sd <= 0.0), "pending forecast's sd is not > 0");
   }
   check(s.excluded_run >= 0 && s.excluded_run <= std::max(s.config.max_excluded_run, 0),
         "excluded_run " + std::to_string(s.excluded_run) + " out of range");

@@ -973,8 +973,14 @@ TEST_CASE("a forecast h > 1 steps ahead that overflows after a valid 1e100 resto
     CHECK(a.learned == b.learned);
   }
   CHECK(sp.score().n == back.score().n);
+  // A NaN forecast (a model whose state overflowed forecasts NaN until its next update
+  // starts it over; found by the import sweep) restores too; an sd <= 0 is refused.
+  ntk::SeriesState nan = st;
+  nan.pending.front().mean = std::numeric_limits<double>::quiet_NaN();
+  nan.pending.front().sd = std::numeric_limits<double>::quiet_NaN();
+  CHECK(std::isnan(SeriesPredictor::import_state(nan).export_state().pending.front().mean));
   ntk::SeriesState bad = st;
-  bad.pending.front().sd = std::numeric_limits<double>::quiet_NaN();
+  bad.pending.front().sd = 0.0;
   CHECK_THROWS_WITH_AS(SeriesPredictor::import_state(bad), doctest::Contains("pending forecast"),
                        std::invalid_argument);
 }
