@@ -679,6 +679,21 @@ struct OnlineGP::Impl {
     ++counters.resets;
   }
 
+  // Whether what absorbing a sample changes is finite: mu, the newest pending column and,
+  // when the pending columns were folded, Sigma's diagonal (an entry that overflowed in the
+  // fold makes its diagonal -inf or NaN). O(M).
+  bool absorbed_finite(bool folded) const {
+    if (!mu.head(m).allFinite()) return false;
+    if (npend > 0 && !U.col(npend - 1).head(hw).allFinite()) return false;
+    if (folded) {
+      for (Index i = 0; i < m; ++i) {
+        const Index a = slot[static_cast<std::size_t>(i)];
+        if (!std::isfinite(Sigma(a, a))) return false;
+      }
+    }
+    return true;
+  }
+
   // Sigma_post(i, j) for dictionary entries i, j.
   double posterior_cov(Index i, Index j) const {
     const Index a = slot[static_cast<std::size_t>(i)], b = slot[static_cast<std::size_t>(j)];
@@ -1080,17 +1095,20 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
   // has lost 0 <= Sigma <= K_D + jI to rounding. Absorbing y with the variance clamped to 0
   // would push Sigma further the same way, by a factor 1 + |var_f| / noise per update, and
   // the posterior overflows within a few updates. Repaired first, then predicted again.
-  if (s.m > 0 &&
-      step.gamma2 + step.qh <
+  if (const double raw_var_f = step.gamma2 + step.qh;
+      s.m > 0 && std::isfinite(raw_var_f) &&
+      raw_var_f <
           -kRepairTolerance * std::max(s.config.noise_variance, kMinRelativeNoise * step.kss)) {
     s.repair_covariance();
     step = s.predict_settled(x, s.ws, 1.0, kxx);
   }
-  // x and k(x, x) are finite (checked above), so a non-finite prediction means that the
-  // state has overflowed (kernels near their range limits, or a repair too late): it
-  // starts over from the prior, and x is its first sample.
-  if (s.m > 0 && !(std::isfinite(step.mean) && std::isfinite(step.var_f))) {
+  // x and k(x, x) are finite (checked above), so a non-finite mean or q^T Sigma q (var_f
+  // itself is clamped, and max(0, NaN) is 0) means that the state has overflowed (kernels
+  // near their range limits, or a repair too late): it starts over from the prior, and x
+  // is its first sample.
+  if (s.m > 0 && !(std::isfinite(step.mean) && std::isfinite(step.qh))) {
     s.reset_posterior();
+    result.reset = true;
     step = s.predict_settled(x, s.ws, 1.0, kxx);
   }
   const double s2 = s.signal_power();
@@ -1147,7 +1165,8 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
     result.evicted = static_cast<int>(r);
     ++s.counters.evicted;
   }
-  if (s.npend == kPending) s.flush();
+  const bool folded = s.npend == kPending;
+  if (folded) s.flush();
   s.counters.updates = count;
 
   // 5 (second half): the periodic recomputation.
@@ -1157,9 +1176,11 @@ UpdateResult OnlineGP::update(Eigen::Ref<const VectorXd> x, double y) {
     result.recomputed = true;
   }
   // Absorbing an extreme residual can overflow the mean (a residual near 1e150 against a
-  // tiny var_y): then the state, which a snapshot would carry, starts over too. O(M).
-  if (!s.mu.head(s.m).allFinite()) {
+  // tiny var_y), or the covariance update (its column, or Sigma when folded): then the
+  // state, which a snapshot would carry, starts over too. O(M).
+  if (!s.absorbed_finite(folded)) {
     s.reset_posterior();
+    result.reset = true;
   }
   return result;
 }
@@ -1419,20 +1440,21 @@ void OnlineGP::check_invariants(double tol) const {
   if (s.chol.size() != m) fail("factor size differs from dictionary size");
   if (m == 0) return;
   const MatrixXd Kfresh = s.kernel->gram(s.in.points(m));
-  // Relative to K_D + jitter I, the matrix L L^T approximates (IncrementalCholesky::drift).
-  const double kscale =
-      std::max(std::hypot(Kfresh.norm(), s.config.jitter * std::sqrt(static_cast<double>(m))),
-               std::numeric_limits<double>::min());
+  const double kscale = std::max(Kfresh.stableNorm(), std::numeric_limits<double>::min());
   // K_D as the model uses it: the maintained one, or (forgetting == 1) as recompute()
   // builds it from the stored inputs.
   const MatrixXd K = s.keep_gram ? MatrixXd(s.K.topLeftCorner(m, m)) : export_state().gram;
   if ((K - K.transpose()).norm() != 0.0) fail("K_D not bitwise symmetric");
-  if ((K - Kfresh).norm() > tol * kscale) fail("stored K_D differs from the kernel of the inputs");
+  if ((K - Kfresh).stableNorm() > tol * kscale) {
+    fail("stored K_D differs from the kernel of the inputs");
+  }
+  // L relative to K_D + jitter I, the matrix it factors (IncrementalCholesky::drift).
+  MatrixXd Kj = K;
+  Kj.diagonal().array() += s.config.jitter;
+  const double lscale = std::max(Kj.stableNorm(), std::numeric_limits<double>::min());
   const MatrixXd L = s.chol.matrixL().triangularView<Eigen::Lower>();
-  MatrixXd E = L * L.transpose() - K;
-  E.diagonal().array() -= s.config.jitter;
-  if (E.norm() > tol * kscale)
-    fail("L L^T != K_D + jitter I (error " + num(E.norm() / kscale) + ")");
+  const double lerr = (L * L.transpose() - Kj).stableNorm();
+  if (lerr > tol * lscale) fail("L L^T != K_D + jitter I (error " + num(lerr / lscale) + ")");
   // Sigma is stored as its upper triangle, so it is symmetric by construction; what can
   // still go wrong is checked instead: finiteness, and that it is a covariance up to
   // rounding (non-negative diagonal, every 2 x 2 principal minor |S_ij| <= sqrt(S_ii S_jj)).
@@ -1472,8 +1494,6 @@ void OnlineGP::check_invariants(double tol) const {
     }
   }
   if (s.track_qdiag) {
-    MatrixXd Kj = K;
-    Kj.diagonal().array() += s.config.jitter;
     const VectorXd fresh = Kj.llt().solve(MatrixXd::Identity(m, m)).diagonal();
     if ((s.qdiag.head(m) - fresh).norm() > tol * fresh.norm()) {
       fail("diag(Q) differs from a fresh inverse (error " +

@@ -967,6 +967,7 @@ TEST_CASE("a state that overflows starts over from the prior") {
     REQUIRE_FALSE(std::isfinite(bad.predict(far).mean));
     const ntk::UpdateResult r = bad.update(far, 0.5);
     CHECK(bad.counters().resets == 1);
+    CHECK(r.reset);
     CHECK(r.admitted);
     CHECK(bad.dictionary_size() == 1);
     CHECK(r.prediction.mean == 0.0);
@@ -984,6 +985,7 @@ TEST_CASE("a state that overflows starts over from the prior") {
     OnlineGP bad = OnlineGP::import_state(st);
     const ntk::UpdateResult r = bad.update(VectorXd::Constant(1, 0.0), 1.0);
     CHECK(std::isfinite(r.prediction.mean));
+    CHECK(r.reset);
     CHECK(bad.counters().resets == 1);
     CHECK(bad.dictionary_size() == 0);
     CHECK(bad.mean_vector().size() == 0);
@@ -992,6 +994,130 @@ TEST_CASE("a state that overflows starts over from the prior") {
     CHECK(next.admitted);
     CHECK(next.prediction.mean == 0.0);
     bad.check_invariants();
+  }
+}
+
+TEST_CASE("a NaN or overflowing covariance starts over from the prior too") {
+  // From a review: var_f is clamped with max(0, .), which turns NaN into 0, so a Sigma of
+  // inf - inf answered var_f = 0 (overconfident) and was learned from; and a fold that
+  // overflowed Sigma left mu finite, an unrestorable state without a reset.
+  ModelConfig c;
+  c.kernel = ntk::KernelSpec::parse("rbf:lengthscale=1");
+  c.budget = 4;
+  c.estimate_signal_power = false;
+  {
+    OnlineGP gp(c, 1);
+    gp.update(VectorXd::Constant(1, 0.0), 0.0);
+    gp.update(VectorXd::Constant(1, 0.1), 0.0);
+    ntk::ModelState st = gp.export_state();
+    st.sigma.setConstant(1e308);  // finite; Sigma q is inf - inf
+    st.sigma_pending.resize(2, 0);
+    OnlineGP bad = OnlineGP::import_state(st);
+    const ntk::UpdateResult r = bad.update(VectorXd::Constant(1, 0.3), 0.5);
+    CHECK(r.reset);
+    CHECK(r.admitted);
+    CHECK(bad.dictionary_size() == 1);
+    CHECK(r.prediction.mean == 0.0);
+    CHECK(r.prediction.var_f == 1.0 + c.jitter);  // the prior's
+    bad.check_invariants();
+  }
+  {
+    // Bases at 0 and 1 under lengthscale 0.01 (q = e_0 at x = 0, exactly); 7 pending
+    // columns of 1e155 in row 1: the update's fold squares them to inf.
+    ModelConfig c2 = c;
+    c2.kernel = ntk::KernelSpec::parse("rbf:lengthscale=0.01");
+    OnlineGP gp(c2, 1);
+    gp.update(VectorXd::Constant(1, 0.0), 0.0);
+    gp.update(VectorXd::Constant(1, 1.0), 0.0);
+    ntk::ModelState st = gp.export_state();
+    st.sigma_pending = MatrixXd::Zero(2, 7);
+    st.sigma_pending.row(1).setConstant(1e155);
+    OnlineGP bad = OnlineGP::import_state(st);
+    const ntk::UpdateResult r = bad.update(VectorXd::Constant(1, 0.0), 0.1);
+    CHECK(std::isfinite(r.prediction.mean));
+    CHECK(r.reset);
+    CHECK(bad.dictionary_size() == 0);
+    CHECK_NOTHROW(static_cast<void>(OnlineGP::import_state(bad.export_state())));
+  }
+}
+
+TEST_CASE("a reset or a repair in an update that also evicts leaves a consistent state") {
+  // From a review: the resets and repairs above run below the budget. At the budget, the
+  // same update evicts, under min_loss with its removal from L deferred, and with
+  // forgetting K_D is maintained: every invariant must hold after it and after 60 more
+  // updates, and the state must round-trip bitwise.
+  for (const double lambda : {1.0, 0.98}) {
+    for (const EvictionPolicy policy : {EvictionPolicy::kMinLoss, EvictionPolicy::kOldest}) {
+      CAPTURE(lambda);
+      CAPTURE(ntk::to_string(policy));
+      ModelConfig c;
+      c.kernel = ntk::KernelSpec::parse("rbf:lengthscale=1");
+      c.budget = 5;
+      c.forgetting = lambda;
+      c.eviction = policy;
+      c.estimate_signal_power = false;
+      OnlineGP gp(c, 2);
+      for (const VectorXd& x : random_inputs(12, 2, 31)) gp.update(x, std::sin(x(0)));
+      const ntk::ModelState st = gp.export_state();
+      const Eigen::Index m = st.mu.size();
+      REQUIRE(m == 5);
+      const auto settle_and_check = [](OnlineGP& model, int seed) {
+        REQUIRE_NOTHROW(model.check_invariants(1e-7));
+        for (const VectorXd& x : random_inputs(60, 2, static_cast<std::uint64_t>(seed))) {
+          model.update(x, std::sin(x(0)));
+          REQUIRE_NOTHROW(model.check_invariants(1e-7));
+          const OnlineGP back = OnlineGP::import_state(model.export_state());
+          check_bitwise_equal(back.export_state(), model.export_state());
+        }
+      };
+      {
+        // A reset after absorbing: means near the largest double, y far from the mean
+        // (1-D bases 0.3 apart, budget 3: the update admits x and evicts).
+        ModelConfig c1 = c;
+        c1.budget = 3;
+        OnlineGP gp1(c1, 1);
+        for (int i = 0; i < 5; ++i) gp1.update(VectorXd::Constant(1, 0.3 * i), 0.1 * i);
+        ntk::ModelState big = gp1.export_state();
+        REQUIRE(big.mu.size() == 3);
+        big.mu << 1e307, -1e307, 1e307;
+        OnlineGP bad = OnlineGP::import_state(big);
+        const ntk::UpdateResult r = bad.update(VectorXd::Constant(1, 0.45), 1e150);
+        CHECK(r.reset);
+        CHECK(r.admitted);
+        CHECK(r.evicted >= 0);
+        CHECK(bad.dictionary_size() == 0);
+        REQUIRE_NOTHROW(bad.check_invariants(1e-7));
+        for (const VectorXd& x : random_inputs(60, 1, 5)) {
+          bad.update(x, std::sin(x(0)));
+          REQUIRE_NOTHROW(bad.check_invariants(1e-7));
+          const OnlineGP back = OnlineGP::import_state(bad.export_state());
+          check_bitwise_equal(back.export_state(), bad.export_state());
+        }
+      }
+      {
+        // A repair: Sigma = L D L^T with D outside [0, 1].
+        ntk::ModelState indefinite = st;
+        const MatrixXd L = st.factor.triangularView<Eigen::Lower>();
+        VectorXd d(m);
+        d << -3.0, 2.5, -1.0, 0.5, 4.0;
+        const MatrixXd P = L * d.asDiagonal() * L.transpose();
+        indefinite.sigma = 0.5 * (P + P.transpose());
+        indefinite.sigma_pending.resize(m, 0);
+        OnlineGP bad = OnlineGP::import_state(indefinite);
+        int repaired_at = -1;
+        for (const VectorXd& x : random_inputs(40, 2, 77)) {
+          const ntk::UpdateResult r = bad.update(x, std::sin(x(0)));
+          REQUIRE(std::isfinite(r.prediction.mean));
+          if (bad.counters().covariance_repairs > 0) {
+            repaired_at = r.evicted;
+            break;
+          }
+        }
+        CHECK(bad.counters().covariance_repairs == 1);
+        CHECK(repaired_at >= 0);  // the repairing update evicted too
+        settle_and_check(bad, 6);
+      }
+    }
   }
 }
 
@@ -1064,7 +1190,7 @@ TEST_CASE("a basis whose prior variance is near the smallest double: diag(Q) = i
   nan.qdiag(0) = std::numeric_limits<double>::quiet_NaN();
   OnlineGP with_nan = OnlineGP::import_state(nan);
   CHECK(std::isnan(with_nan.export_state().qdiag(0)));
-  CHECK(with_nan.update(VectorXd::Constant(2, 3.0), 1.0).evicted != 0);
+  CHECK(with_nan.update(VectorXd::Constant(2, 3.0), 1.0).evicted > 0);
 }
 
 TEST_CASE("admission threshold 0 admits residuals above 1e-8 k(x, x) only") {

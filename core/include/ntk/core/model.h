@@ -47,7 +47,9 @@
 // CONVENTION (checked by tests after every operation; see check_invariants())
 //   dictionary_size() <= budget(); L L^T == K_D + jitter I; Sigma (covariance()) symmetric
 //   with |Sigma_ij| <= sqrt(Sigma_ii Sigma_jj); free slots zero;
-//   mu.size() == dictionary_size(); qdiag == diag((K_D + jI)^{-1}).
+//   mu.size() == dictionary_size(); qdiag == diag((K_D + jI)^{-1}) where that is finite
+//   (it overflows to +inf for a prior variance near the smallest double, and downdates
+//   of +inf leave NaN, until the next recomputation).
 //
 // INITIAL VALUE: empty dictionary; the first sample is always admitted.
 // THREAD SAFETY: const methods (predict, explain, export_state) may run concurrently
@@ -124,6 +126,11 @@ struct UpdateResult {
   bool admitted = false;  // x entered the dictionary (it may have been evicted again)
   int evicted = -1;       // dictionary index evicted (before removal; == size when x itself), or -1
   bool recomputed = false;  // the factor was rebuilt from scratch during this update
+  // The model's state had overflowed and started over from the prior (counters().resets).
+  // Before the prediction: x is the new dictionary's first sample (admitted) and
+  // prediction is the prior's. After absorbing y: admitted and evicted say what happened
+  // before, and the dictionary is now empty.
+  bool reset = false;
 };
 
 struct Contribution {

@@ -166,7 +166,9 @@ struct PrequentialScore {
   double sum_nlpd = 0.0;      // sum of -log N(truth; mean, sd^2)
   std::uint64_t covered = 0;  // truth inside mean +- 1.959964 sd
 
-  // requires: sd > 0 and all arguments finite (the caller guarantees it).
+  // requires: sd > 0 or NaN. A non-finite forecast (near the 1e150 limit, or from a model
+  // whose state overflowed and started over at its next update) makes the sums it enters
+  // non-finite, as its error is.
   void add(double truth, double mean, double sd);
   // NaN when n == 0.
   double mse() const;
