@@ -683,8 +683,11 @@ struct OnlineGP::Impl {
   // when the pending columns were folded, Sigma's diagonal (an entry that overflowed in the
   // fold makes its diagonal -inf or NaN). O(M).
   bool absorbed_finite(bool folded) const {
-    if (!mu.head(m).allFinite()) return false;
-    if (npend > 0 && !U.col(npend - 1).head(hw).allFinite()) return false;
+    // x * 0 is 0 for every finite x and NaN otherwise: one vectorized sum per vector
+    // (Eigen's allFinite() took about 0.2 us per update at M = 256 in bench_model).
+    const auto finite = [](const auto& v) { return (v.array() * 0.0).sum() == 0.0; };
+    if (!finite(mu.head(m))) return false;
+    if (npend > 0 && !finite(U.col(npend - 1).head(hw))) return false;
     if (folded) {
       for (Index i = 0; i < m; ++i) {
         const Index a = slot[static_cast<std::size_t>(i)];
