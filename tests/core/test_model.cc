@@ -54,6 +54,21 @@ void check_close(const Prediction& a, const Prediction& b, double tol) {
   CHECK(std::abs(a.var_y - b.var_y) <= tol * std::max(1.0, b.var_y));
 }
 
+// The state of a 1-D RBF model (no signal-power estimate, budget 4) with bases at 0 and
+// `second`, learned from targets 0: for tests that import a damaged copy of it.
+ntk::ModelState two_basis_state(double lengthscale, double second) {
+  ModelConfig c;
+  c.kernel = ntk::KernelSpec::parse("rbf:lengthscale=" + std::to_string(lengthscale));
+  c.budget = 4;
+  c.estimate_signal_power = false;
+  OnlineGP gp(c, 1);
+  gp.update(VectorXd::Constant(1, 0.0), 0.0);
+  gp.update(VectorXd::Constant(1, second), 0.0);
+  ntk::ModelState st = gp.export_state();
+  REQUIRE(st.mu.size() == 2);
+  return st;
+}
+
 // The posterior covariance a state describes (made bitwise symmetric).
 MatrixXd post_of(const ntk::ModelState& s) {
   const MatrixXd a = s.sigma - s.sigma_pending * s.sigma_pending.transpose();
@@ -949,15 +964,8 @@ TEST_CASE("a state that overflows starts over from the prior") {
   // Imported means at the largest double (import checks finiteness, not magnitude; the
   // sweep saw the model's own means reach 1e300 near the kernels' range limits). Two ways
   // to overflow, each caught where it happens.
-  ModelConfig c;
-  c.kernel = ntk::KernelSpec::parse("rbf:lengthscale=1");
-  c.budget = 4;
-  c.estimate_signal_power = false;
-  OnlineGP gp(c, 1);
-  gp.update(VectorXd::Constant(1, 0.0), 0.0);
-  gp.update(VectorXd::Constant(1, 0.1), 0.0);
-  ntk::ModelState st = gp.export_state();
-  REQUIRE(st.mu.size() == 2);
+  ntk::ModelState st = two_basis_state(1.0, 0.1);
+  const ModelConfig c = st.config;
   st.mu << -std::numeric_limits<double>::max(), std::numeric_limits<double>::max();
   const VectorXd far = VectorXd::Constant(1, 0.2);  // extrapolates: q = (-0.99, 1.98)
   {
@@ -1001,15 +1009,8 @@ TEST_CASE("a NaN or overflowing covariance starts over from the prior too") {
   // From a review: var_f is clamped with max(0, .), which turns NaN into 0, so a Sigma of
   // inf - inf answered var_f = 0 (overconfident) and was learned from; and a fold that
   // overflowed Sigma left mu finite, an unrestorable state without a reset.
-  ModelConfig c;
-  c.kernel = ntk::KernelSpec::parse("rbf:lengthscale=1");
-  c.budget = 4;
-  c.estimate_signal_power = false;
   {
-    OnlineGP gp(c, 1);
-    gp.update(VectorXd::Constant(1, 0.0), 0.0);
-    gp.update(VectorXd::Constant(1, 0.1), 0.0);
-    ntk::ModelState st = gp.export_state();
+    ntk::ModelState st = two_basis_state(1.0, 0.1);
     st.sigma.setConstant(1e308);  // finite; Sigma q is inf - inf
     st.sigma_pending.resize(2, 0);
     OnlineGP bad = OnlineGP::import_state(st);
@@ -1018,18 +1019,13 @@ TEST_CASE("a NaN or overflowing covariance starts over from the prior too") {
     CHECK(r.admitted);
     CHECK(bad.dictionary_size() == 1);
     CHECK(r.prediction.mean == 0.0);
-    CHECK(r.prediction.var_f == 1.0 + c.jitter);  // the prior's
+    CHECK(r.prediction.var_f == 1.0 + st.config.jitter);  // the prior's
     bad.check_invariants();
   }
   {
     // Bases at 0 and 1 under lengthscale 0.01 (q = e_0 at x = 0, exactly); 7 pending
     // columns of 1e155 in row 1: the update's fold squares them to inf.
-    ModelConfig c2 = c;
-    c2.kernel = ntk::KernelSpec::parse("rbf:lengthscale=0.01");
-    OnlineGP gp(c2, 1);
-    gp.update(VectorXd::Constant(1, 0.0), 0.0);
-    gp.update(VectorXd::Constant(1, 1.0), 0.0);
-    ntk::ModelState st = gp.export_state();
+    ntk::ModelState st = two_basis_state(0.01, 1.0);
     st.sigma_pending = MatrixXd::Zero(2, 7);
     st.sigma_pending.row(1).setConstant(1e155);
     OnlineGP bad = OnlineGP::import_state(st);
