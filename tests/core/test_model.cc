@@ -955,6 +955,23 @@ TEST_CASE("an indefinite posterior covariance is repaired before a sample is abs
     bad.check_invariants(1e-8);
   }
   CHECK(bad.counters().covariance_repairs == 1);
+  // Repairs are budgeted: at most 1 + updates / M in a model's life. The same state with
+  // that budget spent (6 updates, M = 6, 2 repairs counted) is not repaired: its update
+  // absorbs y with var_f clamped, and the posterior stays indefinite.
+  {
+    ntk::ModelState spent = st;
+    spent.covariance_repairs = 2;
+    OnlineGP unrepaired = OnlineGP::import_state(spent);
+    const ntk::UpdateResult u = unrepaired.update(x, y);
+    CHECK(unrepaired.counters().covariance_repairs == 2);
+    CHECK(u.prediction.var_f == 0.0);  // clamped
+    CHECK(std::isfinite(u.prediction.mean));
+    CHECK(whitened_range(post_of(unrepaired.export_state())).first < -0.1);
+    spent.covariance_repairs = 1;  // one left
+    OnlineGP repaired = OnlineGP::import_state(spent);
+    repaired.update(x, y);
+    CHECK(repaired.counters().covariance_repairs == 2);
+  }
   // Counted in the state, and restored with it.
   CHECK(bad.export_state().covariance_repairs == 1);
   CHECK(OnlineGP::import_state(bad.export_state()).counters().covariance_repairs == 1);

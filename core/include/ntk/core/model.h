@@ -27,7 +27,8 @@
 //   Before step 3, a var_f below zero by more than 1e-3 of the noise means that rounding
 //   has taken Sigma outside 0 <= Sigma <= K_D + jI (near-singular dictionaries only):
 //   Sigma is repaired first, its eigenvalues relative to K_D + jI clipped to [0, 1]
-//   (O(M^3), counted in covariance_repairs), and x predicted again. A state that is no
+//   (O(M^3), counted in covariance_repairs; at most 1 + updates / M of them), and x
+//   predicted again. A state that is no
 //   longer finite (an overflow near the kernels' range limits) starts over from the prior
 //   (counted in resets): its predictions would all be NaN, and it would not restore.
 //   Storage (model.cc): Sigma is kept in slots that do not move when a basis is removed,
