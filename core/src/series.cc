@@ -636,9 +636,17 @@ struct SeriesPredictor::Impl {
     return (v - m.mean) / scale;
   }
 
-  // x <- standardized xraw.
+  // x <- standardized xraw. Every component is a value within max_z of its scaler's mean
+  // (observe_features), or an imputed one: the last value or the running mean, which the
+  // scaler has seen. Only an imported state can put one beyond the model's input bound (a
+  // feature mean of 1e252 against a held value of -25): clamped there, as in embed(), as
+  // the model would otherwise refuse every prediction of the key.
   void standardize_features() {
-    for (int j = 0; j < feature_dim; ++j) x(j) = standardized_feature(j, xraw(j));
+    const double max_z = 0.5 * kMaxMagnitude / std::sqrt(static_cast<double>(feature_dim));
+    for (int j = 0; j < feature_dim; ++j) {
+      const double z = standardized_feature(j, xraw(j));
+      x(j) = std::abs(z) <= max_z ? z : std::isnan(z) ? 0.0 : std::copysign(max_z, z);
+    }
   }
 
   Prediction features_to_original(const Prediction& p) const {
@@ -851,21 +859,28 @@ SeriesPredictor SeriesPredictor::import_state(const SeriesState& s) {
   const auto check = [](bool ok, const std::string& what) {
     if (!ok) invalid("import: " + what);
   };
-  const auto moments_ok = [](const RunningMoments& m) {
-    return std::isfinite(m.mean) && std::isfinite(m.m2) && m.m2 >= 0.0 && (m.n > 0 || m.m2 == 0.0);
+  // The scalers see values within kMaxMagnitude (beyond counts as missing), so their means
+  // are within it up to rounding; a foreign mean of 1e252 would overflow the next
+  // squared deviation, and the key would export a state that does not restore.
+  const auto within = [](double v) { return std::abs(v) <= 2.0 * kMaxMagnitude; };
+  const auto moments_ok = [&](const RunningMoments& m) {
+    return within(m.mean) && std::isfinite(m.m2) && m.m2 >= 0.0 && (m.n > 0 || m.m2 == 0.0);
   };
   const auto fdim = static_cast<std::size_t>(s.feature_dim);
-  check(moments_ok(s.scaler), "scaler moments are not finite and consistent");
-  check(moments_ok(s.interval), "interval moments are not finite and consistent");
+  check(moments_ok(s.scaler), "scaler moments are inconsistent, not finite or beyond 2e150");
+  check(moments_ok(s.interval), "interval moments are inconsistent, not finite or beyond 2e150");
   check(s.feature_scalers.size() == fdim, "feature_scalers has " +
                                               std::to_string(s.feature_scalers.size()) +
                                               " entries, expected " + std::to_string(fdim));
   for (const RunningMoments& m : s.feature_scalers) {
-    check(moments_ok(m), "feature scaler moments are not finite and consistent");
+    check(moments_ok(m), "feature scaler moments are inconsistent, not finite or beyond 2e150");
   }
   check(s.last_features.size() == fdim, "last_features has " +
                                             std::to_string(s.last_features.size()) +
                                             " entries, expected " + std::to_string(fdim));
+  for (double v : s.last_features) {
+    check(std::isnan(v) || within(v), "last feature " + num(v) + " is beyond 2e150");
+  }
   check(s.lag_values.size() == s.lag_times.size(), "lag_values and lag_times differ in length");
   check(s.lag_values.size() <= static_cast<std::size_t>(d.ring_capacity()),
         "lag_values has " + std::to_string(s.lag_values.size()) + " entries, at most " +

@@ -1066,6 +1066,93 @@ TEST_CASE("a lag beyond the model's input bound (imported) is clamped, not refus
   CHECK_NOTHROW(static_cast<void>(SeriesPredictor::import_state(far.export_state())));
 }
 
+TEST_CASE("import refuses scaler means and held features beyond 2e150") {
+  // The scalers only see values within 1e150 (beyond counts as missing). A foreign feature
+  // mean of 4.4e252 (fuzz_key_snapshot) made the held -25 standardize to -4.4e252, and the
+  // next squared deviation overflowed m2, so the key exported a state that did not restore.
+  SeriesConfig c;
+  c.warmup = 3;
+  c.model.budget = 12;
+  c.noise_candidates.clear();
+  SeriesPredictor sp(c, 2);
+  for (int i = 0; i < 10; ++i) {
+    sp.observe(std::nullopt, 0, VectorXd{{0.1 * i, -25.0 + 0.5 * (i % 3)}}, std::sin(0.3 * i));
+  }
+  const ntk::SeriesState good = sp.export_state();
+  CHECK_NOTHROW(static_cast<void>(SeriesPredictor::import_state(good)));
+  const auto refused = [](const ntk::SeriesState& s, const std::string& what) {
+    CAPTURE(what);
+    try {
+      static_cast<void>(SeriesPredictor::import_state(s));
+      FAIL("imported");
+    } catch (const std::invalid_argument& e) {
+      CHECK(std::string(e.what()).find(what) != std::string::npos);
+    }
+  };
+  for (const double far : {4.4e252, -2.1e150, std::numeric_limits<double>::infinity()}) {
+    CAPTURE(far);
+    ntk::SeriesState s = good;
+    s.feature_scalers[1].mean = far;
+    refused(s, "feature scaler moments are inconsistent, not finite or beyond 2e150");
+    s = good;
+    s.scaler.mean = far;
+    refused(s, "import: scaler moments");
+    s = good;
+    s.last_features[0] = far;
+    refused(s, "is beyond 2e150");
+  }
+  // Within 2e150 (a running mean may round past 1e150), and NaN (nothing seen), restore.
+  ntk::SeriesState edge = good;
+  edge.feature_scalers[1].mean = -1.9e150;
+  edge.scaler.mean = 1.9e150;
+  edge.last_features[0] = 1.9e150;
+  edge.last_features[1] = kNaN;
+  CHECK_NOTHROW(static_cast<void>(SeriesPredictor::import_state(edge)));
+}
+
+TEST_CASE("an imputed feature beyond the model's input bound (imported) is clamped") {
+  // An imputed component (the last value or the running mean) is one its scaler has seen,
+  // within a few sqrt(n) standard deviations. An imported scaler is not bound to that: a
+  // mean of 1e140 with sd 1e-12 puts -25 beyond max_z, so it is held, and the held -25
+  // standardized to -1e152: the model refused the input and every prediction of the key
+  // threw (ntkd answered INTERNAL). Clamped at max_z = 0.5e150 / sqrt(2), as lags are.
+  SeriesConfig c;
+  c.warmup = 3;
+  c.model.kernel = ntk::KernelSpec::parse("rbf:lengthscale=1,variance=1");
+  c.model.budget = 12;
+  c.noise_candidates.clear();
+  c.missing = MissingPolicy::kHoldLast;
+  SeriesPredictor sp(c, 2);
+  for (int i = 0; i < 10; ++i) {
+    sp.observe(std::nullopt, 0, VectorXd{{0.1 * i, -25.0}}, std::sin(0.3 * i));
+  }
+  ntk::SeriesState state = sp.export_state();
+  REQUIRE(state.last_features[1] == -25.0);
+  state.feature_scalers[1].mean = 1e140;
+  state.feature_scalers[1].m2 = 1e-24 * static_cast<double>(state.feature_scalers[1].n - 1);
+  SeriesPredictor far = SeriesPredictor::import_state(state);
+  const double max_z = 0.5 * ntk::kMaxMagnitude / std::sqrt(2.0);
+  Outcome o;
+  REQUIRE_NOTHROW(o = far.observe(std::nullopt, 0, VectorXd{{1.0, -25.0}}, std::sin(3.0)));
+  CHECK(o.status == OutcomeStatus::kScored);
+  CHECK(far.counters().imputed == 1);
+  REQUIRE(o.has_prediction);
+  CHECK(std::isfinite(o.mean));
+  CHECK(std::isfinite(o.sd));
+  // Admitted (far from every basis), with the clamped component.
+  const auto& inputs = far.model().inputs();
+  REQUIRE(inputs.rows() >= 1);
+  CHECK(inputs(inputs.rows() - 1, 1) == -max_z);
+  // The scaler has taken -25 (its sd is now about 1e140 / sqrt(n)): later values are not
+  // imputed, and the state restores.
+  for (int i = 11; i < 20; ++i) {
+    REQUIRE_NOTHROW(o = far.observe(std::nullopt, 0, VectorXd{{0.1 * i, -25.0}}, 0.1 * i));
+    CHECK(o.status == OutcomeStatus::kScored);
+  }
+  CHECK(far.counters().imputed == 1);
+  CHECK_NOTHROW(static_cast<void>(SeriesPredictor::import_state(far.export_state())));
+}
+
 TEST_CASE("the race's error sums stay finite: a key's state always restores") {
   // A rival whose posterior mean sits near the largest magnitude import accepts (1e153)
   // forecasts beyond 1e154 until its updates pull it back: unbounded, its squared errors
