@@ -9,10 +9,8 @@
 //   2. a restored key exports (Shard::export_keys) a KeySnapshot that restores, and whose
 //      own restore exports the same message again;
 //   3. the restored key answers 24 values of its kind with predictions or errors of known
-//      codes (never INTERNAL), and exports afterwards without failing.
-// Not checked: that what it exports after serving restores. Import refuses non-finite
-// states, and the model itself reaches some from states it produced (extreme inputs with
-// jitter 0, see OnlineGP's import checks), so a restored state can too.
+//      codes (never INTERNAL), and what it exports afterwards restores: a key that serves
+//      must not make the next snapshot refuse (ntkd restores a snapshot whole).
 // Keys whose predictor would hold more than 8 MiB are skipped: restoring them is only
 // slower (O(M^3) checks), not different.
 #include <google/protobuf/stubs/logging.h>
@@ -166,6 +164,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             "a value is answered with a known error code");
     }
   }
-  static_cast<void>(exported(shard));
+  Shard last(configs, counters, 16);
+  check_restores(exported(shard), last, "a served key restores");
   return 0;
 }
