@@ -303,3 +303,35 @@ TEST_CASE("series state: last_seq 0, the excluded run and the rivals' errors rou
   state.last_seq.reset();
   CHECK(!from_proto(to_proto(state)).last_seq.has_value());
 }
+
+TEST_CASE("model counters: every field of the state and of the stats form round-trips") {
+  // Distinct values, so that a field written to or read from another one shows.
+  ntk::ModelState state = ntk::SeriesPredictor(ntk::SeriesConfig()).export_state().model;
+  state.updates = 11;
+  state.admitted = 12;
+  state.evicted = 13;
+  state.recomputes = 14;
+  state.pivot_failures = 15;
+  state.covariance_repairs = 16;
+  state.resets = 17;
+  v1::ModelState wire;
+  REQUIRE(wire.ParseFromString(to_proto(state).SerializeAsString()));
+  const ntk::ModelState back = from_proto(wire);
+  CHECK(back.updates == 11u);
+  CHECK(back.admitted == 12u);
+  CHECK(back.evicted == 13u);
+  CHECK(back.recomputes == 14u);
+  CHECK(back.pivot_failures == 15u);
+  CHECK(back.covariance_repairs == 16u);
+  CHECK(back.resets == 17u);
+
+  const ntk::ModelCounters c{21, 22, 23, 24, 25, 26, 27};
+  const v1::ModelCounters pc = to_proto(c);
+  CHECK(pc.updates() == 21u);
+  CHECK(pc.admitted() == 22u);
+  CHECK(pc.evicted() == 23u);
+  CHECK(pc.recomputes() == 24u);
+  CHECK(pc.pivot_failures() == 25u);
+  CHECK(pc.covariance_repairs() == 26u);
+  CHECK(pc.resets() == 27u);
+}
