@@ -69,6 +69,29 @@ ntk::ModelState two_basis_state(double lengthscale, double second) {
   return st;
 }
 
+// A linear-kernel model (jitter 0, no signal-power estimate, no recomputation) with bases
+// e_0 and e_1 of R^dim, so K_D = L = I exactly; its mean set to 0 and its covariance to
+// [s00 s01; s01 s11] with nothing pending. At x = e_0, q = e_0 and gamma2 = 0: var_f is
+// s00 exactly. For tests of the repair's and the reset's triggers.
+ntk::ModelState identity_state(int dim, double noise, double s00, double s01, double s11) {
+  ModelConfig c;
+  c.kernel = ntk::KernelSpec::parse("linear");
+  c.budget = 4;
+  c.jitter = 0.0;
+  c.noise_variance = noise;
+  c.estimate_signal_power = false;
+  c.recompute_every = 0;
+  OnlineGP gp(c, dim);
+  gp.update(VectorXd::Unit(dim, 0), 0.0);
+  gp.update(VectorXd::Unit(dim, 1), 0.0);
+  ntk::ModelState st = gp.export_state();
+  REQUIRE(st.gram == MatrixXd::Identity(2, 2));
+  st.mu.setZero();
+  st.sigma << s00, s01, s01, s11;
+  st.sigma_pending.resize(2, 0);
+  return st;
+}
+
 // The posterior covariance a state describes (made bitwise symmetric).
 MatrixXd post_of(const ntk::ModelState& s) {
   const MatrixXd a = s.sigma - s.sigma_pending * s.sigma_pending.transpose();
@@ -1052,6 +1075,72 @@ TEST_CASE("a NaN or overflowing covariance starts over from the prior too") {
     CHECK(bad.dictionary_size() == 0);
     CHECK_NOTHROW(static_cast<void>(OnlineGP::import_state(bad.export_state())));
   }
+}
+
+TEST_CASE("the repair's trigger: var_f = gamma2 + q'Sigma q below -1e-3 max(noise, 1e-12 kss)") {
+  // From a mutation sweep: neither the tolerance, nor the noise floor, nor gamma2's part
+  // in var_f was pinned. identity_state: var_f at e_0 is Sigma_00 exactly.
+  const auto repairs_at_e0 = [](const ntk::ModelState& st) {
+    OnlineGP gp = OnlineGP::import_state(st);
+    const ntk::UpdateResult r = gp.update(VectorXd::Unit(st.dim, 0), 0.0);
+    CHECK_FALSE(r.reset);
+    return gp.counters().covariance_repairs;
+  };
+  // Noise 1e-2: the threshold is -1e-5.
+  CHECK(repairs_at_e0(identity_state(2, 1e-2, -5e-5, 0.0, 1.0)) == 1);
+  CHECK(repairs_at_e0(identity_state(2, 1e-2, -5e-6, 0.0, 1.0)) == 0);
+  // Noise 1e-30 is floored at 1e-12 k(x, x) = 1e-12: the threshold is -1e-15.
+  CHECK(repairs_at_e0(identity_state(2, 1e-30, -1e-16, 0.0, 1.0)) == 0);
+  CHECK(repairs_at_e0(identity_state(2, 1e-30, -1e-14, 0.0, 1.0)) == 1);
+  // In R^3 at x = (1, 0, 1): q = e_0 and gamma2 = k(x, x) - 1 = 1, so Sigma_00 = -0.5
+  // gives var_f = 0.5: nothing to repair.
+  OnlineGP gp = OnlineGP::import_state(identity_state(3, 1e-2, -0.5, 0.0, 1.0));
+  const ntk::UpdateResult r = gp.update(VectorXd{{1.0, 0.0, 1.0}}, 0.0);
+  CHECK(gp.counters().covariance_repairs == 0);
+  CHECK(r.prediction.var_f == doctest::Approx(0.5).epsilon(1e-15));
+}
+
+TEST_CASE("an infinite var_f starts over, a new pending column that overflows too") {
+  {
+    // Sigma = diag(-1e308): var_f = -inf at x = 0.5, beyond repair: a reset, no repair.
+    ntk::ModelState st = two_basis_state(1.0, 0.1);
+    st.sigma << -1e308, 0.0, 0.0, -1e308;
+    st.sigma_pending.resize(2, 0);
+    OnlineGP gp = OnlineGP::import_state(st);
+    CHECK(gp.update(VectorXd::Constant(1, 0.5), 0.0).reset);
+    CHECK(gp.counters().resets == 1);
+    CHECK(gp.counters().covariance_repairs == 0);
+  }
+  // Sigma_00 = 0, Sigma_01 = 1e305, noise 1e-30: at e_0, var_y = 1e-12 (floored) and
+  // h = (0, 1e305), so the new pending column h / sqrt(var_y) is inf while mu, moved by
+  // h * 0, stays 0 (and nothing folds): only the newest column shows it. With one column
+  // already pending, the newest is not the first.
+  for (const int pending : {0, 1}) {
+    CAPTURE(pending);
+    ntk::ModelState st = identity_state(2, 1e-30, 0.0, 1e305, 1.0);
+    st.sigma_pending = MatrixXd::Zero(2, pending);
+    OnlineGP gp = OnlineGP::import_state(st);
+    CHECK(gp.update(VectorXd::Unit(2, 0), 0.0).reset);
+    CHECK(gp.counters().resets == 1);
+    CHECK_NOTHROW(static_cast<void>(OnlineGP::import_state(gp.export_state())));
+  }
+}
+
+TEST_CASE("a state that started over is the state of a fresh model that saw only x") {
+  ntk::ModelState st = two_basis_state(1.0, 0.1);
+  REQUIRE(st.sigma_pending.cols() == 2);  // two updates pending, not folded
+  st.mu << -std::numeric_limits<double>::max(), std::numeric_limits<double>::max();
+  OnlineGP bad = OnlineGP::import_state(st);
+  const VectorXd far = VectorXd::Constant(1, 0.2);
+  REQUIRE(bad.update(far, 0.5).reset);
+  OnlineGP fresh(st.config, 1);
+  fresh.update(far, 0.5);
+  const ntk::ModelState a = bad.export_state(), b = fresh.export_state();
+  CHECK(a.inputs == b.inputs);
+  CHECK(a.factor == b.factor);
+  CHECK(a.mu == b.mu);
+  CHECK(a.sigma == b.sigma);
+  CHECK(a.sigma_pending == b.sigma_pending);  // one column: none left from before
 }
 
 TEST_CASE("a reset or a repair in an update that also evicts leaves a consistent state") {
