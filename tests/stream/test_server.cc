@@ -1369,6 +1369,9 @@ TEST_CASE("max_model_bytes: new keys beyond it are refused; races and drops give
   options.defaults = config;
   options.max_model_bytes = racing * 5 / 2;  // two racing keys fit, a third does not
   REQUIRE(options.max_model_bytes >= ntk::stream::kMinModelBytes);
+  // Three keys at most: every refusal below must give its key's place back, or c could
+  // not be created after them.
+  options.max_keys = 3;
   Server server(options);
   server.start();
   Client client("127.0.0.1", server.port(), with_timeout());
