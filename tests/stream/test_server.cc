@@ -1534,6 +1534,27 @@ TEST_CASE(
   CHECK(restored.counters().model_bytes() == server.counters().model_bytes());
 }
 
+TEST_CASE("max_model_bytes: a key that alone needs exactly the limit is accepted") {
+  // Both checks are inclusive: the server's (defaults whose keys could never fit) and the
+  // key's own (alone beyond the limit).
+  v1::KeyConfig config = racing_key_config();
+  config.mutable_series()->mutable_model()->set_budget(256);
+  const std::uint64_t bytes = ntk::SeriesPredictor::memory_bytes(series_of(config));
+  REQUIRE(bytes >= ntk::stream::kMinModelBytes);
+  ServerOptions options = small_options();
+  options.defaults = config;
+  options.max_model_bytes = bytes;
+  Server server(options);
+  server.start();
+  Client client("127.0.0.1", server.port(), with_timeout());
+  REQUIRE(client.call(reading("a", 1, 1.0)).has_prediction());
+  CHECK(server.counters().model_bytes() == bytes);
+  CHECK(client.call(reading("b", 1, 1.0)).error().code() == v1::ERROR_CODE_MEMORY_LIMIT);
+  options.max_model_bytes = bytes - 1;
+  CHECK_THROWS_WITH_AS(Server{options}, doctest::Contains("max_model_bytes"),
+                       std::invalid_argument);
+}
+
 TEST_CASE("max_model_bytes: a snapshot's Configure prefixes are restored whatever they hold") {
   // Written by a server with more memory (or before max_model_bytes existed): a prefix
   // configured with budget 512, about 25 MB per key while 4 candidates race.
