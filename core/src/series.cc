@@ -469,6 +469,16 @@ struct SeriesPredictor::Impl {
     return std::log(0.5 * (1.0 + dt / step));
   }
 
+  // The largest standardized component of a dim-dimensional model input: the input's
+  // norm then stays within kMaxMagnitude / 2, inside what the model accepts.
+  static double z_limit(int dim) {
+    return 0.5 * kMaxMagnitude / std::sqrt(static_cast<double>(dim));
+  }
+  // z clamped into [-max_z, max_z], NaN to 0 (only imported states need it: see callers).
+  static double clamp_z(double z, double max_z) {
+    return std::abs(z) <= max_z ? z : std::isnan(z) ? 0.0 : std::copysign(max_z, z);
+  }
+
   // x <- standardized lags back(offset), ..., back(offset + p - 1) [+ time feature].
   // requires ring_count >= offset + p, warmed().
   // Every lag is a value the scaler has seen, or a forecast (exclude_anomalies), so that a
@@ -478,11 +488,8 @@ struct SeriesPredictor::Impl {
   void embed(int offset, double time_feat) {
     const double mean = scaler.mean;
     const double inv_sd = 1.0 / scaler.sd();
-    const double max_z = 0.5 * kMaxMagnitude / std::sqrt(static_cast<double>(dim));
-    for (int j = 0; j < lags(); ++j) {
-      const double z = (back(offset + j) - mean) * inv_sd;
-      x(j) = std::abs(z) <= max_z ? z : std::isnan(z) ? 0.0 : std::copysign(max_z, z);
-    }
+    const double max_z = z_limit(dim);
+    for (int j = 0; j < lags(); ++j) x(j) = clamp_z((back(offset + j) - mean) * inv_sd, max_z);
     if (config.time_feature) x(lags()) = time_feat;
   }
 
@@ -642,11 +649,8 @@ struct SeriesPredictor::Impl {
   // feature mean of 1e252 against a held value of -25): clamped there, as in embed(), as
   // the model would otherwise refuse every prediction of the key.
   void standardize_features() {
-    const double max_z = 0.5 * kMaxMagnitude / std::sqrt(static_cast<double>(feature_dim));
-    for (int j = 0; j < feature_dim; ++j) {
-      const double z = standardized_feature(j, xraw(j));
-      x(j) = std::abs(z) <= max_z ? z : std::isnan(z) ? 0.0 : std::copysign(max_z, z);
-    }
+    const double max_z = z_limit(feature_dim);
+    for (int j = 0; j < feature_dim; ++j) x(j) = clamp_z(standardized_feature(j, xraw(j)), max_z);
   }
 
   Prediction features_to_original(const Prediction& p) const {
@@ -673,7 +677,7 @@ struct SeriesPredictor::Impl {
     // more than max_z standard deviations from its running mean, which the model could not
     // take either: its input norm is at most 1e150.
     const auto usable = [](double v) { return std::isfinite(v) && std::abs(v) <= kMaxMagnitude; };
-    const double max_z = 0.5 * kMaxMagnitude / std::sqrt(static_cast<double>(feature_dim));
+    const double max_z = z_limit(feature_dim);
     bool any_missing = false;
     for (int j = 0; j < feature_dim; ++j) {
       double v = xin(j);
